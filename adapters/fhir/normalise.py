@@ -1,0 +1,273 @@
+"""FHIR R4 resources (JSON dicts) -> typed records, validated with fhir.resources R4B models.
+
+Only resource types the rules read are validated; an invalid resource becomes a DataIssue
+(location and error type only, never the offending value: it may be free-text PHI).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.medicationadministration import MedicationAdministration
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+from pydantic import ValidationError
+
+from .records import (
+    AdministrationRecord,
+    AllergyRecord,
+    Chart,
+    Concept,
+    ConditionRecord,
+    DataIssue,
+    MedicationRecord,
+    ObservationRecord,
+    PatientRecord,
+    Quantity,
+)
+
+UCUM = "http://unitsofmeasure.org"
+MODELS: dict[str, Any] = {
+    "Patient": Patient,
+    "Observation": Observation,
+    "Condition": Condition,
+    "MedicationRequest": MedicationRequest,
+    "MedicationStatement": MedicationStatement,
+    "MedicationAdministration": MedicationAdministration,
+    "AllergyIntolerance": AllergyIntolerance,
+}
+_DURATION_H = {"s": 1 / 3600, "min": 1 / 60, "h": 1.0, "d": 24.0, "wk": 168.0}
+
+
+def ref_of(resource: dict[str, Any]) -> str:
+    return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '(no id)')}"
+
+
+def _validate(resource: dict[str, Any], issues: list[DataIssue]) -> Any | None:
+    model = MODELS.get(str(resource.get("resourceType")))
+    if model is None:
+        return None
+    try:
+        return model.model_validate(resource)
+    except (ValidationError, ValueError, TypeError) as exc:
+        where = "?"
+        if isinstance(exc, ValidationError) and exc.errors():
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) + f" ({first.get('type', 'invalid')})"
+        issues.append(DataIssue(ref_of(resource), f"not valid FHIR R4: {where}"))
+        return None
+    except RecursionError:
+        issues.append(DataIssue(ref_of(resource), "not valid FHIR R4: nested too deeply"))
+        return None
+
+
+def _aware(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    if isinstance(value, str):
+        try:
+            return _aware(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None
+
+
+def concept(cc: Any) -> Concept:
+    if cc is None:
+        return Concept()
+    codings = tuple((c.system, c.code, c.display) for c in (cc.coding or ()))
+    return Concept(codings, cc.text)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        number = float(value)
+        return number if number == number and abs(number) != float("inf") else None
+    return None
+
+
+def quantity(q: Any) -> Quantity | None:
+    if q is None:
+        return None
+    unit = q.code if (q.system == UCUM and q.code) else (q.unit or q.code)
+    return Quantity(_number(q.value), unit)
+
+
+def _value(holder: Any) -> Quantity:
+    if getattr(holder, "valueQuantity", None) is not None:
+        return quantity(holder.valueQuantity) or Quantity(None, None)
+    if getattr(holder, "valueCodeableConcept", None) is not None:
+        cc = concept(holder.valueCodeableConcept)
+        return Quantity(None, None, text=cc.text or (cc.codings[0][2] if cc.codings else None), coded=cc)
+    if getattr(holder, "valueString", None) is not None:
+        return Quantity(None, None, text=holder.valueString)
+    if getattr(holder, "valueInteger", None) is not None:
+        return Quantity(_number(holder.valueInteger), None)
+    if getattr(holder, "valueBoolean", None) is not None:
+        return Quantity(None, None, text="true" if holder.valueBoolean else "false")
+    return Quantity(None, None)
+
+
+def observation(model: Any, ref: str) -> ObservationRecord:
+    # G1: effectiveDateTime, else effectivePeriod.end, else effectiveInstant, else issued.
+    time = _aware(model.effectiveDateTime)
+    if time is None and model.effectivePeriod is not None:
+        time = _aware(model.effectivePeriod.end)
+    time = time or _aware(model.effectiveInstant) or _aware(model.issued)
+    high = None
+    for rr in model.referenceRange or ():
+        if rr.high is not None:
+            high = quantity(rr.high)
+            break
+    interp = concept(model.interpretation[0]) if model.interpretation else None
+    components = tuple((concept(c.code), _value(c)) for c in (model.component or ()))
+    return ObservationRecord(ref, concept(model.code), model.status, time, _value(model), components, interp, high)
+
+
+def condition(model: Any, ref: str) -> ConditionRecord:
+    def status(cc: Any) -> str | None:
+        codes = [c.code for c in (cc.coding or ())] if cc else []
+        return codes[0] if codes else None
+
+    onset = _aware(model.onsetDateTime)
+    if onset is None and model.onsetPeriod is not None:
+        onset = _aware(model.onsetPeriod.start)
+    return ConditionRecord(ref, concept(model.code), status(model.clinicalStatus),
+                           status(model.verificationStatus), onset)
+
+
+def _medication_concept(model: Any, raw: dict[str, Any]) -> Concept:
+    if model.medicationCodeableConcept is not None:
+        return concept(model.medicationCodeableConcept)
+    reference = model.medicationReference
+    if reference is not None:
+        target = (reference.reference or "").lstrip("#")
+        for contained in raw.get("contained") or ():
+            if isinstance(contained, dict) and contained.get("id") == target and "code" in contained:
+                code = contained["code"]
+                codings = tuple((c.get("system"), c.get("code"), c.get("display"))
+                                for c in code.get("coding") or () if isinstance(c, dict))
+                return Concept(codings, code.get("text") or reference.display)
+        return Concept((), reference.display)
+    return Concept()
+
+
+def medication_request(model: Any, raw: dict[str, Any], ref: str) -> MedicationRecord:
+    route = dose = rate = None
+    duration_h = None
+    if model.dosageInstruction:
+        dosage = model.dosageInstruction[0]
+        route = concept(dosage.route) if dosage.route else None
+        if dosage.doseAndRate:
+            dose = quantity(dosage.doseAndRate[0].doseQuantity)
+            rate = quantity(dosage.doseAndRate[0].rateQuantity)
+        repeat = dosage.timing.repeat if dosage.timing else None
+        if repeat is not None and repeat.duration is not None and repeat.durationUnit in _DURATION_H:
+            duration_h = float(repeat.duration) * _DURATION_H[repeat.durationUnit]
+    return MedicationRecord(ref, "request", _medication_concept(model, raw), model.status, route, dose,
+                            duration_h, rate, _aware(model.authoredOn))
+
+
+def medication_statement(model: Any, raw: dict[str, Any], ref: str) -> MedicationRecord:
+    return MedicationRecord(ref, "statement", _medication_concept(model, raw), model.status)
+
+
+def administration(model: Any, raw: dict[str, Any], ref: str) -> AdministrationRecord:
+    start = _aware(model.effectiveDateTime)
+    if start is None and model.effectivePeriod is not None:
+        start = _aware(model.effectivePeriod.start)
+    route = dose = None
+    if model.dosage is not None:
+        route = concept(model.dosage.route) if model.dosage.route else None
+        dose = quantity(model.dosage.dose)
+    return AdministrationRecord(ref, _medication_concept(model, raw), model.status, start, route, dose)
+
+
+def allergy(model: Any, ref: str) -> AllergyRecord:
+    substances = [concept(model.code)] if model.code else []
+    for reaction in model.reaction or ():
+        if reaction.substance is not None:
+            substances.append(concept(reaction.substance))
+
+    def status(cc: Any) -> str | None:
+        return cc.coding[0].code if cc is not None and cc.coding else None
+
+    return AllergyRecord(ref, tuple(substances), status(model.clinicalStatus), status(model.verificationStatus))
+
+
+def patient(model: Any, ref: str) -> PatientRecord:
+    birth = model.birthDate if isinstance(model.birthDate, dt.date) else None
+    return PatientRecord(ref, birth, model.gender)
+
+
+def add_resource(chart: Chart, raw: Any) -> None:
+    """Validate one resource and file it in the chart; anything unreadable becomes a DataIssue."""
+    if not isinstance(raw, dict):
+        chart.issues.append(DataIssue("(entry)", "bundle entry is not a JSON object"))
+        return
+    kind = raw.get("resourceType")
+    if kind not in MODELS:
+        return
+    model = _validate(raw, chart.issues)
+    if model is None:
+        return
+    ref = ref_of(raw)
+    if kind == "Observation":
+        chart.observations.append(observation(model, ref))
+    elif kind == "Condition":
+        chart.conditions.append(condition(model, ref))
+    elif kind == "MedicationRequest":
+        chart.medications.append(medication_request(model, raw, ref))
+    elif kind == "MedicationStatement":
+        chart.medications.append(medication_statement(model, raw, ref))
+    elif kind == "MedicationAdministration":
+        chart.administrations.append(administration(model, raw, ref))
+    elif kind == "AllergyIntolerance":
+        chart.allergies.append(allergy(model, ref))
+    elif kind == "Patient":
+        chart.patient = patient(model, ref)
+
+
+def resources_in(payload: Any) -> Iterable[Any]:
+    """A resource, or every entry resource of a Bundle."""
+    if not isinstance(payload, dict):
+        return []
+    if payload.get("resourceType") == "Bundle":
+        return [e.get("resource") for e in payload.get("entry") or () if isinstance(e, dict)]
+    return [payload]
+
+
+def to_chart(payloads: Iterable[Any], draft_orders: Any, selections: list[str] | None) -> Chart:
+    """Build a Chart from prefetch payloads and the hook's draftOrders bundle."""
+    chart = Chart()
+    seen: set[str] = set()
+    for payload in payloads:
+        for raw in resources_in(payload):
+            if isinstance(raw, dict):
+                ref = ref_of(raw)
+                # The same resource may arrive through two prefetch keys; count it once.
+                if ref in seen and raw.get("id") is not None:
+                    continue
+                seen.add(ref)
+            add_resource(chart, raw)
+    for raw in resources_in(draft_orders):
+        if not isinstance(raw, dict) or raw.get("resourceType") != "MedicationRequest":
+            continue
+        model = _validate(raw, chart.issues)
+        if model is None:
+            continue
+        ref = ref_of(raw)
+        selected = selections is None or ref in selections
+        chart.draft_orders.append((medication_request(model, raw, ref), selected))
+    return chart

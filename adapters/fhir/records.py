@@ -1,0 +1,119 @@
+"""Typed clinical records: the contract between the FHIR adapter and the rule engine.
+
+Records carry what FHIR said (codes, statuses, times, quantities) without clinical judgement;
+the protocol's declared semantics (valid statuses, windows, units) are applied by the engine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+Coding = tuple[str | None, str | None, str | None]  # system, code, display
+
+
+@dataclass(frozen=True)
+class Concept:
+    codings: tuple[Coding, ...] = ()
+    text: str | None = None
+
+    def pairs(self) -> list[tuple[str | None, str | None]]:
+        return [(s, c) for s, c, _ in self.codings]
+
+    def texts(self) -> list[str | None]:
+        return [self.text, *(d for _, _, d in self.codings)]
+
+    def label(self) -> str:
+        for system, code, display in self.codings:
+            if code:
+                return f"{code} {display}".strip() if display else code
+        return self.text or "uncoded"
+
+
+@dataclass(frozen=True)
+class Quantity:
+    value: float | None
+    unit: str | None  # the UCUM code when the system is UCUM, else the human unit string
+    text: str | None = None  # a non-numeric value (valueString / valueCodeableConcept)
+    coded: Concept | None = None
+
+
+@dataclass(frozen=True)
+class ObservationRecord:
+    ref: str
+    code: Concept
+    status: str | None
+    time: dt.datetime | None
+    value: Quantity
+    components: tuple[tuple[Concept, Quantity], ...] = ()
+    interpretation: Concept | None = None
+    reference_high: Quantity | None = None
+
+
+@dataclass(frozen=True)
+class ConditionRecord:
+    ref: str
+    code: Concept
+    clinical_status: str | None
+    verification_status: str | None
+    onset: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class MedicationRecord:
+    """A MedicationRequest (kind=request, also draft orders) or MedicationStatement (kind=statement)."""
+
+    ref: str
+    kind: str
+    medication: Concept
+    status: str | None
+    route: Concept | None = None
+    dose: Quantity | None = None
+    duration_h: float | None = None
+    rate: Quantity | None = None
+    authored: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class AdministrationRecord:
+    ref: str
+    medication: Concept
+    status: str | None
+    start: dt.datetime | None
+    route: Concept | None = None
+    dose: Quantity | None = None
+
+
+@dataclass(frozen=True)
+class AllergyRecord:
+    ref: str
+    substances: tuple[Concept, ...]
+    clinical_status: str | None
+    verification_status: str | None
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    ref: str
+    birth_date: dt.date | None
+    gender: str | None
+
+
+@dataclass(frozen=True)
+class DataIssue:
+    """Data that could not be read; reported to the engine rather than raised."""
+
+    ref: str
+    problem: str
+
+
+@dataclass
+class Chart:
+    patient: PatientRecord | None = None
+    observations: list[ObservationRecord] = field(default_factory=list)
+    conditions: list[ConditionRecord] = field(default_factory=list)
+    medications: list[MedicationRecord] = field(default_factory=list)
+    administrations: list[AdministrationRecord] = field(default_factory=list)
+    allergies: list[AllergyRecord] = field(default_factory=list)
+    draft_orders: list[tuple[MedicationRecord, bool]] = field(default_factory=list)  # (order, selected)
+    issues: list[DataIssue] = field(default_factory=list)

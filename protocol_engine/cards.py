@@ -1,0 +1,132 @@
+"""Finding -> CDS Hooks card: sandboxed templates, evidence named, one card per rule."""
+
+from __future__ import annotations
+
+import html
+import logging
+import uuid
+from typing import Any
+
+from jinja2.exceptions import TemplateError
+
+from .model import Finding, Rule
+from .templates import environment
+
+log = logging.getLogger(__name__)
+
+SUMMARY_MAX = 139
+TOPIC_SYSTEM = "urn:protocol-engine:category"
+OVERRIDE_SYSTEM = "urn:protocol-engine:override-reason"
+_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def settle(findings: list[Finding]) -> list[Finding]:
+    """Drop findings whose rule is superseded by another rule that also held (e.g. TIM-02 over TIM-01)."""
+    held = {f.rule.id for f in findings}
+    return [f for f in findings if not (set(f.rule.suppressed_by) & held)]
+
+
+def _context(finding: Finding, patient_id: str | None) -> dict[str, Any]:
+    first = finding.matches[0] if finding.matches else {}
+    ctx: dict[str, Any] = {name: _escaped(fact) for name, fact in first.items() if not name.startswith("_")}
+    ctx.setdefault("order", _escaped(first.get("_scope", {})))
+    ctx["matches"] = [{k: _escaped(v) for k, v in m.items() if not k.startswith("_")} for m in finding.matches]
+    ctx["evidence"] = finding.evidence
+    ctx["patient_id"] = patient_id or ""
+    ctx["settings"] = finding.rule.settings
+    ctx.update(finding.rule.settings)
+    return ctx
+
+
+def _escaped(fact: dict[str, Any]) -> dict[str, Any]:
+    """Text from the chart is data, not markup: no raw HTML may reach a card."""
+    return {k: html.escape(v, quote=False) if isinstance(v, str) else v for k, v in fact.items()}
+
+
+def _render(template: str, ctx: dict[str, Any]) -> str:
+    return environment().from_string(template).render(ctx).strip()
+
+
+def _render_value(value: Any, ctx: dict[str, Any]) -> Any:
+    if isinstance(value, str):
+        return _render(value, ctx) if "{{" in value or "{%" in value else value
+    if isinstance(value, dict):
+        return {k: _render_value(v, ctx) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_value(v, ctx) for v in value]
+    return value
+
+
+def evidence_lines(finding: Finding) -> list[str]:
+    lines: list[str] = []
+    for match in finding.matches:
+        for name, fact in match.items():
+            if name.startswith("_"):
+                continue
+            text = fact.get("describe")
+            if text:
+                line = html.escape(str(text), quote=False)
+                if line not in lines:
+                    lines.append(line)
+    return lines
+
+
+def render(finding: Finding, ruleset: str, patient_id: str | None) -> dict[str, Any]:
+    rule: Rule = finding.rule
+    tpl = rule.card
+    ctx = _context(finding, patient_id)
+    try:
+        summary = _render(tpl.summary, ctx)
+        detail = _render(tpl.detail, ctx)
+    except TemplateError as exc:
+        # A template that fails on real data must still warn: fall back to the rule's plain words.
+        log.error("card template failed", extra={"rule": rule.id, "error": type(exc).__name__})
+        summary, detail = rule.title, rule.then_text
+    summary = " ".join(summary.split())
+    if len(summary) > SUMMARY_MAX:
+        summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
+    lines = evidence_lines(finding)
+    if lines:
+        detail += "\n\n**Evidence**\n\n" + "\n".join(f"- {line}" for line in lines)
+    detail += f"\n\n_Rule {rule.id} v{rule.version}; source: {html.escape(rule.citation.label, quote=False)}_"
+    source: dict[str, Any] = {"label": rule.citation.label,
+                              "topic": {"system": TOPIC_SYSTEM, "code": rule.category,
+                                        "display": rule.category.replace("-", " ")}}
+    if rule.citation.url:
+        source["url"] = rule.citation.url
+    card: dict[str, Any] = {"uuid": str(uuid.uuid4()), "summary": summary, "detail": detail,
+                            "indicator": tpl.indicator, "source": source}
+    if tpl.indicator in ("warning", "critical") and tpl.override_reasons:
+        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
+                                   for code, display in tpl.override_reasons]
+    suggestions = []
+    for s in tpl.suggestions:
+        actions = []
+        for a in s.actions:
+            action: dict[str, Any] = {"type": a.type, "description": _render_value(a.description, ctx)}
+            if a.resource is not None:
+                action["resource"] = _render_value(a.resource, ctx)
+            if a.resource_id:
+                action["resourceId"] = _render_value(a.resource_id, ctx)
+            if a.type == "delete" and not action.get("resourceId"):
+                continue
+            actions.append(action)
+        if actions:
+            suggestion: dict[str, Any] = {"label": s.label, "uuid": str(uuid.uuid4()), "actions": actions}
+            if s.recommended:
+                suggestion["isRecommended"] = True
+            suggestions.append(suggestion)
+    if suggestions:
+        card["suggestions"] = suggestions
+        card["selectionBehavior"] = tpl.selection_behavior
+    card["extension"] = {"protocol-engine": {"rule": rule.id, "ruleVersion": rule.version,
+                                             "category": rule.category, "evidence": finding.evidence,
+                                             "ruleset": ruleset}}
+    return card
+
+
+def render_all(findings: list[Finding], ruleset: str, patient_id: str | None) -> list[dict[str, Any]]:
+    """Cards for active rules, critical first; draft rules run in shadow and give no card."""
+    live = [f for f in settle(findings) if f.rule.status == "active"]
+    live.sort(key=lambda f: (_RANK[f.rule.card.indicator], f.rule.id))
+    return [render(f, ruleset, patient_id) for f in live]

@@ -1,0 +1,27 @@
+"""The rule catalogue as data: for `protocol-engine list`, `GET /rules` and the web page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .ruleset import RuleSet
+
+
+def catalogue(ruleset: RuleSet) -> dict[str, Any]:
+    rules = []
+    for pack in ruleset.packs:
+        for r in sorted(pack.rules, key=lambda r: _sort_key(r.id)):
+            rules.append({
+                "id": r.id, "version": r.version, "status": r.status, "category": r.category, "title": r.title,
+                "hooks": list(r.hooks), "drugs": list(r.drugs), "indicator": r.card.indicator,
+                "when": r.when_text, "then": r.then_text, "settings": r.settings,
+                "citation": {"label": r.citation.label, **({"url": r.citation.url} if r.citation.url else {})},
+                "notes": r.notes, "protocol": pack.protocol.name, "path": r.path,
+            })
+    return {"ruleset": ruleset.revision, "rules": rules}
+
+
+def _sort_key(rule_id: str) -> tuple[str, int, str]:
+    prefix, _, rest = rule_id.partition("-")
+    digits = "".join(ch for ch in rest if ch.isdigit())
+    return prefix, int(digits or 0), rest

@@ -1,0 +1,257 @@
+"""`protocol-engine`: serve | validate | test | explain | fmt | list | new | report."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import DEFAULT_RULES
+
+
+def _paths(paths: tuple[str, ...]) -> list[Path]:
+    return [Path(p) for p in paths] or [Path(os.environ.get("PROTOCOL_ENGINE_RULES", str(DEFAULT_RULES)))]
+
+
+@click.group()
+def main() -> None:
+    """Clinical-protocol rules served as CDS Hooks services."""
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8080", show_default=True)
+@click.option("--workers", default=2, show_default=True)
+@click.option("--demo", is_flag=True, help="Local demo: authentication disabled (logged loudly), CORS for the sandbox.")
+def serve(bind: str, workers: int, demo: bool) -> None:
+    """Run the service under gunicorn."""
+    if demo:
+        os.environ.setdefault("PROTOCOL_ENGINE_AUTH", "disabled")
+        os.environ.setdefault("PROTOCOL_ENGINE_CORS_ORIGINS", "https://sandbox.cds-hooks.org,http://localhost:3000")
+    conf = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+    args = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers)]
+    if conf.exists():
+        args += ["--config", str(conf)]
+    args.append("server:create_app()")
+    os.execv(sys.executable, args)
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--no-git", is_flag=True, help="Skip the version-bump check against git.")
+@click.option("--base", default="HEAD", show_default=True, help="Git revision the version check compares with.")
+def validate(paths: tuple[str, ...], no_git: bool, base: str) -> None:
+    """Check rule files and value sets; print every problem, compiler style."""
+    from .validate import validate_paths
+
+    ruleset, diags = validate_paths(_paths(paths), None if no_git else base)
+    for d in diags:
+        click.echo(d.render(), err=False)
+    errors = [d for d in diags if d.severity == "error"]
+    if errors:
+        click.echo(f"{len(errors)} error(s)")
+        sys.exit(1)
+    assert ruleset is not None
+    click.echo(f"ok: {len(ruleset.all_rules())} rules, {sum(len(p.index.valuesets) for p in ruleset.packs)} value "
+               f"sets, revision {ruleset.revision}")
+
+
+@main.command(name="test")
+@click.argument("paths", nargs=-1)
+@click.option("--rule", "only_rule", default=None, help="Run only this rule's cases.")
+@click.option("-v", "--verbose", is_flag=True)
+def test_cmd(paths: tuple[str, ...], only_rule: str | None, verbose: bool) -> None:
+    """Run the test cases beside the rules: PASS/FAIL/SKIP per case."""
+    from .pipeline import build_runtime
+    from .ruleset import load_ruleset
+    from .testing import run_file, find_test_files
+    from .validate import rules_root
+
+    given = _paths(paths)
+    ruleset, diags = load_ruleset(rules_root(given))
+    if ruleset is None:
+        for d in diags:
+            click.echo(d.render())
+        click.echo("0 passed, 0 failed (rule files have errors; run protocol-engine validate)")
+        sys.exit(1)
+    runtimes = build_runtime(ruleset)
+    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
+    for path in find_test_files(given):
+        results, tdiags = run_file(path, ruleset, runtimes, only_rule)
+        for d in tdiags:
+            click.echo(d.render())
+            counts["FAIL"] += 1
+        for r in results:
+            counts[r.status] += 1
+            click.echo(f"{r.status} {r.rule} {r.name}")
+            if r.status == "FAIL":
+                for problem in r.problems:
+                    click.echo(f"     - {problem}")
+                click.echo("     actual cards:")
+                for c in r.cards or []:
+                    click.echo(f"       {c['indicator']:8} {c['extension']['protocol-engine']['rule']:7} {c['summary']}")
+                if not r.cards:
+                    click.echo("       (none)")
+            elif verbose:
+                for c in r.cards:
+                    click.echo(f"       {c['indicator']:8} {c['extension']['protocol-engine']['rule']:7} {c['summary']}")
+    skipped = f", {counts['SKIP']} skipped" if counts["SKIP"] else ""
+    click.echo(f"{counts['PASS']} passed, {counts['FAIL']} failed{skipped}")
+    sys.exit(1 if counts["FAIL"] else 0)
+
+
+@main.command()
+@click.option("--request", "request_file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--service", "service_id", default=None, help="Service id (default: the ketamine-/pack service of the hook).")
+@click.option("--now", default=None, help="Evaluation time (ISO 8601); default: the current time.")
+@click.option("--rules", "rules_dir", default=None)
+def explain(request_file: str, service_id: str | None, now: str | None, rules_dir: str | None) -> None:
+    """Evaluate a CDS Hooks request offline and show why each rule held or not."""
+    from .engine import EngineError
+    from .errors import ProtocolEngineError
+    from .explain import explain_rule, summary_lines
+    from .registry import load
+    from .pipeline import run
+
+    loaded = load(Path(rules_dir) if rules_dir else _paths(())[0])
+    try:
+        body = json.loads(Path(request_file).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise click.ClickException(f"{request_file} is not JSON: {exc}") from exc
+    if service_id is None:
+        hook = body.get("hook") if isinstance(body, dict) else None
+        service_id = next((sid for sid, rt in loaded.runtimes.items() if rt.service.hook == hook), None)
+        if service_id is None:
+            raise click.ClickException(f"no service answers hook {hook!r}; pass --service")
+    when = dt.datetime.fromisoformat(now.replace("Z", "+00:00")) if now else dt.datetime.now(dt.UTC)
+    try:
+        outcome = run(loaded.runtimes, loaded.ruleset.revision, service_id, body, when, None)
+    except (ProtocolEngineError, EngineError) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    rt = loaded.runtimes[service_id]
+    click.echo(f"service {service_id} ({rt.service.hook}), rule set {loaded.ruleset.revision}, now {when.isoformat()}")
+    if outcome.trace.get("skipped"):
+        click.echo(f"skipped: {outcome.trace['skipped']}")
+    fired = {f["rule"] for f in outcome.trace["fired"] + outcome.trace["shadow"]}
+    click.echo("facts:")
+    for fact in outcome.facts:
+        click.echo(f"  {fact['t']:12} {fact.get('describe', '')}")
+    for rule in rt.rules:
+        for line in explain_rule(rule, outcome.facts, rule.id in fired):
+            click.echo(line)
+    for line in summary_lines(outcome.cards):
+        click.echo(line)
+
+
+@main.command(name="list")
+@click.option("--status", default=None)
+@click.option("--rules", "rules_dir", default=None)
+def list_cmd(status: str | None, rules_dir: str | None) -> None:
+    """The rule catalogue: id, version, status, category, hooks, title."""
+    from .catalogue import catalogue
+    from .ruleset import load_ruleset
+
+    ruleset, diags = load_ruleset(Path(rules_dir) if rules_dir else _paths(())[0])
+    if ruleset is None:
+        for d in diags:
+            click.echo(d.render())
+        sys.exit(1)
+    for r in catalogue(ruleset)["rules"]:
+        if status and r["status"] != status:
+            continue
+        click.echo(f"{r['id']:7} {r['version']:7} {r['status']:7} {r['category']:16} {r['indicator']:8} "
+                   f"{','.join(r['hooks']):58} {r['title']}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--check", is_flag=True, help="Exit 1 if a file is not in canonical form; change nothing.")
+def fmt(paths: tuple[str, ...], check: bool) -> None:
+    """Rewrite rule files in one canonical layout (key order, indentation), keeping comments."""
+    from .formatting import format_file
+
+    targets: list[Path] = []
+    for p in _paths(paths):
+        targets += sorted(p.rglob("*.rule.yaml")) if p.is_dir() else [p]
+    changed = []
+    for path in targets:
+        new = format_file(path)
+        if new is None:
+            click.echo(f"{path}: cannot format (run protocol-engine validate)")
+            continue
+        if new != path.read_text(encoding="utf-8"):
+            changed.append(path)
+            if not check:
+                path.write_text(new, encoding="utf-8")
+    verb = "would reformat" if check else "reformatted"
+    for path in changed:
+        click.echo(f"{verb} {path}")
+    click.echo(f"{len(changed)} file(s) {verb}, {len(targets) - len(changed)} unchanged")
+    if check and changed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("rule_id")
+@click.option("--category", required=True)
+@click.option("--title", default="New rule")
+@click.option("--pack", default=None, help="Pack directory (default: the only pack under the rules root).")
+def new(rule_id: str, category: str, title: str, pack: str | None) -> None:
+    """Scaffold a rule file and its test file."""
+    from .scaffold import scaffold
+
+    for path in scaffold(rule_id, category, title, Path(pack) if pack else None, _paths(())[0]):
+        click.echo(f"created {path}")
+
+
+@main.command()
+@click.option("--since", default=None, help="Start date (default: 30 days ago).")
+@click.option("--until", default=None, help="End date, exclusive (default: now).")
+@click.option("--format", "fmt_", type=click.Choice(["text", "csv"]), default="text")
+@click.option("--database", default=None, help="SQLAlchemy URL (default: PROTOCOL_ENGINE_DATABASE_URL).")
+def report(since: str | None, until: str | None, fmt_: str, database: str | None) -> None:
+    """Per rule: how often it fired, was accepted or overridden, and why."""
+    from .config import load_settings
+    from .store import Store
+
+    url = database or load_settings().database_url
+    now = dt.datetime.now(dt.UTC)
+
+    def parse(value: str | None, default: dt.datetime) -> dt.datetime:
+        if not value:
+            return default
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+    start, end = parse(since, now - dt.timedelta(days=30)), parse(until, now)
+    store = Store(url)
+    store.migrate()
+    rows = store.rule_report(start, end)
+    if fmt_ == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["rule", "fired", "accepted", "overridden", "override_rate", "override_reasons"])
+        for r in rows:
+            writer.writerow([r["rule"], r["fired"], r["accepted"], r["overridden"], _rate(r),
+                             "; ".join(f"{k} ({v})" for k, v in sorted(r["reasons"].items(), key=lambda i: -i[1]))])
+        return
+    click.echo(f"rule activity {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC ({url.split('://')[0]})")
+    click.echo(f"{'rule':8} {'fired':>6} {'accepted':>9} {'overridden':>11} {'override %':>10}")
+    for r in rows:
+        click.echo(f"{r['rule']:8} {r['fired']:>6} {r['accepted']:>9} {r['overridden']:>11} {_rate(r):>10}")
+        for reason, n in sorted(r["reasons"].items(), key=lambda i: -i[1]):
+            click.echo(f"{'':8}   override reason: {reason} ({n})")
+    if not rows:
+        click.echo("(no cards in this period)")
+
+
+def _rate(row: dict[str, Any]) -> str:
+    return f"{100 * row['overridden'] / row['fired']:.0f}" if row["fired"] else "-"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,550 @@
+"""Derived facts a protocol declares, computed generically from typed records and `now`.
+
+The protocol's global semantics (valid statuses, look-back, duplicates, unit conversion, course
+and phase) are applied here so rules read pre-aggregated facts: the governing reading of each
+measure, the course, the order, the score change. Nothing here names a drug or a code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.fhir.records import Chart, Concept, MedicationRecord, ObservationRecord, Quantity
+
+from . import units
+from .durations import parse_hours
+from .model import Fact
+from .protocol import Measure, Protocol
+from .valuesets import ValueSetIndex
+
+_H = 3600.0
+
+
+def fmt_time(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def fmt_num(x: float) -> str:
+    return f"{x:.1f}".rstrip("0").rstrip(".") if x != int(x) else str(int(x))
+
+
+@dataclass
+class Reading:
+    """One interpretable or uninterpretable reading of a measure, after unit conversion."""
+
+    measure: str
+    time: dt.datetime
+    refs: list[str]
+    values: dict[str, float]
+    positive: bool | None = None
+    readable: bool = True
+    problem: str = ""
+    uln_ratio: float | None = None
+
+
+class Deriver:
+    """Holds the per-rule-set indexes; `facts()` is pure given (chart, now, hook)."""
+
+    def __init__(self, protocol: Protocol, index: ValueSetIndex) -> None:
+        self.p = protocol
+        self.index = index
+        sem = protocol.semantics
+        self.obs_valid = set(sem.get("observation_valid_status", ["final", "amended", "corrected"]))
+        self.future_tol_h = parse_hours(sem.get("future_tolerance", "5m")) or 5 / 60
+        self.cond_active = set(sem.get("condition_active_status", ["active", "recurrence", "relapse"]))
+        self.cond_excluded = set(sem.get("condition_excluded_verification", ["refuted", "entered-in-error"]))
+        med = sem.get("medication_active_status", {})
+        self.med_active = {"request": set(med.get("request", ["active"])),
+                           "statement": set(med.get("statement", ["active", "intended"]))}
+        self.med_on_hold = set(sem.get("medication_on_hold_status", ["on-hold"]))
+        self.admin_status = set(sem.get("administration_status", ["completed", "in-progress", "stopped"]))
+        self.allergy_active = set(sem.get("allergy_active_status", ["active"]))
+        self.measure_of_vs: dict[str, list[tuple[str, str]]] = {}
+        for m in protocol.measures.values():
+            for role, vs in ((("value", m.valueset),) if m.kind != "pair" else
+                             (("panel", m.panel), (m.first[0] if m.first else "", m.first[1] if m.first else None),
+                              (m.second[0] if m.second else "", m.second[1] if m.second else None))):
+                if vs:
+                    self.measure_of_vs.setdefault(vs, []).append((m.name, role))
+        pos = protocol.presence
+        self.positive_words = {w.lower() for w in pos.get("positive", [])}
+        self.negative_words = {w.lower() for w in pos.get("negative", [])}
+        pairs = [(alias, m.unit) for m in protocol.measures.values() if m.unit for alias in m.aliases.values()]
+        units.warm(pairs + [(m.unit, m.unit) for m in protocol.measures.values() if m.unit])
+
+    # -- observations -------------------------------------------------------------------
+    def _convert(self, m: Measure, q: Quantity) -> tuple[float | None, str]:
+        if q.value is None:
+            return None, "value is not numeric"
+        if m.kind == "score":
+            if q.unit in (None, "", "{score}", "1", "{Score}"):
+                return q.value, ""
+            return None, f"unit '{q.unit}' is not a score unit"
+        if not q.unit:
+            return None, "unit missing"
+        unit = m.aliases.get(q.unit, q.unit)
+        target = m.unit or unit
+        f = units.factor(unit, target)
+        if f is None:
+            return None, f"unit '{q.unit}' is not convertible to {target}"
+        return q.value * f, ""
+
+    def _presence(self, m: Measure, q: Quantity, interp: Concept | None) -> bool | None:
+        words = [q.text] if q.text else []
+        if q.coded:
+            words += [t for t in q.coded.texts() if t] + [c for _, c, _ in q.coded.codings if c]
+        for word in words:
+            w = str(word).strip().lower()
+            if w in self.positive_words:
+                return True
+            if w in self.negative_words:
+                return False
+        if q.value is not None and m.positive_at is not None:
+            value, unit = m.positive_at
+            f = units.factor(q.unit, unit) if q.unit else None
+            if f is not None:
+                return q.value * f >= value
+        if interp is not None:
+            for _, code, _ in interp.codings:
+                if code and code.lower() in self.positive_words:
+                    return True
+                if code and code.lower() in self.negative_words:
+                    return False
+        return None
+
+    def readings(self, chart: Chart, now: dt.datetime) -> tuple[dict[str, list[Reading]], dict[str, Reading]]:
+        """Valid readings per measure (newest first) and the newest future-dated reading per measure."""
+        out: dict[str, list[Reading]] = {name: [] for name in self.p.measures}
+        future: dict[str, Reading] = {}
+        partials: dict[str, list[tuple[ObservationRecord, str, Quantity]]] = {}
+        horizon = now + dt.timedelta(hours=self.future_tol_h)
+        for obs in chart.observations:
+            if obs.status not in self.obs_valid or obs.time is None:
+                continue
+            hits: list[tuple[str, str]] = []
+            for vs in self.index.members(obs.code.pairs(), ()):
+                hits.extend(self.measure_of_vs.get(vs, ()))
+            if not hits:
+                continue
+            if obs.time > horizon:
+                for name, _ in hits:
+                    prev = future.get(name)
+                    if prev is None or obs.time > prev.time:
+                        future[name] = Reading(name, obs.time, [obs.ref], {})
+                continue
+            for name, role in hits:
+                m = self.p.measures[name]
+                if m.kind == "pair" and role == "panel":
+                    out[name].append(self._panel(m, obs))
+                elif m.kind == "pair":
+                    partials.setdefault(name, []).append((obs, role, obs.value))
+                else:
+                    out[name].append(self._single(m, obs))
+        for name, items in partials.items():
+            out[name].extend(self._pair_standalone(self.p.measures[name], items))
+        for name in out:
+            out[name].sort(key=lambda r: r.time, reverse=True)
+        return out, future
+
+    def _single(self, m: Measure, obs: ObservationRecord) -> Reading:
+        if m.kind == "presence":
+            positive = self._presence(m, obs.value, obs.interpretation)
+            if positive is None:
+                return Reading(m.name, obs.time, [obs.ref], {}, readable=False,  # type: ignore[arg-type]
+                               problem="result is neither positive nor negative")
+            values = {"value": obs.value.value} if obs.value.value is not None else {}
+            return Reading(m.name, obs.time, [obs.ref], values, positive=positive)  # type: ignore[arg-type]
+        value, problem = self._convert(m, obs.value)
+        if value is None:
+            return Reading(m.name, obs.time, [obs.ref], {}, readable=False, problem=problem)  # type: ignore[arg-type]
+        reading = Reading(m.name, obs.time, [obs.ref], {"value": value})  # type: ignore[arg-type]
+        high = obs.reference_high
+        limit = None
+        if high is not None and high.value is not None:
+            f = units.factor(m.aliases.get(high.unit or "", high.unit or ""), m.unit) if (high.unit and m.unit) else 1.0
+            limit = high.value * f if f else None
+        limit = limit or m.upper_limit
+        if limit:
+            reading.uln_ratio = value / limit
+        return reading
+
+    def _panel(self, m: Measure, obs: ObservationRecord) -> Reading:
+        assert m.first and m.second
+        values: dict[str, float] = {}
+        problems = []
+        for concept, q in obs.components:
+            members = self.index.members(concept.pairs(), ())
+            for fieldname, vs in (m.first, m.second):
+                if vs in members:
+                    value, problem = self._convert(m, q)
+                    if value is None:
+                        problems.append(f"{fieldname}: {problem}")
+                    else:
+                        values[fieldname] = value
+        if problems or not values:
+            return Reading(m.name, obs.time, [obs.ref], values, readable=False,  # type: ignore[arg-type]
+                           problem="; ".join(problems) or "no components")
+        return Reading(m.name, obs.time, [obs.ref], values)  # type: ignore[arg-type]
+
+    def _pair_standalone(self, m: Measure, items: list[tuple[ObservationRecord, str, Quantity]]) -> list[Reading]:
+        """G4: standalone halves pair when taken within the pairing tolerance of each other."""
+        items.sort(key=lambda i: i[0].time)  # type: ignore[arg-type, return-value]
+        readings: list[Reading] = []
+        used: set[int] = set()
+        for i, (obs, role, q) in enumerate(items):
+            if i in used:
+                continue
+            used.add(i)
+            value, problem = self._convert(m, q)
+            reading = Reading(m.name, obs.time, [obs.ref], {}, readable=value is not None,  # type: ignore[arg-type]
+                              problem=problem)
+            if value is not None:
+                reading.values[role] = value
+            for j in range(i + 1, len(items)):
+                other, other_role, other_q = items[j]
+                if j in used or other_role == role:
+                    continue
+                if (other.time - obs.time).total_seconds() / _H > m.pairing_h:  # type: ignore[operator]
+                    break
+                used.add(j)
+                other_value, other_problem = self._convert(m, other_q)
+                reading.refs.append(other.ref)
+                reading.time = max(reading.time, other.time)  # type: ignore[type-var]
+                if other_value is None:
+                    reading.readable, reading.problem = False, other_problem
+                else:
+                    reading.values[other_role] = other_value
+                break
+            readings.append(reading)
+        return readings
+
+    def governing(self, m: Measure, readings: list[Reading]) -> tuple[Reading | None, Reading | None]:
+        """G5: newest readable reading; same-time readings merge (duplicates once, worse value wins)."""
+        readable = [r for r in readings if r.readable]
+        best = None
+        if readable:
+            top = readable[0].time
+            same = [r for r in readable if r.time == top]
+            best = Reading(m.name, top, [], {}, positive=None)
+            pick = max if m.worse == "higher" else min
+            for r in same:
+                for ref in r.refs:
+                    if ref not in best.refs:
+                        best.refs.append(ref)
+                for key, value in r.values.items():
+                    best.values[key] = pick(best.values.get(key, value), value)
+                if r.positive is not None:
+                    best.positive = bool(best.positive) or r.positive
+                if r.uln_ratio is not None:
+                    best.uln_ratio = pick(best.uln_ratio or r.uln_ratio, r.uln_ratio)
+        unreadable = next((r for r in readings if not r.readable), None)
+        if unreadable is not None and best is not None and unreadable.time <= best.time:
+            unreadable = None
+        return best, unreadable
+
+    def describe_reading(self, m: Measure, r: Reading) -> str:
+        unit = f" {m.unit}" if m.unit else ""
+        if m.kind == "pair" and m.first and m.second:
+            a = r.values.get(m.first[0])
+            b = r.values.get(m.second[0])
+            value = f"{fmt_num(a) if a is not None else '?'}/{fmt_num(b) if b is not None else '?'}{unit}"
+        elif m.kind == "presence":
+            value = "positive" if r.positive else "negative"
+            if "value" in r.values:
+                value += f" ({fmt_num(r.values['value'])})"
+        else:
+            value = fmt_num(r.values["value"]) + unit if "value" in r.values else "?"
+        return f"{m.label} {value} at {fmt_time(r.time)}, {', '.join(r.refs)}"
+
+    # -- the whole fact set -------------------------------------------------------------
+    def facts(self, chart: Chart, now: dt.datetime, hook: str, patient_id: str | None) -> list[Fact]:
+        facts: list[Fact] = []
+        readings, future = self.readings(chart, now)
+        governing: dict[str, Reading] = {}
+        for name, m in self.p.measures.items():
+            best, bad = self.governing(m, readings[name])
+            if best is not None:
+                governing[name] = best
+                fact: Fact = {"t": "measurement", "measure": name, "age": _age_h(now, best.time),
+                              "at": best.time.isoformat(), "refs": best.refs, "unit": m.unit or "",
+                              "describe": self.describe_reading(m, best)}
+                fact.update(best.values)
+                if best.positive is not None:
+                    fact["positive"] = best.positive
+                if best.uln_ratio is not None:
+                    fact["uln_ratio"] = round(best.uln_ratio, 4)
+                facts.append(fact)
+            if bad is not None:
+                facts.append({"t": "unreadable", "measure": name, "age": _age_h(now, bad.time),
+                              "at": bad.time.isoformat(), "refs": bad.refs, "problem": bad.problem,
+                              "describe": f"{m.label} at {fmt_time(bad.time)} cannot be interpreted "
+                                          f"({bad.problem}), {', '.join(bad.refs)}"})
+            if name in future:
+                fr = future[name]
+                facts.append({"t": "future", "measure": name, "at": fr.time.isoformat(), "refs": fr.refs,
+                              "describe": f"{m.label} dated {fmt_time(fr.time)} (in the future), "
+                                          f"{', '.join(fr.refs)}"})
+        for issue in chart.issues:
+            facts.append({"t": "data-issue", "refs": [issue.ref], "problem": issue.problem,
+                          "describe": f"{issue.ref}: {issue.problem}"})
+        patient = self._patient(chart, now)
+        if patient is not None:
+            facts.append(patient)
+        facts.extend(self._conditions(chart, now))
+        facts.extend(self._medications(chart))
+        facts.extend(self._allergies(chart))
+        course = self._course(chart, now, readings)
+        if course is not None:
+            facts.append(course)
+        orders = self._orders(chart, hook, governing, course, now)
+        facts.extend(orders)
+        facts.extend(self._scores(chart, now, readings, course))
+        for i, fact in enumerate(facts):
+            fact["n"] = i  # durable_rules treats equal facts as one; every fact must be distinct
+        return facts
+
+    def _patient(self, chart: Chart, now: dt.datetime) -> Fact | None:
+        p = chart.patient
+        if p is None:
+            return None
+        fact: Fact = {"t": "patient", "refs": [p.ref], "birthdate_known": p.birth_date is not None,
+                      "sex": p.gender or "unknown"}
+        if p.birth_date is not None:
+            today = now.date()
+            b = p.birth_date
+            fact["age"] = today.year - b.year - ((today.month, today.day) < (b.month, b.day))  # G13
+            fact["describe"] = f"Patient aged {fact['age']} years ({p.ref})"
+        else:
+            fact["describe"] = f"Patient record has no birth date ({p.ref})"
+        return fact
+
+    def _conditions(self, chart: Chart, now: dt.datetime) -> Iterable[Fact]:
+        for c in chart.conditions:
+            if c.verification_status in self.cond_excluded:
+                continue
+            if c.onset is not None and c.onset > now + dt.timedelta(hours=self.future_tol_h):
+                continue  # G6: onset in the future is ignored
+            active = c.clinical_status is None or c.clinical_status in self.cond_active
+            for vs in sorted(self.index.members(c.code.pairs(), ())):
+                fact: Fact = {"t": "condition", "valueset": vs, "active": active,
+                              "clinical_status": c.clinical_status or "unspecified", "refs": [c.ref],
+                              "code": c.code.label(),
+                              "describe": f"{c.code.label()} ({c.clinical_status or 'status not recorded'}), "
+                                          f"{c.ref}"}
+                if c.onset is not None:
+                    fact["onset_ago"] = _age_h(now, c.onset)
+                yield fact
+
+    def _medications(self, chart: Chart) -> Iterable[Fact]:
+        for med in chart.medications:
+            if med.status in self.med_active.get(med.kind, set()):
+                status = "active"
+            elif med.kind == "request" and med.status in self.med_on_hold:
+                status = "on-hold"
+            else:
+                continue
+            for vs in sorted(self.index.members(med.medication.pairs(), med.medication.texts())):
+                yield {"t": "medication", "valueset": vs, "status": status, "refs": [med.ref],
+                       "describe": f"{med.medication.label()} ({status}), {med.ref}"}
+
+    def _allergies(self, chart: Chart) -> Iterable[Fact]:
+        for a in chart.allergies:
+            if a.verification_status in self.cond_excluded:
+                continue
+            if a.clinical_status is not None and a.clinical_status not in self.allergy_active:
+                continue
+            found: set[str] = set()
+            for s in a.substances:
+                found |= self.index.members(s.pairs(), s.texts())
+            for vs in sorted(found):
+                label = a.substances[0].label() if a.substances else "substance"
+                yield {"t": "allergy", "valueset": vs, "refs": [a.ref],
+                       "describe": f"Allergy/intolerance to {label}, {a.ref}"}
+
+    def drug_of(self, concept: Concept) -> str | None:
+        members = self.index.members(concept.pairs(), concept.texts())
+        for drug, vs in self.p.drugs.items():
+            if vs in members:
+                return drug
+        return None
+
+    def route_of(self, concept: Concept | None) -> str:
+        if concept is None:
+            return "unspecified"
+        members = self.index.members(concept.pairs(), concept.texts())
+        for route, vs in self.p.routes.items():
+            if vs in members:
+                return route
+        return "other"
+
+    def _doses(self, chart: Chart, now: dt.datetime) -> list[tuple[dt.datetime, str, str, str]]:
+        """G9 prior doses: (time, drug, status, ref), oldest first."""
+        horizon = now + dt.timedelta(hours=self.future_tol_h)
+        doses = []
+        for a in chart.administrations:
+            if a.status not in self.admin_status or a.start is None or a.start > horizon:
+                continue
+            drug = self.drug_of(a.medication)
+            if drug is not None:
+                doses.append((a.start, drug, a.status or "", a.ref))
+        doses.sort()
+        return doses
+
+    def _course(self, chart: Chart, now: dt.datetime, readings: dict[str, list[Reading]]) -> Fact | None:
+        c = self.p.course
+        doses = self._doses(chart, now)
+        if not doses:
+            return {"t": "course", "doses": 0, "phase": "none", "new_course": True, "has_prior": False,
+                    "doses_7d": 0, "refs": [], "describe": "No prior dose recorded"}
+        gap_h = parse_hours(c.get("gap", "60d")) or 1440.0
+        start = 0
+        for i in range(1, len(doses)):
+            if (doses[i][0] - doses[i - 1][0]).total_seconds() / _H > gap_h:
+                start = i
+        course = doses[start:]
+        last_time, drug, last_status, last_ref = doses[-1]
+        since = _age_h(now, last_time)
+        course_start = course[0][0]
+        day = (now - course_start).total_seconds() / 86400
+        induction = (c.get("induction") or {}).get(drug, {})
+        max_doses = induction.get("doses")
+        max_days = (parse_hours(induction.get("days")) or 0) / 24 if induction.get("days") else None
+        if isinstance(induction.get("days"), (int, float)):
+            max_days = float(induction["days"])
+        in_induction = (max_doses is None or len(course) < max_doses) and (max_days is None or day < max_days)
+        phase = "induction" if in_induction else "maintenance"
+        fact: Fact = {
+            "t": "course", "drug": drug, "doses": len(course), "phase": phase, "has_prior": True,
+            "since_last": since, "new_course": since > gap_h,
+            "course_day": int(day), "course_week": int(day // 7) + 1,
+            "doses_7d": sum(1 for d in doses if _age_h(now, d[0]) < 168),
+            "induction_complete": not in_induction, "last_at": last_time.isoformat(), "refs": [last_ref],
+            "describe": f"Last {drug} dose {fmt_time(last_time)} ({_span(since)} ago, dose {len(course)} "
+                        f"of the course, {phase}), {last_ref}",
+        }
+        check = c.get("post_dose_check")
+        if check and last_status == "completed":
+            lo = parse_hours(check.get("from", "30m")) or 0.5
+            hi = parse_hours(check.get("to", "90m")) or 1.5
+            found = [r for r in readings.get(check["measure"], [])
+                     if lo <= (r.time - last_time).total_seconds() / _H <= hi]
+            fact["last_post_dose_check"] = bool(found)
+        return fact
+
+    def _orders(self, chart: Chart, hook: str, governing: dict[str, Reading], course: Fact | None,
+                now: dt.datetime) -> list[Fact]:
+        sources: list[tuple[MedicationRecord, bool]] = []
+        if hook in ("order-select", "order-sign"):
+            sources = [(o, True) for o, selected in chart.draft_orders if selected]
+        else:
+            active = [m for m in chart.medications if m.kind == "request" and m.status == "active"]
+            sources = [(m, False) for m in active]
+        facts: list[Fact] = []
+        weight_spec = self.p.order.get("weight") or {}
+        weight = governing.get(weight_spec.get("measure", ""))
+        weight_window = parse_hours(weight_spec.get("within", "30d")) or 720.0
+        weight_kg = None
+        if weight is not None and _age_h(now, weight.time) <= weight_window:
+            weight_kg = weight.values.get("value")
+        for order, draft in sources:
+            drug = self.drug_of(order.medication)
+            if drug is None:
+                continue
+            fact: Fact = {"t": "order", "drug": drug, "route": self.route_of(order.route), "draft": draft,
+                          "refs": [order.ref], "new_course": bool(course["new_course"]) if course else True,
+                          "weight_known": weight_kg is not None}
+            dose_text = ""
+            if order.dose is not None and order.dose.value is not None and order.dose.unit:
+                per_kg = units.factor(order.dose.unit, "mg/kg")
+                mg = units.factor(order.dose.unit, "mg")
+                if mg is not None:
+                    fact["dose"] = round(order.dose.value * mg, 3)
+                    if weight_kg:
+                        fact["dose_per_kg"] = round(fact["dose"] / weight_kg, 4)
+                elif per_kg is not None:
+                    fact["dose_per_kg"] = round(order.dose.value * per_kg, 4)
+                    if weight_kg:
+                        fact["dose"] = round(fact["dose_per_kg"] * weight_kg, 3)
+                dose_text = f" {fmt_num(order.dose.value)} {order.dose.unit}"
+            hours = order.duration_h
+            if hours is None and order.rate is not None and order.rate.value and order.rate.unit and "dose" in fact:
+                per_h = units.factor(order.rate.unit, "mg/h")
+                if per_h:
+                    hours = fact["dose"] / (order.rate.value * per_h)
+            if hours is not None:
+                fact["infusion_time"] = round(hours, 4)
+            if weight_kg:
+                fact["weight"] = weight_kg
+            fact["describe"] = (f"{'Draft order' if draft else 'Active order'}: {order.medication.label()}"
+                                f"{dose_text} {fact['route']}, {order.ref}")
+            facts.append(fact)
+        return facts
+
+    def _scores(self, chart: Chart, now: dt.datetime, readings: dict[str, list[Reading]],
+                course: Fact | None) -> list[Fact]:
+        spec = self.p.scores
+        if not spec or course is None or not course.get("induction_complete"):
+            return []
+        doses = self._doses(chart, now)
+        gap_h = parse_hours(self.p.course.get("gap", "60d")) or 1440.0
+        start = 0
+        for i in range(1, len(doses)):
+            if (doses[i][0] - doses[i - 1][0]).total_seconds() / _H > gap_h:
+                start = i
+        course_doses = doses[start:]
+        drug = course_doses[-1][1]
+        induction = (self.p.course.get("induction") or {}).get(drug, {})
+        first = course_doses[0][0]
+        max_doses = induction.get("doses") or len(course_doses)
+        max_days = float(induction.get("days", 10**6))
+        in_induction = [d for i, d in enumerate(course_doses)
+                        if i < max_doses and (d[0] - first).total_seconds() / 86400 < max_days]
+        last_induction = in_induction[-1][0]
+        window_h = parse_hours(spec.get("baseline_window", "30d")) or 720.0
+        chosen: Fact | None = None
+        for instrument in spec.get("instruments", []):
+            rs = [r for r in readings.get(instrument, []) if r.readable]
+            base = next((r for r in rs if r.time <= first and (first - r.time).total_seconds() / _H <= window_h),
+                        None)
+            current = next((r for r in rs if r.time > last_induction), None)
+            fact: Fact = {"t": "score", "instrument": instrument, "has_baseline": base is not None,
+                          "has_current": current is not None, "refs": []}
+            parts = []
+            if base is not None:
+                fact["baseline"] = base.values["value"]
+                fact["refs"] += base.refs
+                parts.append(f"baseline {fmt_num(base.values['value'])} at {fmt_time(base.time)} "
+                             f"({', '.join(base.refs)})")
+            if current is not None:
+                fact["current"] = current.values["value"]
+                fact["refs"] += current.refs
+                parts.append(f"current {fmt_num(current.values['value'])} at {fmt_time(current.time)} "
+                             f"({', '.join(current.refs)})")
+            if base is not None and current is not None:
+                b, cur = base.values["value"], current.values["value"]
+                fact["rise"] = cur - b
+                if b > 0:
+                    fact["change_pct"] = round((b - cur) / b * 100, 2)
+            label = self.p.measures[instrument].label if instrument in self.p.measures else instrument
+            fact["describe"] = f"{label}: " + ("; ".join(parts) if parts else "no score recorded")
+            if base is not None or chosen is None:
+                if chosen is None or (base is not None and not chosen["has_baseline"]):
+                    chosen = fact
+        return [chosen] if chosen else []
+
+
+def _age_h(now: dt.datetime, t: dt.datetime) -> float:
+    return round((now - t).total_seconds() / _H, 4)
+
+
+def _span(hours: float) -> str:
+    if hours < 48:
+        return f"{fmt_num(round(hours, 1))} h"
+    return f"{fmt_num(round(hours / 24, 1))} days"
+
+
+def pick_values(fact: Fact, names: Iterable[str]) -> dict[str, Any]:
+    return {k: fact[k] for k in names if k in fact}

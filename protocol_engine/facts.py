@@ -1,0 +1,53 @@
+"""The fact catalogue: every fact type a rule may read, its fields and their kinds.
+
+Kinds: text, number, bool, duration (stored in hours; written `24h`, `30d` in rule files).
+A `number:<ucum>` kind carries the unit rule thresholds must be written in.
+"""
+
+from __future__ import annotations
+
+FACTS: dict[str, dict[str, str]] = {
+    "patient": {"age": "number:a", "sex": "text", "birthdate_known": "bool"},
+    "order": {
+        "drug": "text", "route": "text", "draft": "bool", "new_course": "bool", "dose": "number:mg",
+        "dose_per_kg": "number:mg/kg", "weight": "number:kg", "weight_known": "bool",
+        "infusion_time": "duration",
+    },
+    "measurement": {
+        "measure": "text", "age": "duration", "value": "number:measure", "positive": "bool",
+        "uln_ratio": "number", "unit": "text",
+    },
+    "unreadable": {"measure": "text", "age": "duration", "problem": "text"},
+    "future": {"measure": "text"},
+    "data-issue": {"problem": "text"},
+    "condition": {
+        "valueset": "valueset", "active": "bool", "clinical_status": "text", "onset_ago": "duration",
+        "code": "text",
+    },
+    "medication": {"valueset": "valueset", "status": "text"},
+    "allergy": {"valueset": "valueset"},
+    "course": {
+        "drug": "text", "doses": "number", "phase": "text", "has_prior": "bool", "since_last": "duration",
+        "new_course": "bool", "course_day": "number", "course_week": "number", "doses_7d": "number",
+        "induction_complete": "bool", "last_post_dose_check": "bool",
+    },
+    "score": {
+        "instrument": "text", "has_baseline": "bool", "has_current": "bool", "baseline": "number",
+        "current": "number", "rise": "number", "change_pct": "number",
+    },
+}
+
+# Which FHIR resource types each fact type is computed from (drives the derived prefetch templates).
+SOURCES: dict[str, tuple[str, ...]] = {
+    "patient": ("Patient",),
+    "order": ("MedicationRequest", "Observation", "MedicationAdministration"),
+    "measurement": ("Observation",),
+    "unreadable": ("Observation",),
+    "future": ("Observation",),
+    "data-issue": (),
+    "condition": ("Condition",),
+    "medication": ("MedicationRequest", "MedicationStatement"),
+    "allergy": ("AllergyIntolerance",),
+    "course": ("MedicationAdministration", "Observation"),
+    "score": ("Observation", "MedicationAdministration"),
+}

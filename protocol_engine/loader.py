@@ -1,0 +1,429 @@
+"""Rule files (YAML) -> Rule, with a Diagnostic at the exact line and column of every problem."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from jinja2 import meta
+from jinja2.exceptions import TemplateSyntaxError
+
+from . import yamlsource
+from .durations import parse_hours
+from .errors import Diagnostic
+from .facts import FACTS
+from .model import (
+    CATEGORIES,
+    HOOKS,
+    INDICATORS,
+    STATUSES,
+    Action,
+    CardTemplate,
+    Citation,
+    Conjunct,
+    FieldTest,
+    Location,
+    Pattern,
+    Rule,
+    Suggestion,
+)
+from .protocol import Protocol
+from .templates import TEMPLATE_GLOBALS, environment
+
+SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+RULE_KEYS = {"rule", "version", "status", "category", "title", "hooks", "drugs", "plain", "settings", "when",
+             "suppressed_by", "card", "citation", "notes", "effective"}
+OPS = {"eq", "ne", "lt", "lte", "gt", "gte", "in", "within", "older_than"}
+PATTERN_META = {"fact", "as"}
+MAX_CONJUNCTS = 64
+
+
+def did_you_mean(word: str, choices: list[str]) -> str | None:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+class RuleParser:
+    """Parses one rule file; collects every problem rather than stopping at the first."""
+
+    def __init__(self, path: Path, protocol: Protocol, valuesets: set[str]) -> None:
+        self.path = path
+        self.where = str(path)
+        self.protocol = protocol
+        self.valuesets = valuesets
+        self.diags: list[Diagnostic] = []
+        self.settings: dict[str, Any] = {}
+        self.setting_units: dict[str, str] = {}
+
+    def error(self, pos: tuple[int, int], code: str, message: str, hint: str | None = None,
+              length: int = 1) -> None:
+        self.diags.append(Diagnostic(self.where, pos[0], pos[1], code, message, hint, length=length))
+
+    def loc(self, pos: tuple[int, int]) -> Location:
+        return Location(self.where, pos[0], pos[1])
+
+    def parse(self) -> tuple[Rule | None, list[Diagnostic]]:
+        data, diags = yamlsource.load(self.path)
+        if diags:
+            return None, diags
+        if not isinstance(data, dict):
+            self.error((1, 1), "schema", "a rule file must be a YAML mapping")
+            return None, self.diags
+        for key in data:
+            if key not in RULE_KEYS:
+                self.error(yamlsource.key_pos(data, key), "unknown-key", f"unknown key '{key}'",
+                           did_you_mean(str(key), sorted(RULE_KEYS)), len(str(key)))
+        for key in ("rule", "version", "status", "category", "title", "hooks", "when", "card", "citation"):
+            if key not in data:
+                code = "missing-citation" if key == "citation" else "schema"
+                self.error(yamlsource.node_pos(data), code, f"missing required key '{key}'")
+        if self.diags:
+            return None, self.diags
+        rule_id = str(data["rule"])
+        version = str(data["version"])
+        if not SEMVER.match(version):
+            self.error(yamlsource.value_pos(data, "version"), "schema", f"version '{version}' is not semver (1.2.3)")
+        self._enum(data, "status", STATUSES)
+        self._enum(data, "category", CATEGORIES)
+        hooks = self._list_of(data, "hooks", HOOKS)
+        drugs = self._list_of(data, "drugs", tuple(self.protocol.drugs)) if "drugs" in data else ()
+        self._settings(data.get("settings"), data)
+        conjuncts = self._when(data["when"], data, bool(data.get("drugs")))
+        card = self._card(data["card"], data, conjuncts)
+        citation = self._citation(data["citation"], data)
+        plain = data.get("plain") or {}
+        if not isinstance(plain, dict) or not plain.get("when") or not plain.get("then"):
+            self.error(yamlsource.key_pos(data, "plain") if "plain" in data else yamlsource.node_pos(data),
+                       "missing-plain-words", "a rule needs plain-words 'plain: {when: ..., then: ...}'")
+            plain = {}
+        suppressed = data.get("suppressed_by") or []
+        if not isinstance(suppressed, list):
+            self.error(yamlsource.value_pos(data, "suppressed_by"), "schema", "suppressed_by must be a list of ids")
+            suppressed = []
+        if self.diags or card is None or citation is None:
+            return None, self.diags
+        facts_read = frozenset(p.fact for c in conjuncts for p in (*c.positives, *c.negatives))
+        rule = Rule(
+            id=rule_id, version=version, status=str(data["status"]), category=str(data["category"]),
+            title=str(data["title"]), hooks=tuple(hooks), drugs=tuple(drugs),
+            when_text=" ".join(str(plain.get("when", "")).split()),
+            then_text=" ".join(str(plain.get("then", "")).split()),
+            settings=dict(self.settings), conjuncts=tuple(conjuncts), card=card, citation=citation,
+            suppressed_by=tuple(str(s) for s in suppressed), path=self.where,
+            notes=" ".join(str(data.get("notes", "")).split()), facts_read=facts_read | {"order"},
+        )
+        return rule, self.diags
+
+    def _enum(self, data: Any, key: str, allowed: tuple[str, ...]) -> None:
+        value = data.get(key)
+        if value not in allowed:
+            self.error(yamlsource.value_pos(data, key), f"unknown-{key}",
+                       f"{key} '{value}' is not one of {', '.join(allowed)}", did_you_mean(str(value), list(allowed)),
+                       len(str(value)))
+
+    def _list_of(self, data: Any, key: str, allowed: tuple[str, ...]) -> list[str]:
+        value = data.get(key)
+        if not isinstance(value, list) or not value:
+            self.error(yamlsource.value_pos(data, key), "schema", f"{key} must be a non-empty list")
+            return []
+        for i, item in enumerate(value):
+            if item not in allowed:
+                self.error(yamlsource.value_pos(value, i), f"unknown-{key.rstrip('s')}",
+                           f"'{item}' is not one of {', '.join(allowed)}", did_you_mean(str(item), list(allowed)),
+                           len(str(item)))
+        return [str(v) for v in value]
+
+    def _settings(self, node: Any, data: Any) -> None:
+        if node is None:
+            return
+        if not isinstance(node, dict):
+            self.error(yamlsource.value_pos(data, "settings"), "schema", "settings must be a mapping")
+            return
+        for name, value in node.items():
+            if isinstance(value, dict):
+                if "value" not in value:
+                    self.error(yamlsource.key_pos(node, name), "schema", f"setting '{name}' needs 'value'")
+                    continue
+                self.settings[str(name)] = yamlsource.plain(value["value"])
+                if "unit" in value:
+                    self.setting_units[str(name)] = str(value["unit"])
+            else:
+                self.settings[str(name)] = yamlsource.plain(value)
+
+    # -- when ----------------------------------------------------------------------------
+    def _when(self, node: Any, parent: Any, scoped: bool) -> list[Conjunct]:
+        dnf = self._dnf(node, parent, "when")
+        if dnf is None:
+            return []
+        if len(dnf) > MAX_CONJUNCTS:
+            self.error(yamlsource.key_pos(parent, "when"), "too-complex",
+                       f"the condition expands to {len(dnf)} alternatives (limit {MAX_CONJUNCTS})")
+            return []
+        # A scoped rule always matches its order, so a rule of absences alone ("no BP in 24 h") is fine.
+        if not scoped and not all(c.positives for c in dnf):
+            self.error(yamlsource.key_pos(parent, "when"), "schema", "a rule needs at least one positive pattern")
+        for conj in dnf:
+            names = [p.bind for p in conj.positives if p.bind]
+            dupes = {n for n in names if names.count(n) > 1}
+            for name in dupes:
+                pat = next(p for p in conj.positives if p.bind == name)
+                self.error((pat.loc.line, pat.loc.col), "duplicate-binding",
+                           f"'{name}' is bound twice in one alternative; give each pattern its own 'as'")
+        return dnf
+
+    def _dnf(self, node: Any, parent: Any, key: Any) -> list[Conjunct] | None:
+        pos = yamlsource.value_pos(parent, key)
+        if not isinstance(node, dict):
+            self.error(pos, "schema", "a condition must be a mapping: a pattern (with 'fact') or all/any/none")
+            return None
+        if "fact" in node:
+            pattern = self._pattern(node, parent, key)
+            return [Conjunct((pattern,), ())] if pattern else None
+        unknown = [k for k in node if k not in ("all", "any", "none")]
+        for k in unknown:
+            self.error(yamlsource.key_pos(node, k), "unknown-key", f"'{k}' is not all, any, none or fact",
+                       did_you_mean(str(k), ["all", "any", "none", "fact"]), len(str(k)))
+        if unknown:
+            return None
+        result = [Conjunct((), ())]
+        ok = True
+        for combinator in ("all", "any", "none"):
+            if combinator not in node:
+                continue
+            items = node[combinator]
+            if not isinstance(items, list) or not items:
+                self.error(yamlsource.value_pos(node, combinator), "schema", f"'{combinator}' needs a non-empty list")
+                ok = False
+                continue
+            if combinator == "none":
+                negatives = []
+                for i, item in enumerate(items):
+                    if not isinstance(item, dict) or "fact" not in item:
+                        self.error(yamlsource.value_pos(items, i), "none-needs-patterns",
+                                   "'none' holds patterns only (each with 'fact')")
+                        ok = False
+                        continue
+                    if "as" in item:
+                        self.error(yamlsource.key_pos(item, "as"), "schema",
+                                   "a pattern under 'none' matches nothing, so it cannot bind a name")
+                    pattern = self._pattern(item, items, i)
+                    if pattern:
+                        negatives.append(pattern)
+                result = [Conjunct(c.positives, c.negatives + tuple(negatives)) for c in result]
+                continue
+            subs = [self._dnf(item, items, i) for i, item in enumerate(items)]
+            if any(s is None for s in subs):
+                ok = False
+                continue
+            if combinator == "all":
+                for sub in subs:
+                    result = [Conjunct(a.positives + b.positives, a.negatives + b.negatives)
+                              for a, b in product(result, sub or [])]
+            else:
+                alternatives = [c for sub in subs for c in (sub or [])]
+                result = [Conjunct(a.positives + b.positives, a.negatives + b.negatives)
+                          for a, b in product(result, alternatives)]
+        return result if ok else None
+
+    def _pattern(self, node: Any, parent: Any, key: Any) -> Pattern | None:
+        fact = node.get("fact")
+        pos = yamlsource.value_pos(node, "fact")
+        if fact not in FACTS:
+            self.error(pos, "unknown-fact-type", f"unknown fact type '{fact}'",
+                       did_you_mean(str(fact), sorted(FACTS)), len(str(fact)))
+            return None
+        fields = FACTS[fact]
+        measure = node.get("measure")
+        pair_fields: dict[str, str] = {}
+        if isinstance(measure, str):
+            m = self.protocol.measures.get(measure)
+            if m is None:
+                self.error(yamlsource.value_pos(node, "measure"), "unknown-measure",
+                           f"measure '{measure}' is not declared in {Path(self.protocol.path).name}",
+                           did_you_mean(measure, sorted(self.protocol.measures)), len(measure))
+            elif m.first and m.second:
+                pair_fields = {m.first[0]: f"number:{m.unit}", m.second[0]: f"number:{m.unit}"}
+        tests: list[FieldTest] = []
+        for name, spec in node.items():
+            if name in PATTERN_META:
+                continue
+            kind = pair_fields.get(name) or fields.get(name)
+            if kind is None:
+                self.error(yamlsource.key_pos(node, name), "unknown-field",
+                           f"fact '{fact}' has no field '{name}'",
+                           did_you_mean(str(name), sorted([*fields, *pair_fields])), len(str(name)))
+                continue
+            if kind == "number:measure":
+                m = self.protocol.measures.get(measure) if isinstance(measure, str) else None
+                kind = f"number:{m.unit}" if m and m.unit else "number"
+            tests.extend(self._tests(node, name, spec, kind))
+        bind = node.get("as")
+        if bind is not None and (not isinstance(bind, str) or not re.match(r"^[a-z][a-z0-9_]*$", bind)):
+            self.error(yamlsource.value_pos(node, "as"), "schema", "'as' must be a lower-case name")
+            bind = None
+        return Pattern(fact, bind, tuple(tests), self.loc(yamlsource.node_pos(node)))
+
+    def _tests(self, node: Any, name: str, spec: Any, kind: str) -> list[FieldTest]:
+        ops = spec if isinstance(spec, dict) else {"eq": spec}
+        out = []
+        for op, raw in ops.items():
+            pos = yamlsource.value_pos(ops, op) if isinstance(spec, dict) else yamlsource.value_pos(node, name)
+            if op not in OPS:
+                self.error(yamlsource.key_pos(ops, op), "unknown-operator", f"unknown operator '{op}'",
+                           did_you_mean(str(op), sorted(OPS)), len(str(op)))
+                continue
+            value = self._resolve(raw, kind, pos)
+            if value is _BAD:
+                continue
+            if op in ("within", "older_than"):
+                if kind != "duration":
+                    self.error(pos, "schema", f"'{op}' applies to time fields; '{name}' is {kind}")
+                    continue
+                out.append(FieldTest(name, "lte" if op == "within" else "gt", value, self.loc(pos)))
+                continue
+            if op == "in":
+                if not isinstance(value, list) or not value:
+                    self.error(pos, "schema", "'in' needs a non-empty list")
+                    continue
+                if kind == "valueset":
+                    for item in value:
+                        self._check_valueset(item, pos)
+            elif kind == "valueset":
+                self._check_valueset(value, pos)
+            if kind == "bool" and not isinstance(value, bool):
+                self.error(pos, "type-mismatch", f"'{name}' is true or false")
+                continue
+            if kind.startswith("number") and op not in ("in",) and not isinstance(value, (int, float)):
+                self.error(pos, "type-mismatch", f"'{name}' is a number; got '{value}'")
+                continue
+            out.append(FieldTest(name, op, value, self.loc(pos)))
+        return out
+
+    def _check_valueset(self, name: Any, pos: tuple[int, int]) -> None:
+        if name not in self.valuesets:
+            self.error(pos, "unknown-valueset", f"value set '{name}' is not defined",
+                       did_you_mean(str(name), sorted(self.valuesets)), len(str(name)))
+
+    def _resolve(self, raw: Any, kind: str, pos: tuple[int, int]) -> Any:
+        value = yamlsource.plain(raw)
+        unit = None
+        if isinstance(value, str) and value.startswith("$"):
+            setting = value[1:]
+            if setting not in self.settings:
+                self.error(pos, "unknown-setting", f"setting '{setting}' is not defined under 'settings'",
+                           did_you_mean(setting, sorted(self.settings)), len(value))
+                return _BAD
+            unit = self.setting_units.get(setting)
+            value = self.settings[setting]
+        if kind == "duration":
+            hours = parse_hours(value)
+            if hours is None:
+                self.error(pos, "bad-duration", f"'{value}' is not a duration",
+                           "write a number and one of m, h, d, w, y: 30m, 24h, 14d", len(str(value)))
+                return _BAD
+            return hours
+        if kind.startswith("number:") and unit is not None:
+            expected = kind.split(":", 1)[1]
+            if unit != expected:
+                self.error(pos, "unit-mismatch", f"threshold is in '{unit}' but the field is in '{expected}'",
+                           length=len(str(raw)))
+                return _BAD
+        return value
+
+    # -- card ----------------------------------------------------------------------------
+    def _card(self, node: Any, data: Any, conjuncts: list[Conjunct]) -> CardTemplate | None:
+        if not isinstance(node, dict):
+            self.error(yamlsource.value_pos(data, "card"), "schema", "card must be a mapping")
+            return None
+        indicator = node.get("indicator")
+        if indicator not in INDICATORS:
+            self.error(yamlsource.value_pos(node, "indicator"), "unknown-indicator",
+                       f"indicator '{indicator}' is not one of {', '.join(INDICATORS)}",
+                       did_you_mean(str(indicator), list(INDICATORS)))
+        names = set(TEMPLATE_GLOBALS) | set(self.settings)
+        # A name bound in only some alternatives may be used under `{% if name is defined %}`.
+        names |= {p.bind for conj in conjuncts for p in conj.positives if p.bind}
+        names.add("order")
+        for key in ("summary", "detail"):
+            if not isinstance(node.get(key), str) or not node.get(key).strip():
+                self.error(yamlsource.key_pos(node, key) if key in node else yamlsource.node_pos(node), "schema",
+                           f"card needs a '{key}' template")
+                continue
+            self._check_template(node, key, names)
+        reasons = []
+        for i, item in enumerate(node.get("override_reasons") or []):
+            if not isinstance(item, dict) or not item.get("code") or not item.get("display"):
+                self.error(yamlsource.value_pos(node["override_reasons"], i), "schema",
+                           "an override reason needs 'code' and 'display'")
+                continue
+            reasons.append((str(item["code"]), str(item["display"])))
+        if indicator in ("warning", "critical") and not reasons:
+            self.error(yamlsource.key_pos(node, "indicator"), "missing-override-reasons",
+                       f"a {indicator} card must offer override reasons")
+        suggestions = []
+        for i, item in enumerate(node.get("suggestions") or []):
+            s = self._suggestion(item, node["suggestions"], i)
+            if s:
+                suggestions.append(s)
+        behavior = node.get("selection_behavior", "at-most-one")
+        if behavior not in ("at-most-one", "any"):
+            self.error(yamlsource.value_pos(node, "selection_behavior"), "schema",
+                       "selection_behavior is at-most-one or any")
+        if not isinstance(indicator, str) or self.diags:
+            return None
+        return CardTemplate(indicator, str(node["summary"]).strip(), str(node["detail"]).strip(),
+                            tuple(reasons), tuple(suggestions), str(behavior))
+
+    def _check_template(self, node: Any, key: str, names: set[str]) -> None:
+        pos = yamlsource.value_pos(node, key)
+        try:
+            ast = environment().parse(str(node[key]))
+        except TemplateSyntaxError as exc:
+            self.error((pos[0] + max((exc.lineno or 1) - 1, 0), pos[1]), "template-syntax", exc.message or "syntax")
+            return
+        for var in sorted(meta.find_undeclared_variables(ast) - names):
+            self.error(pos, "template-undefined-var", f"the {key} template uses '{var}', which is not bound",
+                       did_you_mean(var, sorted(names)), len(var))
+
+    def _suggestion(self, item: Any, parent: Any, i: int) -> Suggestion | None:
+        pos = yamlsource.value_pos(parent, i)
+        if not isinstance(item, dict) or not item.get("label") or not isinstance(item.get("actions"), list):
+            self.error(pos, "schema", "a suggestion needs 'label' and a list of 'actions'")
+            return None
+        actions = []
+        for j, a in enumerate(item["actions"]):
+            apos = yamlsource.value_pos(item["actions"], j)
+            if not isinstance(a, dict) or a.get("type") not in ("create", "update", "delete") or not a.get(
+                    "description"):
+                self.error(apos, "schema", "an action needs type (create, update, delete) and description")
+                continue
+            if a["type"] == "delete" and not a.get("resource_id"):
+                self.error(apos, "schema", "a delete action names its target with 'resource_id'")
+                continue
+            if a["type"] in ("create", "update") and not isinstance(a.get("resource"), dict):
+                self.error(apos, "schema", f"a {a['type']} action carries a FHIR 'resource'")
+                continue
+            actions.append(Action(a["type"], str(a["description"]), yamlsource.plain(a.get("resource")),
+                                  a.get("resource_id")))
+        return Suggestion(str(item["label"]), tuple(actions), bool(item.get("recommended", False)))
+
+    def _citation(self, node: Any, data: Any) -> Citation | None:
+        if isinstance(node, list) and node:
+            node = node[0]
+        if not isinstance(node, dict) or not node.get("label"):
+            self.error(yamlsource.value_pos(data, "citation"), "missing-citation", "citation needs a 'label'")
+            return None
+        url = node.get("url")
+        if url is not None and not re.match(r"^https?://", str(url)):
+            self.error(yamlsource.value_pos(node, "url"), "schema", "citation url must be absolute (http/https)")
+        return Citation(str(node["label"]), str(url) if url else None)
+
+
+_BAD = object()
+
+
+def parse_rule(path: Path, protocol: Protocol, valuesets: set[str]) -> tuple[Rule | None, list[Diagnostic]]:
+    return RuleParser(path, protocol, valuesets).parse()

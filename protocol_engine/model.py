@@ -1,0 +1,131 @@
+"""Frozen value types shared by the loader, compiler, engine and card renderer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Fact = dict[str, Any]
+
+CATEGORIES = (
+    "contraindication",
+    "precaution",
+    "monitoring",
+    "dosing",
+    "timing",
+    "response",
+    "interaction",
+    "data-quality",
+)
+INDICATORS = ("info", "warning", "critical")
+STATUSES = ("draft", "active", "retired")
+HOOKS = ("order-select", "order-sign", "patient-view", "appointment-book", "encounter-start")
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class FieldTest:
+    """One comparison on one fact field; `value` is already resolved from settings and units."""
+
+    field: str
+    op: str  # eq | ne | lt | lte | gt | gte | in
+    value: Any
+    loc: Location
+
+
+@dataclass(frozen=True)
+class Pattern:
+    fact: str
+    bind: str | None
+    tests: tuple[FieldTest, ...]
+    loc: Location
+
+
+@dataclass(frozen=True)
+class Conjunct:
+    """One way for a rule to hold: every positive pattern matches and no negative pattern does."""
+
+    positives: tuple[Pattern, ...]
+    negatives: tuple[Pattern, ...]
+
+
+@dataclass(frozen=True)
+class Action:
+    type: str
+    description: str
+    resource: Any = None
+    resource_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    label: str
+    actions: tuple[Action, ...]
+    recommended: bool = False
+
+
+@dataclass(frozen=True)
+class CardTemplate:
+    indicator: str
+    summary: str
+    detail: str
+    override_reasons: tuple[tuple[str, str], ...]
+    suggestions: tuple[Suggestion, ...]
+    selection_behavior: str = "at-most-one"
+
+
+@dataclass(frozen=True)
+class Citation:
+    label: str
+    url: str | None
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    version: str
+    status: str
+    category: str
+    title: str
+    hooks: tuple[str, ...]
+    drugs: tuple[str, ...]
+    when_text: str
+    then_text: str
+    settings: dict[str, Any]
+    conjuncts: tuple[Conjunct, ...]
+    card: CardTemplate
+    citation: Citation
+    suppressed_by: tuple[str, ...]
+    path: str
+    notes: str = ""
+    facts_read: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule that held, with every way it held (bindings of pattern names to facts)."""
+
+    rule: Rule
+    matches: tuple[dict[str, Fact], ...]
+
+    @property
+    def evidence(self) -> list[str]:
+        refs: list[str] = []
+        scope: list[str] = []
+        for match in self.matches:
+            for name, fact in sorted(match.items()):
+                target = scope if name.startswith("_") else refs
+                for ref in fact.get("refs", ()):
+                    if ref not in target:
+                        target.append(ref)
+        # A rule that fires on an absence (no BP in 24 h) is evidenced by the order it checked.
+        return refs or scope

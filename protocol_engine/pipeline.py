@@ -1,0 +1,139 @@
+"""One hook call end to end, without HTTP: request -> prefetch -> facts -> findings -> cards."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.fhir import hook_request, normalise, prefetch
+from adapters.fhir.client import FhirClient
+
+from . import cards as card_renderer
+from . import engine
+from .errors import RuleSetError, UnknownService
+from .facts import SOURCES
+from .model import Finding, Rule
+from .protocol import Service
+from .ruleset import Pack, RuleSet
+from .valuesets import SYSTEMS
+
+ORDER_HOOKS = ("order-select", "order-sign")
+
+
+@dataclass
+class ServiceRuntime:
+    service: Service
+    pack: Pack
+    rules: list[Rule]
+    compiled: engine.CompiledRules
+    templates: dict[str, str]
+
+
+@dataclass
+class Outcome:
+    cards: list[dict[str, Any]]
+    trace: dict[str, Any]
+    findings: list[Finding] = field(default_factory=list)
+    facts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _observation_codes(pack: Pack) -> list[str]:
+    codes: set[str] = set()
+    for name in pack.protocol.valuesets_used():
+        for code in pack.index.codes_of(name, SYSTEMS["LOINC"]):
+            codes.add(f"{SYSTEMS['LOINC']}|{code}")
+    return sorted(codes)
+
+
+def build_runtime(ruleset: RuleSet) -> dict[str, ServiceRuntime]:
+    """Compile every service once per rule-set load; refuse templates that break the spec."""
+    runtimes: dict[str, ServiceRuntime] = {}
+    for service_id, (service, pack) in ruleset.services.items():
+        rules = pack.rules_for(service.hook)
+        needed: set[str] = set()
+        for rule in rules:
+            for fact in rule.facts_read:
+                needed |= set(SOURCES.get(fact, ()))
+        needed.add("Patient")
+        if service.hook not in ORDER_HOOKS:
+            needed |= {"MedicationRequest"}
+        templates = prefetch.templates_for(needed, {"Observation": _observation_codes(pack)})
+        tokens = {name for name, _, kind in hook_request.CONTEXT[service.hook] if kind in ("id", "ref")}
+        for key, template in templates.items():
+            problems = prefetch.template_problems(template, tokens)
+            if problems:
+                from .errors import Diagnostic
+
+                raise RuleSetError([Diagnostic(pack.protocol.path, 1, 1, "bad-prefetch-template",
+                                               f"{service_id} prefetch '{key}': {'; '.join(problems)}")])
+        runtimes[service_id] = ServiceRuntime(service, pack, rules, engine.compile_service(rules), templates)
+    return runtimes
+
+
+def discovery(runtimes: dict[str, ServiceRuntime]) -> dict[str, Any]:
+    services = []
+    for sid, rt in sorted(runtimes.items()):
+        ids = ", ".join(r.id for r in rt.rules if r.status == "active")
+        services.append({
+            "hook": rt.service.hook, "id": sid, "title": rt.service.title,
+            "description": rt.service.description,
+            "prefetch": rt.templates,
+            "usageRequirements": f"Evaluates rules {ids} of the {rt.pack.protocol.title} protocol "
+                                 f"v{rt.pack.protocol.version}.",
+        })
+    return {"services": services}
+
+
+def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, body: Any, now: dt.datetime,
+        client: FhirClient | None, fhir_timeout: float = 2.0, deadline_s: float = 3.0) -> Outcome:
+    """Evaluate one CDS Hooks call. Raises BadRequest / UnknownService / PrefetchUnavailable."""
+    t0 = time.perf_counter()
+    rt = runtimes.get(service_id)
+    if rt is None:
+        raise UnknownService(f"no service '{service_id[:64]}'")
+    request = hook_request.parse(body, rt.service.hook)
+    timings: dict[str, float] = {}
+    trace: dict[str, Any] = {"service": service_id, "hook": rt.service.hook, "hookInstance": request.hook_instance,
+                             "ruleset": revision, "now": now.isoformat(), "sources": {}, "timings": timings,
+                             "rules": [r.id for r in rt.rules], "fired": [], "cards": [], "shadow": []}
+    pack = rt.pack
+    draft = request.context.get("draftOrders")
+    if rt.service.hook in ORDER_HOOKS:
+        orders = normalise.to_chart([], draft, request.context.get("selections")
+                                    if rt.service.hook == "order-select" else None)
+        if not any(selected and pack.deriver.drug_of(o.medication) for o, selected in orders.draft_orders):
+            timings["total_ms"] = _ms(t0)
+            trace["skipped"] = "no draft order of this protocol's drugs"
+            return Outcome([], trace)
+    t = time.perf_counter()
+    resolved = prefetch.resolve(request, rt.templates, client, now, pack.protocol.fetch, fhir_timeout, deadline_s)
+    trace["sources"] = resolved.sources
+    timings["prefetch_ms"] = _ms(t)
+    t = time.perf_counter()
+    chart = normalise.to_chart(resolved.payloads.values(), draft if rt.service.hook in ORDER_HOOKS else None,
+                               request.context.get("selections") if rt.service.hook == "order-select" else None)
+    timings["parse_ms"] = _ms(t)
+    t = time.perf_counter()
+    facts = pack.deriver.facts(chart, now, rt.service.hook, request.patient_id)
+    timings["derive_ms"] = _ms(t)
+    t = time.perf_counter()
+    findings = engine.evaluate(rt.compiled, facts)
+    timings["evaluate_ms"] = _ms(t)
+    t = time.perf_counter()
+    cards = card_renderer.render_all(findings, revision, request.patient_id)
+    timings["cards_ms"] = _ms(t)
+    timings["total_ms"] = _ms(t0)
+    for f in card_renderer.settle(findings):
+        entry = {"rule": f.rule.id, "version": f.rule.version, "evidence": f.evidence}
+        (trace["fired"] if f.rule.status == "active" else trace["shadow"]).append(entry)
+    trace["cards"] = [{"uuid": c["uuid"], "rule": c["extension"]["protocol-engine"]["rule"],
+                       "version": c["extension"]["protocol-engine"]["ruleVersion"],
+                       "indicator": c["indicator"]} for c in cards]
+    return Outcome(cards, trace, findings, facts)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+

@@ -1,0 +1,134 @@
+"""A protocol pack's declarations (protocol.yaml): drugs, routes, measures, course, scores, services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import yamlsource
+from .durations import parse_hours
+from .errors import Diagnostic
+
+MEASURE_KINDS = ("quantity", "pair", "presence", "score")
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    label: str
+    kind: str
+    valueset: str | None
+    unit: str | None
+    aliases: dict[str, str]
+    worse: str  # higher | lower: which value governs when two readings share a time (G5)
+    first: tuple[str, str] | None = None  # pair: (field name, value set)
+    second: tuple[str, str] | None = None
+    panel: str | None = None
+    pairing_h: float = 2 / 60
+    upper_limit: float | None = None
+    positive_at: tuple[float, str] | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    id: str
+    hook: str
+    title: str
+    description: str
+
+
+@dataclass
+class Protocol:
+    name: str
+    version: str
+    title: str
+    path: str
+    semantics: dict[str, Any]
+    drugs: dict[str, str]  # drug name -> value set, first match wins
+    routes: dict[str, str]
+    measures: dict[str, Measure]
+    course: dict[str, Any]
+    order: dict[str, Any]
+    scores: dict[str, Any]
+    presence: dict[str, list[str]]
+    fetch: dict[str, float]
+    services: list[Service] = field(default_factory=list)
+
+    def valuesets_used(self) -> set[str]:
+        names = set(self.drugs.values()) | set(self.routes.values()) | set(self.presence.get("valuesets", []))
+        for m in self.measures.values():
+            names |= {n for n in (m.valueset, m.panel) if n}
+            names |= {pair[1] for pair in (m.first, m.second) if pair}
+        return names
+
+
+def _hours(value: Any, default: float) -> float:
+    hours = parse_hours(value) if value is not None else None
+    return default if hours is None else hours
+
+
+def load_protocol(path: Path) -> tuple[Protocol | None, list[Diagnostic]]:
+    """Read protocol.yaml; every structural problem becomes a Diagnostic."""
+    data, diags = yamlsource.load(path)
+    if diags:
+        return None, diags
+    where = str(path)
+    if not isinstance(data, dict):
+        return None, [Diagnostic(where, 1, 1, "schema", "protocol.yaml must be a mapping")]
+    for key in ("protocol", "version", "services", "measures", "drugs"):
+        if key not in data:
+            line, col = yamlsource.node_pos(data)
+            diags.append(Diagnostic(where, line, col, "schema", f"protocol.yaml needs '{key}'"))
+    if diags:
+        return None, diags
+    raw = yamlsource.plain(data)
+    measures: dict[str, Measure] = {}
+    for name, spec in (raw.get("measures") or {}).items():
+        kind = spec.get("kind", "quantity")
+        if kind not in MEASURE_KINDS:
+            line, col = yamlsource.value_pos(data["measures"][name], "kind")
+            diags.append(Diagnostic(where, line, col, "schema",
+                                    f"measure '{name}': kind must be one of {', '.join(MEASURE_KINDS)}"))
+            continue
+        positive = spec.get("positive_at")
+        measures[name] = Measure(
+            name=name,
+            label=spec.get("label", name),
+            kind=kind,
+            valueset=spec.get("valueset"),
+            unit=spec.get("unit"),
+            aliases=dict(spec.get("aliases") or {}),
+            worse=spec.get("worse", "higher"),
+            first=(spec["first"]["field"], spec["first"]["valueset"]) if "first" in spec else None,
+            second=(spec["second"]["field"], spec["second"]["valueset"]) if "second" in spec else None,
+            panel=spec.get("panel"),
+            pairing_h=_hours(spec.get("pairing"), 2 / 60),
+            upper_limit=spec.get("upper_limit"),
+            positive_at=(float(positive["value"]), str(positive["unit"])) if positive else None,
+        )
+    services = []
+    for idx, svc in enumerate(raw.get("services") or []):
+        missing = [k for k in ("id", "hook", "title", "description") if not svc.get(k)]
+        if missing:
+            line, col = yamlsource.value_pos(data["services"], idx)
+            diags.append(Diagnostic(where, line, col, "schema", f"service needs {', '.join(missing)}"))
+            continue
+        services.append(Service(svc["id"], svc["hook"], svc["title"], svc["description"].strip()))
+    protocol = Protocol(
+        name=raw["protocol"],
+        version=str(raw["version"]),
+        title=raw.get("title", raw["protocol"]),
+        path=where,
+        semantics=raw.get("semantics") or {},
+        drugs={k: v["valueset"] for k, v in (raw.get("drugs") or {}).items()},
+        routes={k: v["valueset"] for k, v in (raw.get("routes") or {}).items()},
+        measures=measures,
+        course=raw.get("course") or {},
+        order=raw.get("order") or {},
+        scores=raw.get("scores") or {},
+        presence=raw.get("presence") or {},
+        fetch={k: _hours(v, 24 * 400) for k, v in (raw.get("fetch") or {}).items()},
+        services=services,
+    )
+    return (None if diags else protocol), diags

@@ -1,0 +1,164 @@
+"""A loaded rule set: every pack under a rules directory, validated as a whole, with a revision."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import yamlsource
+from .derive import Deriver
+from .errors import Diagnostic
+from .loader import did_you_mean, parse_rule
+from .model import HOOKS, Rule
+from .protocol import Protocol, Service, load_protocol
+from .valuesets import ValueSet, ValueSetIndex, parse_code
+
+RULE_SUFFIX = ".rule.yaml"
+TEST_SUFFIX = ".test.yaml"
+
+
+@dataclass
+class Pack:
+    protocol: Protocol
+    index: ValueSetIndex
+    rules: list[Rule]
+    deriver: Deriver
+    root: Path
+
+    def rules_for(self, hook: str) -> list[Rule]:
+        return [r for r in self.rules if hook in r.hooks and r.status != "retired"]
+
+
+@dataclass
+class RuleSet:
+    packs: list[Pack]
+    revision: str
+    services: dict[str, tuple[Service, Pack]] = field(default_factory=dict)
+    loaded_files: int = 0
+
+    def all_rules(self) -> list[Rule]:
+        return [r for p in self.packs for r in p.rules]
+
+
+def load_valueset(path: Path) -> tuple[ValueSet | None, list[Diagnostic]]:
+    data, diags = yamlsource.load(path)
+    if diags:
+        return None, diags
+    where = str(path)
+    if not isinstance(data, dict) or "valueset" not in data or "expansion" not in data:
+        return None, [Diagnostic(where, 1, 1, "schema", "a value set file needs 'valueset' and 'expansion'")]
+    vs = ValueSet(str(data["valueset"]), str(data.get("version", "")), str(data.get("title", "")))
+    for key, target in (("expansion", vs.codes), ("exclude", vs.excludes)):
+        items = data.get(key) or []
+        if not isinstance(items, list):
+            diags.append(Diagnostic(where, *yamlsource.value_pos(data, key), "schema", f"'{key}' must be a list"))
+            continue
+        for i, item in enumerate(items):
+            parsed = parse_code(str(item))
+            if parsed is None:
+                diags.append(Diagnostic(where, *yamlsource.value_pos(items, i), "bad-code",
+                                        f"'{item}' is not SYSTEM#code (LOINC, SNOMED, ICD10, RXNORM, ROUTE, or a URL)"))
+                continue
+            from .valuesets import normalise_code
+
+            system, code, _ = parsed
+            star = code.endswith("*")
+            norm = normalise_code(system, code.rstrip("*"))
+            target.append((system, norm + ("*" if star else "")))
+    text = data.get("text") or []
+    if not isinstance(text, list):
+        diags.append(Diagnostic(where, *yamlsource.value_pos(data, "text"), "schema", "'text' must be a list"))
+    else:
+        vs.text = [str(t) for t in text]
+    return (None if diags else vs), diags
+
+
+def _digest(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(str(f.name).encode())
+        try:
+            h.update(f.read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()[:12]
+
+
+def pack_roots(root: Path) -> list[Path]:
+    if (root / "protocol.yaml").is_file():
+        return [root]
+    return sorted(p.parent for p in root.glob("*/protocol.yaml"))
+
+
+def load_pack(root: Path) -> tuple[Pack | None, list[Diagnostic], list[Path]]:
+    files: list[Path] = [root / "protocol.yaml"]
+    protocol, diags = load_protocol(root / "protocol.yaml")
+    valuesets: list[ValueSet] = []
+    for path in sorted((root / "valuesets").glob("*.yaml")):
+        files.append(path)
+        vs, vdiags = load_valueset(path)
+        diags.extend(vdiags)
+        if vs:
+            if any(v.name == vs.name for v in valuesets):
+                diags.append(Diagnostic(str(path), 1, 1, "duplicate-valueset", f"value set '{vs.name}' defined twice"))
+            valuesets.append(vs)
+    if protocol is None:
+        return None, diags, files
+    names = {v.name for v in valuesets}
+    for needed in sorted(protocol.valuesets_used() - names):
+        diags.append(Diagnostic(protocol.path, 1, 1, "unknown-valueset",
+                                f"protocol.yaml uses value set '{needed}', which is not defined",
+                                did_you_mean(needed, sorted(names))))
+    for svc in protocol.services:
+        if svc.hook not in HOOKS:
+            diags.append(Diagnostic(protocol.path, 1, 1, "unknown-hook", f"service {svc.id}: hook '{svc.hook}'"))
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    for path in sorted(root.rglob("*" + RULE_SUFFIX)):
+        files.append(path)
+        rule, rdiags = parse_rule(path, protocol, names)
+        diags.extend(rdiags)
+        if rule is None:
+            continue
+        if rule.id in seen:
+            diags.append(Diagnostic(str(path), 1, 1, "duplicate-rule-id",
+                                    f"rule id {rule.id} is also used by {seen[rule.id]}"))
+            continue
+        seen[rule.id] = str(path)
+        rules.append(rule)
+    ids = set(seen)
+    for rule in rules:
+        for other in rule.suppressed_by:
+            if other not in ids:
+                diags.append(Diagnostic(rule.path, 1, 1, "unknown-rule", f"suppressed_by names unknown rule {other}",
+                                        did_you_mean(other, sorted(ids))))
+    index = ValueSetIndex(valuesets)
+    if diags:
+        return None, diags, files
+    return Pack(protocol, index, rules, Deriver(protocol, index), root), diags, files
+
+
+def load_ruleset(root: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
+    """Load and validate every pack; returns None with diagnostics when anything is wrong."""
+    roots = pack_roots(root)
+    if not roots:
+        return None, [Diagnostic(str(root), 1, 1, "no-packs", "no protocol.yaml found under this directory")]
+    packs: list[Pack] = []
+    diags: list[Diagnostic] = []
+    files: list[Path] = []
+    for pack_root in roots:
+        pack, pdiags, pfiles = load_pack(pack_root)
+        diags.extend(pdiags)
+        files.extend(pfiles)
+        if pack:
+            packs.append(pack)
+    services: dict[str, tuple[Service, Pack]] = {}
+    for pack in packs:
+        for svc in pack.protocol.services:
+            if svc.id in services:
+                diags.append(Diagnostic(pack.protocol.path, 1, 1, "duplicate-service", f"service id {svc.id} twice"))
+            services[svc.id] = (svc, pack)
+    if diags:
+        return None, diags
+    return RuleSet(packs, _digest(files), services, len(files)), []

@@ -1,0 +1,222 @@
+"""The database: decision traces, cards, feedback and the JWT replay cache (SQLAlchemy 2).
+
+Every worker on every machine shares this store, so N workers behave as one service.
+Nothing stored here holds a JWT, an access token or free text from the chart (ids only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Decision(Base):
+    __tablename__ = "decision"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hook_instance: Mapped[str] = mapped_column(String(128), index=True)
+    service: Mapped[str] = mapped_column(String(128))
+    hook: Mapped[str] = mapped_column(String(64))
+    ruleset: Mapped[str] = mapped_column(String(64))
+    patient: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    trace: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Card(Base):
+    __tablename__ = "card"
+    uuid: Mapped[str] = mapped_column(String(40), primary_key=True)
+    decision_id: Mapped[int] = mapped_column(ForeignKey("decision.id", ondelete="CASCADE"), index=True)
+    service: Mapped[str] = mapped_column(String(128))
+    rule: Mapped[str] = mapped_column(String(32), index=True)
+    rule_version: Mapped[str] = mapped_column(String(32))
+    indicator: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("card_uuid", "outcome", "outcome_timestamp", name="uq_feedback_item"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    card_uuid: Mapped[str] = mapped_column(String(40), index=True)
+    service: Mapped[str] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(16))
+    outcome_timestamp: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    override_system: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    override_code: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    override_display: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    has_comment: Mapped[bool] = mapped_column(default=False)
+    accepted_suggestions: Mapped[list[str]] = mapped_column(JSON, default=list)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SeenToken(Base):
+    """JWT ids already used, kept until the token would have expired anyway (replay defence)."""
+
+    __tablename__ = "seen_token"
+    iss: Mapped[str] = mapped_column(String(255), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+Index("ix_feedback_received", Feedback.received_at)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 15, "check_same_thread": False}
+        else:
+            kwargs.update(pool_size=5, max_overflow=5, pool_timeout=2, connect_args={"connect_timeout": 2})
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (safe to run from every worker)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(472183)"))  # one migrator at a time
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def record_decision(self, trace: dict[str, Any], patient: str, created_at: dt.datetime) -> None:
+        with self.session.begin() as s:
+            decision = Decision(hook_instance=trace["hookInstance"], service=trace["service"], hook=trace["hook"],
+                                ruleset=trace["ruleset"], patient=patient, created_at=created_at, trace=trace)
+            s.add(decision)
+            s.flush()
+            for card in trace.get("cards", []):
+                s.add(Card(uuid=card["uuid"], decision_id=decision.id, service=trace["service"], rule=card["rule"],
+                           rule_version=card.get("version", ""), indicator=card["indicator"], created_at=created_at))
+
+    def known_cards(self, uuids: list[str]) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Card.uuid).where(Card.uuid.in_(uuids))))
+
+    def add_feedback(self, items: list[dict[str, Any]], received_at: dt.datetime) -> int:
+        """Store feedback items in one transaction; repeats of an item are ignored. Returns new rows."""
+        added = 0
+        with self.session.begin() as s:
+            for item in items:
+                exists = s.scalar(select(Feedback.id).where(
+                    Feedback.card_uuid == item["card_uuid"], Feedback.outcome == item["outcome"],
+                    Feedback.outcome_timestamp == item["outcome_timestamp"]))
+                if exists is not None:
+                    continue
+                nested = s.begin_nested()
+                try:
+                    s.add(Feedback(received_at=received_at, **item))
+                    nested.commit()
+                    added += 1
+                except IntegrityError:  # a concurrent worker stored the same item first
+                    nested.rollback()
+        return added
+
+    def claim_token(self, iss: str, jti: str, expires_at: dt.datetime, now: dt.datetime) -> bool:
+        """True the first time a (iss, jti) is seen; False on a replay."""
+        try:
+            with self.session.begin() as s:
+                s.add(SeenToken(iss=iss, jti=jti, expires_at=expires_at))
+        except IntegrityError:
+            with self.session.begin() as s:
+                seen = s.get(SeenToken, (iss, jti))
+                if seen is not None and _utc(seen.expires_at) < now:
+                    seen.expires_at = expires_at  # an expired entry may be reused
+                    return True
+            return False
+        if now.second == 0:  # prune now and then, never on every call
+            with self.session.begin() as s:
+                s.execute(delete(SeenToken).where(SeenToken.expires_at < now))
+        return True
+
+    def rule_report(self, since: dt.datetime, until: dt.datetime) -> list[dict[str, Any]]:
+        """Per rule: cards shown, accepted, overridden, and override reasons with counts."""
+        with self.session() as s:
+            rows: dict[str, dict[str, Any]] = {}
+            for rule, version, indicator in s.execute(select(Card.rule, Card.rule_version, Card.indicator).where(
+                    Card.created_at >= since, Card.created_at < until)):
+                entry = rows.setdefault(rule, {"rule": rule, "fired": 0, "accepted": 0, "overridden": 0,
+                                               "reasons": {}, "indicators": set()})
+                entry["fired"] += 1
+                entry["indicators"].add(indicator)
+            q = select(Card.rule, Feedback.outcome, Feedback.override_code, Feedback.override_display).join(
+                Feedback, Feedback.card_uuid == Card.uuid).where(Card.created_at >= since, Card.created_at < until)
+            for rule, outcome, code, display in s.execute(q):
+                entry = rows.setdefault(rule, {"rule": rule, "fired": 0, "accepted": 0, "overridden": 0,
+                                               "reasons": {}, "indicators": set()})
+                entry[outcome] = entry.get(outcome, 0) + 1
+                if outcome == "overridden":
+                    label = display or code or "(no reason given)"
+                    entry["reasons"][label] = entry["reasons"].get(label, 0) + 1
+            return [rows[k] for k in sorted(rows)]
+
+    def decisions(self, hook_instance: str) -> list[Decision]:
+        with self.session() as s:
+            return list(s.scalars(select(Decision).where(Decision.hook_instance == hook_instance)))
+
+    def feedback_count(self) -> int:
+        with self.session() as s:
+            return len(list(s.scalars(select(Feedback.id))))
+
+
+def _sqlite_pragmas(conn: Any, _record: Any) -> None:
+    cursor = conn.cursor()
+    # WAL lets readers and one writer work at once across gunicorn workers; FULL sync makes a
+    # committed feedback survive a killed process.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.close()
+
+
+def session_of(store: Store) -> Session:
+    return store.session()

@@ -1,0 +1,95 @@
+"""YAML with line and column for every node (ruamel.yaml round-trip, YAML 1.2: no Norway problem)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from .errors import Diagnostic
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never fold a line an author wrote
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def load(path: Path) -> tuple[Any, list[Diagnostic]]:
+    """Parse one file; a syntax error becomes a Diagnostic at the parser's mark."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [Diagnostic(str(path), 1, 1, "unreadable-file", str(exc))]
+    try:
+        return _yaml().load(text), []
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        return None, [Diagnostic(str(path), line, col, "yaml-syntax", message or "invalid YAML")]
+    except Exception as exc:  # ruamel raises plain errors for some malformed input
+        return None, [Diagnostic(str(path), 1, 1, "yaml-syntax", f"invalid YAML: {exc}")]
+
+
+def dump(data: Any) -> str:
+    stream = StringIO()
+    _yaml().dump(data, stream)
+    return stream.getvalue()
+
+
+def key_pos(node: Any, key: Any) -> tuple[int, int]:
+    """1-based position of a mapping key (or of the mapping itself when the key is absent)."""
+    if isinstance(node, CommentedMap):
+        try:
+            line, col = node.lc.key(key)
+            return line + 1, col + 1
+        except (KeyError, TypeError):
+            return node.lc.line + 1, node.lc.col + 1
+    return 1, 1
+
+
+def value_pos(node: Any, key: Any) -> tuple[int, int]:
+    if isinstance(node, CommentedMap):
+        try:
+            line, col = node.lc.value(key)
+            return line + 1, col + 1
+        except (KeyError, TypeError):
+            return key_pos(node, key)
+    if isinstance(node, CommentedSeq) and isinstance(key, int):
+        try:
+            line, col = node.lc.item(key)
+            return line + 1, col + 1
+        except (KeyError, TypeError, IndexError):
+            return node.lc.line + 1, node.lc.col + 1
+    return 1, 1
+
+
+def node_pos(node: Any) -> tuple[int, int]:
+    if isinstance(node, (CommentedMap, CommentedSeq)):
+        return node.lc.line + 1, node.lc.col + 1
+    return 1, 1
+
+
+def plain(node: Any) -> Any:
+    """Round-trip nodes to plain Python; timestamps become ISO strings."""
+    if isinstance(node, dict):
+        return {str(k): plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [plain(v) for v in node]
+    if isinstance(node, dt.datetime):
+        if node.tzinfo is None and getattr(node, "_yaml", None) and node._yaml.get("tz"):  # type: ignore[attr-defined]
+            return node.isoformat()
+        return node.isoformat() if node.tzinfo else node.replace(tzinfo=dt.UTC).isoformat()
+    if isinstance(node, dt.date):
+        return node.isoformat()
+    if isinstance(node, str):
+        return str(node)
+    return node

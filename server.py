@@ -1,0 +1,262 @@
+"""The Flask app factory: the only module that knows HTTP. `gunicorn 'server:create_app()'`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request, send_from_directory
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
+
+from adapters.fhir.client import HttpxFhirClient
+from protocol_engine import metrics
+from protocol_engine.audit import AuditWriter
+from protocol_engine.config import Settings, load_settings
+from protocol_engine.engine import EngineError
+from protocol_engine.errors import BadRequest, PrefetchUnavailable, ProtocolEngineError
+from protocol_engine.feedback import parse_feedback
+from protocol_engine.logs import configure_logging
+from protocol_engine.openapi import openapi_document
+from protocol_engine.outcome import operation_outcome
+from protocol_engine.pipeline import discovery, run
+from protocol_engine.registry import Registry
+from protocol_engine.security import AuthError, Verifier, load_clients
+from protocol_engine.store import Store
+
+log = logging.getLogger("protocol_engine.http")
+STATIC = Path(__file__).resolve().parent / "protocol_engine" / "static"
+JSON_TYPES = ("application/json", "application/fhir+json")
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/", "/openapi.json", "/static/", "/demo/", "/favicon.ico")
+
+
+def _outcome(status: int, code: str, message: str, field: str | None = None) -> Response:
+    response = jsonify(operation_outcome(code, message, [field] if field else None))
+    response.status_code = status
+    response.headers["Content-Type"] = "application/fhir+json"
+    return response
+
+
+def _body() -> Any:
+    mime = (request.mimetype or "").lower()
+    if mime not in JSON_TYPES:
+        raise _Unsupported()
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest("the body is not valid JSON", "body") from exc
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the service: rules loaded and validated, store migrated, auth configured."""
+    settings: Settings = load_settings(config)
+    configure_logging()
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+
+    registry = Registry(settings.rules)
+    reload_interval = float(settings.extra.get("reload_interval", 2.0))
+    if reload_interval > 0:
+        registry.watch(reload_interval)
+    store = Store(settings.database_url)
+    store.migrate()
+    audit = AuditWriter(store)
+    client = settings.extra.get("fhir_client") or HttpxFhirClient()
+    verifier: Verifier | None = None
+    if settings.auth == "required":
+        clients = load_clients(settings.clients) if settings.clients else {}
+        if not clients:
+            log.warning("PROTOCOL_ENGINE_AUTH=required and no trusted clients: every call will get 401")
+        verifier = Verifier(clients, store, settings.jwt_leeway,
+                            allow_http_jwks=bool(settings.extra.get("allow_http_jwks", False)))
+    else:
+        log.warning("!" * 78)
+        log.warning("AUTHENTICATION DISABLED (PROTOCOL_ENGINE_AUTH=disabled): any caller can invoke the "
+                    "services. For a local demo only; never expose this service like this.")
+        log.warning("!" * 78)
+    app.extensions["protocol_engine"] = {"registry": registry, "store": store, "audit": audit,
+                                         "settings": settings, "verifier": verifier}
+    if settings.cors_origins:
+        CORS(app, origins=list(settings.cors_origins), allow_headers=["Authorization", "Content-Type"],
+             methods=["GET", "POST", "OPTIONS"], max_age=600)
+    loaded = registry.current.ruleset
+    log.warning("protocol-engine ready: rule set %s, %d rules, services %s, database %s",
+                loaded.revision, len(loaded.all_rules()), ", ".join(sorted(loaded.services)),
+                store.engine.url.render_as_string(hide_password=True))
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        g.started = time.perf_counter()
+        g.now = dt.datetime.now(dt.UTC)
+        if request.method == "OPTIONS" or verifier is None:
+            return None
+        if request.path in OPEN_PATHS or request.path.startswith(("/static/", "/demo/")):
+            return None
+        try:
+            url = request.base_url
+            g.claims = verifier.verify(request.headers.get("Authorization"), url, request.path, g.now)
+        except AuthError as exc:
+            metrics.AUTH_FAILURES.inc()
+            log.warning("401 %s %s: %s", request.method, request.path, exc)
+            response = Response(status=401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'
+            return response
+        return None
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.get("/cds-services")
+    def discover() -> Response:
+        return jsonify(discovery(registry.current.runtimes))
+
+    @app.post("/cds-services/<service_id>")
+    def invoke(service_id: str) -> Response:
+        current = registry.current
+        if service_id not in current.runtimes:
+            return _outcome(404, "not-found", f"no CDS service with id '{service_id[:64]}'")
+        try:
+            body = _body()
+            outcome = run(current.runtimes, current.ruleset.revision, service_id, body, g.now, client,
+                          settings.fhir_timeout, settings.request_deadline)
+        except _Unsupported:
+            return _outcome(415, "not-supported", "send the request as application/json")
+        except PrefetchUnavailable as exc:
+            metrics.FETCH_ERRORS.labels(service_id).inc()
+            log.warning("412 %s: %s", service_id, exc)
+            return _outcome(412, "processing", f"required data unavailable for prefetch key(s) "
+                                               f"{', '.join(exc.keys)}: {exc}", exc.keys[0])
+        except BadRequest as exc:
+            return _outcome(400, "invalid", str(exc), exc.field)
+        except EngineError:
+            log.exception("rule evaluation failed for service %s", service_id)
+            return _outcome(500, "exception", "rule evaluation failed; the error has been logged")
+        trace = outcome.trace
+        total = time.perf_counter() - g.started
+        metrics.LATENCY.labels(service_id).observe(total)
+        for stage, ms in trace["timings"].items():
+            if stage != "total_ms":
+                metrics.STAGE.labels(service_id, stage.removesuffix("_ms")).observe(ms / 1000)
+        for card in outcome.cards:
+            metrics.CARDS.labels(card["extension"]["protocol-engine"]["rule"], card["indicator"]).inc()
+        if "skipped" not in trace:
+            audit.record(trace, f"Patient/{body['context']['patientId']}", g.now)
+        response = jsonify({"cards": outcome.cards})
+        if request.args.get("trace") == "1" and settings.extra.get("expose_trace", settings.auth == "disabled"):
+            response = jsonify({"cards": outcome.cards, "extension": {"protocol-engine-trace": trace}})
+        return response
+
+    @app.post("/cds-services/<service_id>/feedback")
+    def feedback(service_id: str) -> Response:
+        if service_id not in registry.current.runtimes:
+            return _outcome(404, "not-found", f"no CDS service with id '{service_id[:64]}'")
+        try:
+            items = parse_feedback(_body(), service_id)
+        except _Unsupported:
+            return _outcome(415, "not-supported", "send the feedback as application/json")
+        except BadRequest as exc:
+            return _outcome(400, "invalid", str(exc), exc.field)
+        uuids = [i["card_uuid"] for i in items]
+        try:
+            known = store.known_cards(uuids)
+            if len(known) < len(set(uuids)):
+                audit.flush(1.0)  # a card this worker just served may still be in the write queue
+                known = store.known_cards(uuids)
+            unknown = [u for u in uuids if u not in known]
+            if unknown:
+                return _outcome(400, "invalid", f"unknown card uuid(s): {', '.join(unknown[:5])}",
+                                "feedback.card")
+            added = store.add_feedback(items, g.now)
+        except Exception as exc:
+            metrics.DB_ERRORS.labels("feedback").inc()
+            log.error("feedback not stored: %s", type(exc).__name__)
+            return _outcome(503, "transient", "feedback could not be stored; retry later")
+        return jsonify({"stored": added, "received": len(items)})
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        ok_db = store.ping()
+        current = registry.current
+        body = {"status": "ok" if ok_db else "unavailable", "ruleset": current.ruleset.revision,
+                "rules": len(current.ruleset.all_rules()), "database": "ok" if ok_db else "unavailable",
+                "lastReloadErrors": len(registry.last_errors)}
+        response = jsonify(body)
+        response.status_code = 200 if ok_db else 503
+        return response
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        return Response(metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_document(sorted(registry.current.runtimes)))
+
+    @app.get("/rules")
+    def rules_catalogue() -> Response:
+        from protocol_engine.catalogue import catalogue
+
+        return jsonify(catalogue(registry.current.ruleset))
+
+    @app.get("/")
+    def index() -> Response:
+        return send_from_directory(STATIC, "index.html")
+
+    @app.get("/static/<path:name>")
+    def static_file(name: str) -> Response:
+        return send_from_directory(STATIC, name)
+
+    @app.get("/demo/patients")
+    def demo_patients() -> Response:
+        from protocol_engine.samples import sample_index
+
+        return jsonify(sample_index())
+
+    @app.get("/demo/patients/<name>")
+    def demo_patient(name: str) -> Response:
+        from protocol_engine.samples import sample
+
+        data = sample(name)
+        if data is None:
+            return _outcome(404, "not-found", "no such sample patient")
+        return jsonify(data)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}.get(status, "invalid")
+        message = {413: f"the body is larger than the limit of {settings.max_body} bytes",
+                   405: f"{request.method} is not allowed on {request.path}"}.get(status, exc.description or "")
+        response = _outcome(status, code, message)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def server_error(exc: Exception) -> Response:
+        if isinstance(exc, ProtocolEngineError) and exc.status < 500:
+            return _outcome(exc.status, exc.code, str(exc))
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _outcome(500, "exception", "internal error; it has been logged")
+
+    return app

@@ -1,0 +1,103 @@
+"""Shared fixtures: an app on a temporary SQLite store, request builders, a pinned `now`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from protocol_engine.registry import load  # noqa: E402
+from protocol_engine.testing import build_request  # noqa: E402
+
+RULES = ROOT / "rules"
+PATIENT = "p-test"
+
+
+@pytest.fixture(scope="session")
+def loaded() -> Any:
+    return load(RULES)
+
+
+@pytest.fixture()
+def app(tmp_path: Path) -> Any:
+    from server import create_app
+
+    application = create_app({"auth": "disabled", "database_url": f"sqlite:///{tmp_path}/pe.db",
+                              "reload_interval": 0, "expose_trace": True})
+    yield application
+    application.extensions["protocol_engine"]["audit"].flush()
+
+
+@pytest.fixture()
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+def request_for(loaded: Any, service: str, case: dict[str, Any], now: dt.datetime | None = None) -> dict[str, Any]:
+    """A full CDS Hooks request from the rule-test shorthand (the same builder `protocol-engine test` uses)."""
+    rt = loaded.runtimes[service]
+    return json.loads(json.dumps(build_request(case, rt, now or dt.datetime.now(dt.UTC))))
+
+
+def bp(systolic: Any, diastolic: Any, at: str = "-30m", unit: str = "mm[Hg]", **extra: Any) -> dict[str, Any]:
+    s = f"{systolic} {unit}".strip()
+    d = f"{diastolic} {unit}".strip()
+    return {"observation": "LOINC#85354-9", "at": at, "components": {"LOINC#8480-6": s, "LOINC#8462-4": d}, **extra}
+
+
+KETAMINE_ORDER = {"medication": "RXNORM#6130 ketamine", "dose": "35 mg", "route": "SNOMED#47625008 Intravenous route"}
+ADULT = {"birthDate": "-40y", "gender": "female"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def gunicorn_server(tmp_path: Path) -> Iterator[str]:
+    """A real gunicorn process with 2 workers on loopback."""
+    port = free_port()
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    log_path = tmp_path / "gunicorn.log"
+    log = log_path.open("wb")
+    env = {**os.environ, "PROTOCOL_ENGINE_AUTH": "disabled",
+           "PROTOCOL_ENGINE_DATABASE_URL": f"sqlite:///{tmp_path}/pe.db",
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
+                             "--workers", "2", "--bind", f"127.0.0.1:{port}", "server:create_app()"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        proc.wait(10)
+        log.close()
+        raise RuntimeError("gunicorn did not start: " + log_path.read_text(errors="replace")[-2000:])
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()

@@ -1,0 +1,38 @@
+"""Every vignette beside every rule, run through pytest (the same runner as `protocol-engine test`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol_engine.pipeline import build_runtime
+from protocol_engine.ruleset import load_ruleset
+from protocol_engine.testing import run_file, find_test_files
+
+ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOTS = [ROOT / "rules", ROOT / "tests" / "packs"]
+
+
+def _cases() -> list[Any]:
+    params = []
+    for root in PACK_ROOTS:
+        if not root.exists():
+            continue
+        ruleset, diags = load_ruleset(root)
+        assert ruleset is not None, "\n".join(d.render() for d in diags)
+        runtimes = build_runtime(ruleset)
+        for path in find_test_files([root]):
+            results, diags = run_file(path, ruleset, runtimes)
+            assert not diags, "\n".join(d.render() for d in diags)
+            for r in results:
+                params.append(pytest.param(r, id=f"{r.rule}: {r.name}"))
+    return params
+
+
+@pytest.mark.parametrize("result", _cases())
+def test_rule_case(result: Any) -> None:
+    if result.status == "SKIP":
+        pytest.skip("todo case")
+    assert result.status == "PASS", "\n".join(result.problems)
