@@ -443,6 +443,11 @@ class Deriver:
             active = [m for m in chart.medications if m.kind == "request" and m.status == "active"]
             sources = [(m, False) for m in active]
         facts: list[Fact] = []
+        if not sources and hook not in ("order-select", "order-sign") and course and course.get("has_prior"):
+            # Outside order hooks a patient is "on treatment" through the course itself.
+            return [{"t": "order", "drug": course["drug"], "route": "unspecified", "draft": False,
+                     "new_course": bool(course["new_course"]), "weight_known": False, "refs": list(course["refs"]),
+                     "describe": f"Current {course['drug']} course ({course['refs'][0]})"}]
         weight_spec = self.p.order.get("weight") or {}
         weight = governing.get(weight_spec.get("measure", ""))
         weight_window = parse_hours(weight_spec.get("within", "30d")) or 720.0
