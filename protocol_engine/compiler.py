@@ -22,6 +22,10 @@ def _test(test: FieldTest) -> dict[str, Any]:
         return {test.field: test.value}
     if test.op == "in":
         return {"$or": [{test.field: v} for v in test.value]}
+    if test.op == "not_in":
+        # Not a `none` pattern: durable_rules never matches `$not` against the fact a positive
+        # pattern of the same rule already bound, so exclusions on one fact are field tests.
+        return {"$and": [{"$neq": {test.field: v}} for v in test.value]}
     return {_DURABLE_OPS[test.op]: {test.field: test.value}}
 
 

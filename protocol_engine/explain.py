@@ -10,7 +10,7 @@ from typing import Any
 
 from .model import Fact, FieldTest, Pattern, Rule
 
-_SYMBOL = {"eq": "=", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in"}
+_SYMBOL = {"eq": "=", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in", "not_in": "not in"}
 
 
 def _holds(test: FieldTest, fact: Fact) -> bool:
@@ -24,6 +24,8 @@ def _holds(test: FieldTest, fact: Fact) -> bool:
             return bool(value != test.value)
         if test.op == "in":
             return value in test.value
+        if test.op == "not_in":
+            return value not in test.value
         return bool({"lt": value < test.value, "lte": value <= test.value, "gt": value > test.value,
                      "gte": value >= test.value}[test.op])
     except TypeError:

@@ -36,9 +36,10 @@ from .templates import TEMPLATE_GLOBALS, environment
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 RULE_KEYS = {"rule", "version", "status", "category", "title", "hooks", "drugs", "plain", "settings", "when",
              "suppressed_by", "card", "citation", "notes", "effective"}
-OPS = {"eq", "ne", "lt", "lte", "gt", "gte", "in", "within", "older_than"}
+OPS = {"eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "within", "older_than"}
 PATTERN_META = {"fact", "as"}
 MAX_CONJUNCTS = 64
+SINGLE_FACTS = ("patient", "order", "course", "score")  # one per request
 
 
 def did_you_mean(word: str, choices: list[str]) -> str | None:
@@ -166,6 +167,12 @@ class RuleParser:
         if not scoped and not all(c.positives for c in dnf):
             self.error(yamlsource.key_pos(parent, "when"), "schema", "a rule needs at least one positive pattern")
         for conj in dnf:
+            positive_types = {p.fact for p in conj.positives} | ({"order"} if scoped else set())
+            for neg in conj.negatives:
+                if neg.fact in SINGLE_FACTS and neg.fact in positive_types:
+                    self.error((neg.loc.line, neg.loc.col), "negated-bound-fact",
+                               f"'none' on '{neg.fact}' can never see the {neg.fact} fact the rule already matched",
+                               "put the exclusion on the positive pattern: ne / not_in")
             names = [p.bind for p in conj.positives if p.bind]
             dupes = {n for n in names if names.count(n) > 1}
             for name in dupes:
@@ -284,9 +291,9 @@ class RuleParser:
                     continue
                 out.append(FieldTest(name, "lte" if op == "within" else "gt", value, self.loc(pos)))
                 continue
-            if op == "in":
+            if op in ("in", "not_in"):
                 if not isinstance(value, list) or not value:
-                    self.error(pos, "schema", "'in' needs a non-empty list")
+                    self.error(pos, "schema", f"'{op}' needs a non-empty list")
                     continue
                 if kind == "valueset":
                     for item in value:
@@ -296,7 +303,7 @@ class RuleParser:
             if kind == "bool" and not isinstance(value, bool):
                 self.error(pos, "type-mismatch", f"'{name}' is true or false")
                 continue
-            if kind.startswith("number") and op not in ("in",) and not isinstance(value, (int, float)):
+            if kind.startswith("number") and op not in ("in", "not_in") and not isinstance(value, (int, float)):
                 self.error(pos, "type-mismatch", f"'{name}' is a number; got '{value}'")
                 continue
             out.append(FieldTest(name, op, value, self.loc(pos)))
