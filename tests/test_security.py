@@ -1,0 +1,268 @@
+"""CDS client authentication AUTH-1..AUTH-7 with real keys generated in the test run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from conftest import ADULT, KETAMINE_ORDER, bp, request_for
+from fhir_server import FhirServer
+
+BASE = "http://localhost"
+ISS = "https://ehr.example.org"
+SIGN = "/cds-services/ketamine-order-sign"
+
+
+class Keys:
+    def __init__(self) -> None:
+        self.ec = ec.generate_private_key(ec.SECP384R1())
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.rotated = ec.generate_private_key(ec.SECP384R1())
+
+    def jwks(self, include_rotated: bool = False) -> dict[str, Any]:
+        ec_jwk = json.loads(ECAlgorithm.to_jwk(self.ec.public_key()))
+        rsa_jwk = json.loads(RSAAlgorithm.to_jwk(self.rsa.public_key()))
+        keys = [{**ec_jwk, "kid": "ec-1", "alg": "ES384"}, {**rsa_jwk, "kid": "rsa-1", "alg": "RS384"},
+                {"kty": "oct", "kid": "hmac-1", "k": "c2VjcmV0"}]
+        if include_rotated:
+            keys.append({**json.loads(ECAlgorithm.to_jwk(self.rotated.public_key())), "kid": "ec-2", "alg": "ES384"})
+        return {"keys": keys}
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys()
+
+
+class JwksServer:
+    def __init__(self, keys: Keys) -> None:
+        self.hits = 0
+        self.rotated = False
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def do_GET(self) -> None:  # noqa: N802
+                outer.hits += 1
+                body = json.dumps(keys.jwks(include_rotated=outer.rotated)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture()
+def jwks_server(keys: Keys) -> Any:
+    server = JwksServer(keys)
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+@pytest.fixture()
+def secure_app(tmp_path: Path, keys: Keys, jwks_server: JwksServer) -> Any:
+    from server import create_app
+
+    clients = {"clients": [
+        {"iss": ISS, "jwks": keys.jwks(), "tenants": ["hospital-a"]},
+        {"iss": "https://rotating.example.org", "jwks_url": jwks_server.url},
+    ]}
+    path = tmp_path / "clients.yaml"
+    path.write_text(json.dumps(clients))
+    app = create_app({"auth": "required", "clients": str(path), "database_url": f"sqlite:///{tmp_path}/pe.db",
+                      "reload_interval": 0, "allow_http_jwks": True})
+    yield app
+    app.extensions["protocol_engine"]["audit"].flush()
+
+
+def token(keys: Keys, aud: Any, *, alg: str = "ES384", kid: str = "ec-1", iss: str = ISS, exp_in: int = 300,
+          iat_offset: int = 0, jti: str | None = None, extra: dict[str, Any] | None = None,
+          headers: dict[str, Any] | None = None, key: Any = None) -> str:
+    now = int(time.time())
+    claims = {"iss": iss, "aud": aud, "exp": now + exp_in, "iat": now + iat_offset, "jti": jti or str(uuid.uuid4()),
+              "tenant": "hospital-a", **(extra or {})}
+    signing = key or (keys.ec if alg.startswith("ES") else keys.rsa)
+    return jwt.encode(claims, signing, algorithm=alg, headers={"kid": kid, "typ": "JWT", **(headers or {})})
+
+
+def _get(app: Any, path: str, tok: str | None) -> Any:
+    headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+    return app.test_client().get(path, headers=headers)
+
+
+def _post(app: Any, path: str, tok: str | None, body: Any) -> Any:
+    headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+    return app.test_client().post(path, json=body, headers=headers)
+
+
+def test_auth_1_missing_or_garbled_authorization_is_401_with_no_detail(secure_app: Any) -> None:
+    for header in (None, "Bearer", "Bearer not.a.jwt", "Basic dXNlcjpwYXNz", "Bearer " + "A" * 5000):
+        headers = {"Authorization": header} if header else {}
+        response = secure_app.test_client().get("/cds-services", headers=headers)
+        assert response.status_code == 401 and response.get_data() == b""
+
+
+def test_auth_2_alg_none_hmac_and_unknown_kid_are_refused(secure_app: Any, keys: Keys, jwks_server: JwksServer) -> None:
+    aud = BASE + "/cds-services"
+    none_token = jwt.encode({"iss": ISS, "aud": aud, "exp": int(time.time()) + 60, "iat": int(time.time()),
+                             "jti": "n1"}, None, algorithm="none", headers={"kid": "ec-1"})
+    assert _get(secure_app, "/cds-services", none_token).status_code == 401
+    hmac = jwt.encode({"iss": ISS, "aud": aud, "exp": int(time.time()) + 60, "iat": int(time.time()), "jti": "h1"},
+                      "a-shared-secret-of-at-least-32-bytes!!", algorithm="HS256", headers={"kid": "hmac-1"})
+    assert _get(secure_app, "/cds-services", hmac).status_code == 401
+    assert _get(secure_app, "/cds-services", token(keys, aud, kid="nope")).status_code == 401
+    # A jku-based client: an unknown kid triggers exactly one JWKS refresh, then 401.
+    before = jwks_server.hits
+    tok = token(keys, aud, iss="https://rotating.example.org", kid="ec-9")
+    assert _get(secure_app, "/cds-services", tok).status_code == 401
+    assert jwks_server.hits == before + 1
+
+
+def test_auth_2_key_rotation_is_picked_up_from_the_jku(secure_app: Any, keys: Keys, jwks_server: JwksServer) -> None:
+    aud = BASE + "/cds-services"
+    first = token(keys, aud, iss="https://rotating.example.org", kid="ec-1")
+    assert _get(secure_app, "/cds-services", first).status_code == 200
+    jwks_server.rotated = True
+    verifier = secure_app.extensions["protocol_engine"]["verifier"]
+    verifier.clients["https://rotating.example.org"].last_refresh = 0  # the rate limit window has passed
+    rotated = token(keys, aud, iss="https://rotating.example.org", kid="ec-2", key=keys.rotated)
+    assert _get(secure_app, "/cds-services", rotated).status_code == 200
+
+
+def test_auth_3_issuer_jku_and_tenant_must_be_allow_listed(secure_app: Any, keys: Keys) -> None:
+    aud = BASE + "/cds-services"
+    assert _get(secure_app, "/cds-services", token(keys, aud, iss="https://evil.example")).status_code == 401
+    bad_jku = token(keys, aud, headers={"jku": "https://evil.example/jwks.json"})
+    assert _get(secure_app, "/cds-services", bad_jku).status_code == 401
+    other_tenant = token(keys, aud, extra={"tenant": "hospital-b"})
+    assert _get(secure_app, "/cds-services", other_tenant).status_code == 401
+
+
+def test_auth_4_audience_is_the_exact_url_called(secure_app: Any, keys: Keys, loaded: Any) -> None:
+    body = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER, "given": [bp(120, 80)]})
+    discovery, service = BASE + "/cds-services", BASE + SIGN
+    assert _get(secure_app, "/cds-services", token(keys, service)).status_code == 401
+    assert _post(secure_app, SIGN, token(keys, discovery), body).status_code == 401
+    assert _post(secure_app, SIGN, token(keys, service + "/feedback"), body).status_code == 401
+    assert _post(secure_app, SIGN, token(keys, service), body).status_code == 200
+    assert _post(secure_app, SIGN, token(keys, ["https://other.example", service]), body).status_code == 200
+    feedback = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
+                              "outcomeTimestamp": "2026-11-21T10:00:00Z"}]}
+    assert _post(secure_app, SIGN + "/feedback", token(keys, service), feedback).status_code == 401
+    assert _post(secure_app, SIGN + "/feedback", token(keys, service + "/feedback"), feedback).status_code == 400
+
+
+def test_auth_5_expired_future_and_replayed_tokens(secure_app: Any, keys: Keys) -> None:
+    aud = BASE + "/cds-services"
+    assert _get(secure_app, "/cds-services", token(keys, aud, exp_in=-120)).status_code == 401
+    assert _get(secure_app, "/cds-services", token(keys, aud, iat_offset=3600)).status_code == 401
+    once = token(keys, aud, jti="replay-me")
+    assert _get(secure_app, "/cds-services", once).status_code == 200
+    assert _get(secure_app, "/cds-services", once).status_code == 401
+
+
+def test_auth_5_replay_cache_is_shared_by_workers(secure_app: Any, keys: Keys, tmp_path: Path) -> None:
+    """A second app on the same database (another worker) refuses a jti the first accepted."""
+    from server import create_app
+
+    settings = secure_app.extensions["protocol_engine"]["settings"]
+    other = create_app({"auth": "required", "clients": str(settings.clients), "database_url": settings.database_url,
+                        "reload_interval": 0})
+    once = token(keys, BASE + "/cds-services")
+    assert _get(secure_app, "/cds-services", once).status_code == 200
+    assert _get(other, "/cds-services", once).status_code == 401
+    other.extensions["protocol_engine"]["audit"].flush()
+
+
+def test_auth_6_es384_rs384_and_epic_style_claims_are_accepted(secure_app: Any, keys: Keys) -> None:
+    aud = BASE + "/cds-services"
+    now = int(time.time())
+    assert _get(secure_app, "/cds-services", token(keys, aud, alg="ES384", kid="ec-1")).status_code == 200
+    assert _get(secure_app, "/cds-services", token(keys, aud, alg="RS384", kid="rsa-1")).status_code == 200
+    epic = token(keys, aud, alg="RS384", kid="rsa-1", extra={"nbf": now - 300, "sub": "epic-client-id"})
+    assert _get(secure_app, "/cds-services", epic).status_code == 200
+
+
+def test_auth_7_logs_and_records_never_hold_tokens_or_free_text(
+        secure_app: Any, keys: Keys, loaded: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = FhirServer([], page_size=5)
+    try:
+        body = request_for(loaded, "ketamine-order-sign", {
+            "patient": ADULT, "order": KETAMINE_ORDER,
+            "given": [bp(190, 110), {"condition": "ICD10#F20.9 Patient says the voices are back"}]})
+        del body["prefetch"]["medicationStatements"]
+        access_token = "fhir-access-token-" + uuid.uuid4().hex
+        body.update(fhirServer=server.base, fhirAuthorization={"access_token": access_token, "token_type": "Bearer",
+                                                                "expires_in": 300, "scope": "user/*.read",
+                                                                "subject": "svc"})
+        tokens = [token(keys, BASE + "/cds-services"), token(keys, BASE + SIGN), token(keys, BASE + SIGN + "/feedback")]
+        assert _get(secure_app, "/cds-services", tokens[0]).status_code == 200
+        response = _post(secure_app, SIGN, tokens[1], body)
+        assert response.status_code == 200
+        card = response.json["cards"][0]
+        feedback = {"feedback": [{"card": card["uuid"], "outcome": "overridden",
+                                  "outcomeTimestamp": "2026-11-21T10:00:00Z",
+                                  "overrideReason": {"reason": card["overrideReasons"][0],
+                                                     "userComment": "Patient Jane Doe said it is fine"}}]}
+        assert _post(secure_app, SIGN + "/feedback", tokens[2], feedback).status_code == 200
+        assert _get(secure_app, "/cds-services", "garbage." + tokens[0]).status_code == 401
+        assert server.requests and server.requests[0]["authorization"] == f"Bearer {access_token}"
+    finally:
+        server.close()
+    secure_app.extensions["protocol_engine"]["audit"].flush()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    store = secure_app.extensions["protocol_engine"]["store"]
+    with store.engine.connect() as conn:
+        from sqlalchemy import text
+
+        dumped = json.dumps([[list(map(str, row)) for row in conn.execute(text(f"SELECT * FROM {t}"))]
+                             for t in ("decision", "card", "feedback", "seen_token")])
+    for secret in [*tokens, access_token, "voices are back", "Jane Doe"]:
+        assert secret not in logged, secret[:20]
+        assert secret not in dumped, secret[:20]
+    assert "eyJ" not in logged and "eyJ" not in dumped
+
+
+def test_demo_mode_is_explicit_and_loud(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from server import create_app
+
+    caplog.set_level(logging.WARNING)
+    app = create_app({"auth": "disabled", "database_url": f"sqlite:///{tmp_path}/pe.db", "reload_interval": 0})
+    assert any("AUTHENTICATION DISABLED" in r.getMessage() for r in caplog.records)
+    app.extensions["protocol_engine"]["audit"].flush()
+    required = create_app({"database_url": f"sqlite:///{tmp_path}/pe2.db", "reload_interval": 0})
+    assert required.test_client().get("/cds-services").status_code == 401  # on by default
+    required.extensions["protocol_engine"]["audit"].flush()
+
+
+def test_sandbox_client_file_trusts_the_public_sandbox_key() -> None:
+    from protocol_engine.security import load_clients
+
+    root = Path(__file__).resolve().parent.parent
+    clients = load_clients(root / "examples" / "clients.sandbox.yaml")
+    shared = json.loads((root.parent / "shared" / "cds-hooks" / "sandbox-jwks.json").read_text()) if (
+        root.parent / "shared" / "cds-hooks" / "sandbox-jwks.json").exists() else None
+    client = clients["https://sandbox.cds-hooks.org"]
+    assert "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f" in client.keys
+    if shared:
+        assert shared["keys"][0]["kid"] in client.keys
