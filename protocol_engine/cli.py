@@ -230,8 +230,11 @@ def report(since: str | None, until: str | None, fmt_: str, database: str | None
 
     start, end = parse(since, now - dt.timedelta(days=30)), parse(until, now)
     store = Store(url)
-    store.migrate()
-    rows = store.rule_report(start, end)
+    try:
+        store.migrate()
+        rows = store.rule_report(start, end)
+    finally:
+        store.engine.dispose()
     if fmt_ == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(["rule", "fired", "accepted", "overridden", "override_rate", "override_reasons"])

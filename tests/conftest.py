@@ -101,3 +101,29 @@ def gunicorn_server(tmp_path: Path) -> Iterator[str]:
         proc.terminate()
         proc.wait(15)
         log.close()
+
+
+def _postgres_url() -> str | None:
+    return os.environ.get("PROTOCOL_ENGINE_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every store test runs on SQLite and on a real PostgreSQL (a fresh schema per test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    url = _postgres_url()
+    if not url:
+        pytest.skip("PROTOCOL_ENGINE_TEST_POSTGRES_URL not set (.ci/run sets it)")
+    from sqlalchemy import create_engine, text
+
+    schema = f"t_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
+    admin = create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in url else "?"
+    yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()

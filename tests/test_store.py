@@ -1,0 +1,228 @@
+"""Decision trace, feedback, report and health endpoints on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+
+from conftest import ADULT, KETAMINE_ORDER, ROOT, bp, free_port, request_for
+
+SIGN = "/cds-services/ketamine-order-sign"
+
+
+@pytest.fixture()
+def store_app(db_url: str) -> Any:
+    from server import create_app
+
+    app = create_app({"auth": "disabled", "database_url": db_url, "reload_interval": 0})
+    yield app
+    app.extensions["protocol_engine"]["audit"].flush()
+    app.extensions["protocol_engine"]["store"].engine.dispose()
+
+
+def _sign(app: Any, loaded: Any, instance: str = "hi-1") -> list[dict[str, Any]]:
+    body = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
+                                                       "given": [bp(172, 104, id="bp-1")]})
+    body["hookInstance"] = instance
+    response = app.test_client().post(SIGN, json=body)
+    assert response.status_code == 200
+    app.extensions["protocol_engine"]["audit"].flush()
+    return list(response.json["cards"])
+
+
+def test_decision_trace_answers_why_this_card_appeared(store_app: Any, loaded: Any) -> None:
+    cards = _sign(store_app, loaded, "why-1")
+    store = store_app.extensions["protocol_engine"]["store"]
+    [decision] = store.decisions("why-1")
+    trace = decision.trace
+    assert decision.service == "ketamine-order-sign" and decision.patient == "Patient/test-patient"
+    assert trace["ruleset"] == cards[0]["extension"]["protocol-engine"]["ruleset"]
+    fired = {f["rule"]: f for f in trace["fired"]}
+    assert fired["CI-05"]["evidence"] == ["Observation/bp-1"] and fired["CI-05"]["version"] == "1.0.0"
+    assert {c["uuid"] for c in trace["cards"]} == {c["uuid"] for c in cards}
+    assert trace["sources"]["observations"] == "prefetch"
+    assert {"prefetch_ms", "parse_ms", "derive_ms", "evaluate_ms", "cards_ms", "total_ms"} <= set(trace["timings"])
+
+
+def _feedback(card: dict[str, Any], outcome: str = "overridden", stamp: str = "2026-11-21T10:00:00Z",
+              **extra: Any) -> dict[str, Any]:
+    item = {"card": card["uuid"], "outcome": outcome, "outcomeTimestamp": stamp, **extra}
+    if outcome == "overridden" and "overrideReason" not in extra:
+        item["overrideReason"] = {"reason": card["overrideReasons"][0]}
+    return item
+
+
+def test_fb_1_feedback_is_stored_several_items_per_call(store_app: Any, loaded: Any) -> None:
+    cards = _sign(store_app, loaded)
+    ci05 = next(c for c in cards if c["extension"]["protocol-engine"]["rule"] == "CI-05")
+    suggestion = ci05["suggestions"][0]["uuid"]
+    body = {"feedback": [_feedback(ci05), _feedback(ci05, "accepted", "2026-11-21T10:01:00Z",
+                                                    acceptedSuggestions=[{"id": suggestion}])]}
+    response = store_app.test_client().post(SIGN + "/feedback", json=body)
+    assert response.status_code == 200 and response.json == {"stored": 2, "received": 2}
+    assert store_app.extensions["protocol_engine"]["store"].feedback_count() == 2
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda i: i.update(outcome="ignored"),
+    lambda i: i.update(outcome="accepted"),                  # accepted without acceptedSuggestions
+    lambda i: i.update(overrideReason={}),                   # neither reason nor userComment
+    lambda i: i.pop("card"),
+    lambda i: i.pop("outcomeTimestamp"),
+    lambda i: i.update(outcomeTimestamp="yesterday"),
+    lambda i: i.update(card=str(uuid.uuid4())),              # unknown card
+])
+def test_fb_2_bad_feedback_is_400(store_app: Any, loaded: Any, mutate: Any) -> None:
+    cards = _sign(store_app, loaded)
+    item = _feedback(cards[0])
+    mutate(item)
+    response = store_app.test_client().post(SIGN + "/feedback", json={"feedback": [item]})
+    assert response.status_code == 400 and response.json["resourceType"] == "OperationOutcome"
+    assert store_app.extensions["protocol_engine"]["store"].feedback_count() == 0
+
+
+def test_fb_3_repeated_feedback_is_idempotent(store_app: Any, loaded: Any) -> None:
+    cards = _sign(store_app, loaded)
+    body = {"feedback": [_feedback(cards[0])]}
+    client = store_app.test_client()
+    assert client.post(SIGN + "/feedback", json=body).json["stored"] == 1
+    assert client.post(SIGN + "/feedback", json=body).json == {"stored": 0, "received": 1}
+    assert store_app.extensions["protocol_engine"]["store"].feedback_count() == 1
+
+
+def test_report_counts_fired_accepted_overridden_with_reasons(store_app: Any, loaded: Any, db_url: str) -> None:
+    from protocol_engine.cli import main
+
+    client = store_app.test_client()
+    for n in range(3):
+        cards = _sign(store_app, loaded, f"r-{n}")
+        ci05 = next(c for c in cards if c["extension"]["protocol-engine"]["rule"] == "CI-05")
+        item = _feedback(ci05) if n < 2 else _feedback(ci05, "accepted", acceptedSuggestions=[
+            {"id": ci05["suggestions"][0]["uuid"]}])
+        assert client.post(SIGN + "/feedback", json={"feedback": [item]}).status_code == 200
+    runner = CliRunner()
+    text = runner.invoke(main, ["report", "--database", db_url, "--since", "2000-01-01"])
+    assert text.exit_code == 0, text.output
+    line = next(l for l in text.output.splitlines() if l.startswith("CI-05"))
+    assert line.split()[1:4] == ["3", "1", "2"]
+    assert "BP re-checked after rest" in text.output
+    csv_out = runner.invoke(main, ["report", "--database", db_url, "--since", "2000-01-01", "--format", "csv"])
+    assert csv_out.output.splitlines()[0].startswith("rule,fired,accepted,overridden")
+    assert any(l.startswith("CI-05,3,1,2,67,") for l in csv_out.output.splitlines())
+
+
+def test_health_readiness_and_metrics(store_app: Any, loaded: Any) -> None:
+    client = store_app.test_client()
+    _sign(store_app, loaded)
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["rules"] >= 60
+    metrics = client.get("/metrics").get_data(as_text=True)
+    for name in ("protocol_engine_requests_total", "protocol_engine_request_seconds_bucket",
+                 "protocol_engine_stage_seconds_bucket", 'protocol_engine_cards_total{indicator="critical",rule="CI-05"}',
+                 "protocol_engine_fetch_errors_total", "protocol_engine_db_errors_total"):
+        assert name in metrics, name
+
+
+def test_a_database_outage_never_fails_a_hook_call(store_app: Any, loaded: Any) -> None:
+    store = store_app.extensions["protocol_engine"]["store"]
+    good_engine, good_session = store.engine, store.session
+    broken = create_engine("postgresql+psycopg://nobody:x@127.0.0.1:1/none",
+                           connect_args={"connect_timeout": 1}, pool_pre_ping=True)
+    store.engine, store.session = broken, sessionmaker(broken)
+    try:
+        cards = _sign(store_app, loaded, "outage")
+        assert any(c["indicator"] == "critical" for c in cards)
+        client = store_app.test_client()
+        assert client.get("/readyz").status_code == 503
+        assert "protocol_engine_db_errors_total" in client.get("/metrics").get_data(as_text=True)
+        response = client.post(SIGN + "/feedback", json={"feedback": [_feedback(cards[0])]})
+        assert response.status_code == 503 and response.json["resourceType"] == "OperationOutcome"
+    finally:
+        store.engine, store.session = good_engine, good_session
+        broken.dispose()
+    assert store_app.test_client().get("/readyz").status_code == 200  # recovers without a restart
+
+
+@pytest.mark.slow
+def test_acknowledged_feedback_survives_a_hard_kill(db_url: str, loaded: Any, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "PROTOCOL_ENGINE_AUTH": "disabled", "PROTOCOL_ENGINE_DATABASE_URL": db_url,
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "--workers", "2",
+           "--bind", f"127.0.0.1:{port}", "server:create_app()"]
+    base = f"http://127.0.0.1:{port}"
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        for _ in range(300):
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    proc = start()
+    body = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
+                                                       "given": [bp(172, 104)]})
+    card = httpx.post(base + SIGN, json=body, timeout=10).json()["cards"][0]
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        start_time = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+        n = 0
+        with httpx.Client(base_url=base, timeout=5) as http:
+            while not stop.is_set():
+                stamp = (start_time + dt.timedelta(seconds=n)).isoformat().replace("+00:00", "Z")
+                item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": stamp,
+                        "overrideReason": {"reason": card["overrideReasons"][0]}}
+                n += 1
+                try:
+                    response = http.post(SIGN + "/feedback", json={"feedback": [item]})
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    acknowledged.append(stamp)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while len(acknowledged) < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # master and workers, mid-stream, no cleanup
+    proc.wait(10)
+    stop.set()
+    thread.join(10)
+    assert len(acknowledged) >= 50
+    proc = start()
+    try:
+        from protocol_engine.store import Feedback, Store
+
+        store = Store(db_url)
+        with store.session() as s:
+            stored = {f.outcome_timestamp.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+                      for f in s.query(Feedback).all()}
+        store.engine.dispose()
+        missing = [a for a in acknowledged if a not in stored]
+        assert not missing, f"{len(missing)} acknowledged feedback items lost"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
