@@ -115,11 +115,15 @@ def load_pack(root: Path) -> tuple[Pack | None, list[Diagnostic], list[Path]]:
             diags.append(Diagnostic(protocol.path, 1, 1, "unknown-hook", f"service {svc.id}: hook '{svc.hook}'"))
     rules: list[Rule] = []
     seen: dict[str, str] = {}
+    attempted: set[str] = set()  # ids of files with errors: no second, cascading error about them
     for path in sorted(root.rglob("*" + RULE_SUFFIX)):
         files.append(path)
         rule, rdiags = parse_rule(path, protocol, names)
         diags.extend(rdiags)
         if rule is None:
+            data, _ = yamlsource.load(path)
+            if isinstance(data, dict) and data.get("rule"):
+                attempted.add(str(data["rule"]))
             continue
         if rule.id in seen:
             diags.append(Diagnostic(str(path), 1, 1, "duplicate-rule-id",
@@ -130,7 +134,7 @@ def load_pack(root: Path) -> tuple[Pack | None, list[Diagnostic], list[Path]]:
     ids = set(seen)
     for rule in rules:
         for other in rule.suppressed_by:
-            if other not in ids:
+            if other not in ids and other not in attempted:
                 diags.append(Diagnostic(rule.path, 1, 1, "unknown-rule", f"suppressed_by names unknown rule {other}",
                                         did_you_mean(other, sorted(ids))))
     index = ValueSetIndex(valuesets)
