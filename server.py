@@ -232,6 +232,24 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
         return jsonify(sample_index())
 
+    @app.get("/demo/request")
+    def demo_request() -> Response:
+        """A ready CDS Hooks request for a sample patient and service (synthetic data only)."""
+        from adapters.fhir.prefetch import TEMPLATES
+        from protocol_engine.samples import hook_request
+
+        runtimes = registry.current.runtimes
+        service_id = request.args.get("service", "")
+        rt = runtimes.get(service_id)
+        if rt is None:
+            return _outcome(404, "not-found", "no such service")
+        by_key = {key: rtype for rtype, (key, _, _) in TEMPLATES.items()}
+        body = hook_request(request.args.get("patient", ""), rt.service.hook, g.now,
+                            {k: by_key[k] for k in rt.templates})
+        if body is None:
+            return _outcome(404, "not-found", "no such sample patient")
+        return jsonify(body)
+
     @app.get("/demo/patients/<name>")
     def demo_patient(name: str) -> Response:
         from protocol_engine.samples import sample
