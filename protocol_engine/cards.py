@@ -5,8 +5,10 @@ from __future__ import annotations
 import html
 import logging
 import uuid
+from functools import lru_cache
 from typing import Any
 
+from jinja2 import Template
 from jinja2.exceptions import TemplateError
 
 from .model import Finding, Rule
@@ -43,8 +45,13 @@ def _escaped(fact: dict[str, Any]) -> dict[str, Any]:
     return {k: html.escape(v, quote=False) if isinstance(v, str) else v for k, v in fact.items()}
 
 
+@lru_cache(maxsize=4096)
+def _compiled(template: str) -> Template:
+    return environment().from_string(template)
+
+
 def _render(template: str, ctx: dict[str, Any]) -> str:
-    return environment().from_string(template).render(ctx).strip()
+    return _compiled(template).render(ctx).strip()
 
 
 def _render_value(value: Any, ctx: dict[str, Any]) -> Any:

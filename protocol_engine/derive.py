@@ -8,11 +8,19 @@ measure, the course, the order, the score change. Nothing here names a drug or a
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.fhir.records import Chart, Concept, MedicationRecord, ObservationRecord, Quantity
+from adapters.fhir.records import (
+    Chart,
+    Concept,
+    DataIssue,
+    LazyObservation,
+    MedicationRecord,
+    ObservationRecord,
+    Quantity,
+)
 
 from . import units
 from .durations import parse_hours
@@ -115,17 +123,17 @@ class Deriver:
                     return False
         return None
 
-    def readings(self, chart: Chart, now: dt.datetime) -> tuple[dict[str, list[Reading]], dict[str, Reading]]:
-        """Valid readings per measure (newest first) and the newest future-dated reading per measure."""
-        out: dict[str, list[Reading]] = {name: [] for name in self.p.measures}
+    def readings(self, chart: Chart, now: dt.datetime,
+                 issues: list[DataIssue]) -> tuple[dict[str, Readings], dict[str, Reading]]:
+        """Readings per measure (newest first, validated on demand) and the newest future-dated one."""
+        entries: dict[str, list[tuple[dt.datetime, str, LazyObservation]]] = {name: [] for name in self.p.measures}
         future: dict[str, Reading] = {}
-        partials: dict[str, list[tuple[ObservationRecord, str, Quantity]]] = {}
         horizon = now + dt.timedelta(hours=self.future_tol_h)
         for obs in chart.observations:
             if obs.status not in self.obs_valid or obs.time is None:
                 continue
             hits: list[tuple[str, str]] = []
-            for vs in self.index.members(obs.code.pairs(), ()):
+            for vs in self.index.members(obs.codes, ()):
                 hits.extend(self.measure_of_vs.get(vs, ()))
             if not hits:
                 continue
@@ -136,17 +144,11 @@ class Deriver:
                         future[name] = Reading(name, obs.time, [obs.ref], {})
                 continue
             for name, role in hits:
-                m = self.p.measures[name]
-                if m.kind == "pair" and role == "panel":
-                    out[name].append(self._panel(m, obs))
-                elif m.kind == "pair":
-                    partials.setdefault(name, []).append((obs, role, obs.value))
-                else:
-                    out[name].append(self._single(m, obs))
-        for name, items in partials.items():
-            out[name].extend(self._pair_standalone(self.p.measures[name], items))
-        for name in out:
-            out[name].sort(key=lambda r: r.time, reverse=True)
+                entries[name].append((obs.time, role, obs))
+        out = {}
+        for name, items in entries.items():
+            items.sort(key=lambda e: e[0], reverse=True)
+            out[name] = Readings(self, self.p.measures[name], items, issues)
         return out, future
 
     def _single(self, m: Measure, obs: ObservationRecord) -> Reading:
@@ -189,45 +191,21 @@ class Deriver:
                            problem="; ".join(problems) or "no components")
         return Reading(m.name, obs.time, [obs.ref], values)  # type: ignore[arg-type]
 
-    def _pair_standalone(self, m: Measure, items: list[tuple[ObservationRecord, str, Quantity]]) -> list[Reading]:
-        """G4: standalone halves pair when taken within the pairing tolerance of each other."""
-        items.sort(key=lambda i: i[0].time)  # type: ignore[arg-type, return-value]
-        readings: list[Reading] = []
-        used: set[int] = set()
-        for i, (obs, role, q) in enumerate(items):
-            if i in used:
-                continue
-            used.add(i)
-            value, problem = self._convert(m, q)
-            reading = Reading(m.name, obs.time, [obs.ref], {}, readable=value is not None,  # type: ignore[arg-type]
-                              problem=problem)
-            if value is not None:
-                reading.values[role] = value
-            for j in range(i + 1, len(items)):
-                other, other_role, other_q = items[j]
-                if j in used or other_role == role:
-                    continue
-                if (other.time - obs.time).total_seconds() / _H > m.pairing_h:  # type: ignore[operator]
-                    break
-                used.add(j)
-                other_value, other_problem = self._convert(m, other_q)
-                reading.refs.append(other.ref)
-                reading.time = max(reading.time, other.time)  # type: ignore[type-var]
-                if other_value is None:
-                    reading.readable, reading.problem = False, other_problem
-                else:
-                    reading.values[other_role] = other_value
-                break
-            readings.append(reading)
-        return readings
-
-    def governing(self, m: Measure, readings: list[Reading]) -> tuple[Reading | None, Reading | None]:
+    def governing(self, m: Measure, readings: Readings) -> tuple[Reading | None, Reading | None]:
         """G5: newest readable reading; same-time readings merge (duplicates once, worse value wins)."""
-        readable = [r for r in readings if r.readable]
+        same: list[Reading] = []
+        unreadable = None
+        for r in readings:
+            if not r.readable:
+                if unreadable is None and not same:
+                    unreadable = r
+                continue
+            if same and r.time != same[0].time:
+                break
+            same.append(r)
         best = None
-        if readable:
-            top = readable[0].time
-            same = [r for r in readable if r.time == top]
+        if same:
+            top = same[0].time
             best = Reading(m.name, top, [], {}, positive=None)
             pick = max if m.worse == "higher" else min
             for r in same:
@@ -240,9 +218,6 @@ class Deriver:
                     best.positive = bool(best.positive) or r.positive
                 if r.uln_ratio is not None:
                     best.uln_ratio = pick(best.uln_ratio or r.uln_ratio, r.uln_ratio)
-        unreadable = next((r for r in readings if not r.readable), None)
-        if unreadable is not None and best is not None and unreadable.time <= best.time:
-            unreadable = None
         return best, unreadable
 
     def describe_reading(self, m: Measure, r: Reading) -> str:
@@ -262,7 +237,8 @@ class Deriver:
     # -- the whole fact set -------------------------------------------------------------
     def facts(self, chart: Chart, now: dt.datetime, hook: str, patient_id: str | None) -> list[Fact]:
         facts: list[Fact] = []
-        readings, future = self.readings(chart, now)
+        issues = list(chart.issues)
+        readings, future = self.readings(chart, now, issues)
         governing: dict[str, Reading] = {}
         for name, m in self.p.measures.items():
             best, bad = self.governing(m, readings[name])
@@ -287,9 +263,6 @@ class Deriver:
                 facts.append({"t": "future", "measure": name, "at": fr.time.isoformat(), "refs": fr.refs,
                               "describe": f"{m.label} dated {fmt_time(fr.time)} (in the future), "
                                           f"{', '.join(fr.refs)}"})
-        for issue in chart.issues:
-            facts.append({"t": "data-issue", "refs": [issue.ref], "problem": issue.problem,
-                          "describe": f"{issue.ref}: {issue.problem}"})
         patient = self._patient(chart, now)
         if patient is not None:
             facts.append(patient)
@@ -302,6 +275,9 @@ class Deriver:
         orders = self._orders(chart, hook, governing, course, now)
         facts.extend(orders)
         facts.extend(self._scores(chart, now, readings, course))
+        for issue in issues:  # last: readings validated on demand above may have added some
+            facts.append({"t": "data-issue", "refs": [issue.ref], "problem": issue.problem,
+                          "describe": f"{issue.ref}: {issue.problem}"})
         for i, fact in enumerate(facts):
             fact["n"] = i  # durable_rules treats equal facts as one; every fact must be distinct
         return facts
@@ -393,7 +369,7 @@ class Deriver:
         doses.sort()
         return doses
 
-    def _course(self, chart: Chart, now: dt.datetime, readings: dict[str, list[Reading]]) -> Fact | None:
+    def _course(self, chart: Chart, now: dt.datetime, readings: dict[str, Readings]) -> Fact | None:
         c = self.p.course
         doses = self._doses(chart, now)
         if not doses:
@@ -429,8 +405,9 @@ class Deriver:
         if check and last_status == "completed":
             lo = parse_hours(check.get("from", "30m")) or 0.5
             hi = parse_hours(check.get("to", "90m")) or 1.5
-            found = [r for r in readings.get(check["measure"], [])
-                     if lo <= (r.time - last_time).total_seconds() / _H <= hi]
+            window = readings.get(check["measure"])
+            found = window.between(last_time + dt.timedelta(hours=lo), last_time + dt.timedelta(hours=hi)) \
+                if window is not None else []
             fact["last_post_dose_check"] = bool(found)
         return fact
 
@@ -488,7 +465,7 @@ class Deriver:
             facts.append(fact)
         return facts
 
-    def _scores(self, chart: Chart, now: dt.datetime, readings: dict[str, list[Reading]],
+    def _scores(self, chart: Chart, now: dt.datetime, readings: dict[str, Readings],
                 course: Fact | None) -> list[Fact]:
         spec = self.p.scores
         if not spec or course is None or not course.get("induction_complete"):
@@ -511,10 +488,12 @@ class Deriver:
         window_h = parse_hours(spec.get("baseline_window", "30d")) or 720.0
         chosen: Fact | None = None
         for instrument in spec.get("instruments", []):
-            rs = [r for r in readings.get(instrument, []) if r.readable]
-            base = next((r for r in rs if r.time <= first and (first - r.time).total_seconds() / _H <= window_h),
-                        None)
-            current = next((r for r in rs if r.time > last_induction), None)
+            rs = readings.get(instrument)
+            if rs is None:
+                continue
+            current = next((r for r in rs if r.readable and r.time > last_induction), None)
+            base = next((r for r in rs if r.readable and r.time <= first
+                         and (first - r.time).total_seconds() / _H <= window_h), None)
             fact: Fact = {"t": "score", "instrument": instrument, "has_baseline": base is not None,
                           "has_current": current is not None, "refs": []}
             parts = []
@@ -553,3 +532,86 @@ def _span(hours: float) -> str:
 
 def pick_values(fact: Fact, names: Iterable[str]) -> dict[str, Any]:
     return {k: fact[k] for k in names if k in fact}
+
+
+class Readings:
+    """One measure's readings, newest first, built from observations only as far as a caller iterates."""
+
+    def __init__(self, deriver: Deriver, measure: Measure,
+                 entries: list[tuple[dt.datetime, str, LazyObservation]], issues: list[DataIssue]) -> None:
+        self.d, self.m, self.entries, self.issues = deriver, measure, entries, issues
+        self._built: list[Reading] = []
+        self._pos = 0
+        self._used: set[int] = set()
+
+    def __iter__(self) -> Iterator[Reading]:
+        i = 0
+        while True:
+            if i < len(self._built):
+                yield self._built[i]
+                i += 1
+                continue
+            reading = self._next()
+            if reading is None:
+                return
+            self._built.append(reading)
+
+    def between(self, start: dt.datetime, end: dt.datetime) -> list[Reading]:
+        """Readings taken in [start, end], validating only the observations timed inside it."""
+        found = []
+        for when, _, obs in self.entries:
+            if start <= when <= end:
+                record = obs.record()
+                if not isinstance(record, DataIssue):
+                    found.append(Reading(self.m.name, when, [obs.ref], {}))
+        return found
+
+    def _record(self, obs: LazyObservation) -> ObservationRecord | None:
+        record = obs.record()
+        if isinstance(record, DataIssue):
+            if record not in self.issues:
+                self.issues.append(record)
+            return None
+        return record
+
+    def _next(self) -> Reading | None:
+        while self._pos < len(self.entries):
+            idx = self._pos
+            self._pos += 1
+            if idx in self._used:
+                continue
+            when, role, obs = self.entries[idx]
+            record = self._record(obs)
+            if record is None:
+                continue
+            if self.m.kind != "pair":
+                return self.d._single(self.m, record)
+            if role == "panel":
+                return self.d._panel(self.m, record)
+            return self._pair(idx, when, role, record)
+        return None
+
+    def _pair(self, idx: int, when: dt.datetime, role: str, record: ObservationRecord) -> Reading:
+        """G4: a standalone half pairs with the other half taken within the pairing tolerance."""
+        value, problem = self.d._convert(self.m, record.value)
+        reading = Reading(self.m.name, when, [record.ref], {}, readable=value is not None, problem=problem)
+        if value is not None:
+            reading.values[role] = value
+        for j in range(idx + 1, len(self.entries)):
+            other_when, other_role, other = self.entries[j]
+            if (when - other_when).total_seconds() / _H > self.m.pairing_h:
+                break
+            if j in self._used or other_role in (role, "panel"):
+                continue
+            other_record = self._record(other)
+            if other_record is None:
+                continue
+            self._used.add(j)
+            other_value, other_problem = self.d._convert(self.m, other_record.value)
+            reading.refs.append(other_record.ref)
+            if other_value is None:
+                reading.readable, reading.problem = False, other_problem
+            else:
+                reading.values[other_role] = other_value
+            break
+        return reading

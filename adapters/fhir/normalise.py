@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from .records import (
     AdministrationRecord,
+    LazyObservation,
     AllergyRecord,
     Chart,
     Concept,
@@ -211,6 +212,37 @@ def patient(model: Any, ref: str) -> PatientRecord:
     return PatientRecord(ref, birth, model.gender)
 
 
+def _raw_time(raw: dict[str, Any]) -> dt.datetime | None:
+    """G1 time precedence on the raw JSON (validation comes later, when the reading is used)."""
+    period = raw.get("effectivePeriod")
+    for value in (raw.get("effectiveDateTime"), period.get("end") if isinstance(period, dict) else None,
+                  raw.get("effectiveInstant"), raw.get("issued")):
+        if isinstance(value, str):
+            return _aware(value)
+    return None
+
+
+def _raw_codes(raw: dict[str, Any]) -> tuple[tuple[str | None, str | None], ...]:
+    code = raw.get("code")
+    codings = code.get("coding") if isinstance(code, dict) else None
+    if not isinstance(codings, list):
+        return ()
+    return tuple((c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)
+                 and isinstance(c.get("system", ""), str) and isinstance(c.get("code", ""), str))
+
+
+def lazy_observation(raw: dict[str, Any]) -> LazyObservation:
+    ref = ref_of(raw)
+
+    def load() -> ObservationRecord | DataIssue:
+        issues: list[DataIssue] = []
+        model = _validate(raw, issues)
+        return issues[0] if model is None else observation(model, ref)
+
+    status = raw.get("status") if isinstance(raw.get("status"), str) else None
+    return LazyObservation(ref, status, _raw_time(raw), _raw_codes(raw), load)
+
+
 def add_resource(chart: Chart, raw: Any) -> None:
     """Validate one resource and file it in the chart; anything unreadable becomes a DataIssue."""
     if not isinstance(raw, dict):
@@ -219,13 +251,14 @@ def add_resource(chart: Chart, raw: Any) -> None:
     kind = raw.get("resourceType")
     if kind not in MODELS:
         return
+    if kind == "Observation":
+        chart.observations.append(lazy_observation(raw))
+        return
     model = _validate(raw, chart.issues)
     if model is None:
         return
     ref = ref_of(raw)
-    if kind == "Observation":
-        chart.observations.append(observation(model, ref))
-    elif kind == "Condition":
+    if kind == "Condition":
         chart.conditions.append(condition(model, ref))
     elif kind == "MedicationRequest":
         chart.medications.append(medication_request(model, raw, ref))

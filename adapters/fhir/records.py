@@ -7,6 +7,7 @@ the protocol's declared semantics (valid statuses, windows, units) are applied b
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Coding = tuple[str | None, str | None, str | None]  # system, code, display
@@ -48,6 +49,28 @@ class ObservationRecord:
     components: tuple[tuple[Concept, Quantity], ...] = ()
     interpretation: Concept | None = None
     reference_high: Quantity | None = None
+
+
+class LazyObservation:
+    """An Observation whose cheap fields are read up front and whose full validation waits until a rule needs it.
+
+    A 500-Observation chart mostly holds readings older than the governing one; validating those with
+    fhir.resources would cost more than everything else in the request.
+    """
+
+    __slots__ = ("ref", "status", "time", "codes", "_load", "_value")
+
+    def __init__(self, ref: str, status: str | None, time: dt.datetime | None,
+                 codes: tuple[tuple[str | None, str | None], ...],
+                 load: Callable[[], ObservationRecord | DataIssue]) -> None:
+        self.ref, self.status, self.time, self.codes = ref, status, time, codes
+        self._load = load
+        self._value: ObservationRecord | DataIssue | None = None
+
+    def record(self) -> ObservationRecord | DataIssue:
+        if self._value is None:
+            self._value = self._load()
+        return self._value
 
 
 @dataclass(frozen=True)
@@ -110,7 +133,7 @@ class DataIssue:
 @dataclass
 class Chart:
     patient: PatientRecord | None = None
-    observations: list[ObservationRecord] = field(default_factory=list)
+    observations: list[LazyObservation] = field(default_factory=list)
     conditions: list[ConditionRecord] = field(default_factory=list)
     medications: list[MedicationRecord] = field(default_factory=list)
     administrations: list[AdministrationRecord] = field(default_factory=list)

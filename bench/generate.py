@@ -1,0 +1,88 @@
+"""Deterministic CDS Hooks order-sign requests with N Observations and a realistic chart around them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from typing import Any
+
+LOINC = "http://loinc.org"
+RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+UCUM = "http://unitsofmeasure.org"
+
+
+def _obs(i: int, code: str, when: dt.datetime, **value: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": f"obs-{i}", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "vital-signs"}]}],
+            "code": {"coding": [{"system": LOINC, "code": code}]}, "subject": {"reference": "Patient/bench"},
+            "effectiveDateTime": when.isoformat(), **value}
+
+
+def _qty(v: float, unit: str) -> dict[str, Any]:
+    return {"valueQuantity": {"value": v, "unit": unit, "system": UCUM, "code": unit}}
+
+
+def request(n_observations: int, now: dt.datetime, seed: int = 7) -> dict[str, Any]:
+    """An order-sign request for IV ketamine; Observations spread over the last year, newest first."""
+    rng = random.Random(seed * 1000 + n_observations)
+    observations = []
+    for i in range(n_observations):
+        when = now - dt.timedelta(hours=0.5 + i * (8760 / max(n_observations, 1)))
+        kind = i % 5
+        if kind == 0:
+            observations.append(_obs(i, "85354-9", when, component=[
+                {"code": {"coding": [{"system": LOINC, "code": "8480-6"}]}, **_qty(rng.randint(105, 138), "mm[Hg]")},
+                {"code": {"coding": [{"system": LOINC, "code": "8462-4"}]}, **_qty(rng.randint(62, 88), "mm[Hg]")}]))
+        elif kind == 1:
+            observations.append(_obs(i, "8867-4", when, **_qty(rng.randint(58, 96), "/min")))
+        elif kind == 2:
+            observations.append(_obs(i, "59408-5", when, **_qty(rng.randint(94, 100), "%")))
+        elif kind == 3:
+            observations.append(_obs(i, "29463-7", when, **_qty(round(rng.uniform(68, 72), 1), "kg")))
+        else:
+            observations.append(_obs(i, "44261-6", when, valueQuantity={"value": rng.randint(5, 20)}))
+    conditions = [{"resourceType": "Condition", "id": f"cond-{i}", "subject": {"reference": "Patient/bench"},
+                   "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                                  "code": "active" if i % 3 else "resolved"}]},
+                   "code": {"coding": [{"system": ICD, "code": code}]}}
+                  for i, code in enumerate(["F33.2", "E11.9", "I10", "J45.909", "K21.9", "M54.5", "F41.1", "E78.5",
+                                            "G43.909", "F17.210", "N39.0", "H52.4", "L40.0", "E03.9", "R51.9"])]
+    meds = [{"resourceType": "MedicationRequest", "id": f"med-{i}", "status": "active", "intent": "order",
+             "subject": {"reference": "Patient/bench"}, "medicationCodeableConcept": {
+                 "coding": [{"system": RX, "code": code, "display": name}], "text": name}}
+            for i, (code, name) in enumerate([("36567", "simvastatin"), ("6809", "metformin"), ("29046", "lisinopril"),
+                                              ("32968", "clopidogrel"), ("321988", "escitalopram"),
+                                              ("7646", "omeprazole"), ("5640", "ibuprofen"), ("10582", "levothyroxine")])]
+    administrations = [{"resourceType": "MedicationAdministration", "id": f"adm-{i}", "status": "completed",
+                        "subject": {"reference": "Patient/bench"},
+                        "medicationCodeableConcept": {"coding": [{"system": RX, "code": "6130", "display": "ketamine"}]},
+                        "effectiveDateTime": (now - dt.timedelta(days=7 * (i + 1))).isoformat()} for i in range(20)]
+    draft = {"resourceType": "MedicationRequest", "id": "draft-1", "status": "draft", "intent": "order",
+             "subject": {"reference": "Patient/bench"},
+             "medicationCodeableConcept": {"coding": [{"system": RX, "code": "6130", "display": "ketamine"}]},
+             "dosageInstruction": [{"route": {"coding": [{"system": "http://snomed.info/sct", "code": "47625008"}]},
+                                    "doseAndRate": [{"doseQuantity": {"value": 35, "unit": "mg", "system": UCUM,
+                                                                      "code": "mg"}}],
+                                    "timing": {"repeat": {"duration": 40, "durationUnit": "min"}}}]}
+
+    def bundle(items: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in items]}
+
+    return {
+        "hook": "order-sign", "hookInstance": f"bench-{n_observations}",
+        "context": {"userId": "Practitioner/bench", "patientId": "bench",
+                    "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]}},
+        "prefetch": {
+            "patient": {"resourceType": "Patient", "id": "bench", "gender": "male", "birthDate": "1980-04-01"},
+            "observations": bundle(observations), "conditions": bundle(conditions),
+            "medicationRequests": bundle(meds), "medicationStatements": bundle([]),
+            "medicationAdministrations": bundle(administrations), "allergies": bundle([]),
+        },
+    }
+
+
+def body(n_observations: int, now: dt.datetime) -> bytes:
+    return json.dumps(request(n_observations, now)).encode()
