@@ -113,7 +113,8 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     timings["prefetch_ms"] = _ms(t)
     t = time.perf_counter()
     chart = normalise.to_chart(resolved.payloads.values(), draft if rt.service.hook in ORDER_HOOKS else None,
-                               request.context.get("selections") if rt.service.hook == "order-select" else None)
+                               request.context.get("selections") if rt.service.hook == "order-select" else None,
+                               pack.index.has_any)
     timings["parse_ms"] = _ms(t)
     t = time.perf_counter()
     facts = pack.deriver.facts(chart, now, rt.service.hook, request.patient_id)

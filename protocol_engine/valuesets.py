@@ -61,7 +61,7 @@ class ValueSetIndex:
         self._prefix: dict[tuple[str, str], set[str]] = {}
         self._exclude_exact: dict[tuple[str, str], set[str]] = {}
         self._exclude_prefix: dict[tuple[str, str], set[str]] = {}
-        self._text: list[tuple[re.Pattern[str], str]] = []
+        terms: dict[str, set[str]] = {}
         for vs in self.valuesets.values():
             for target, excl, entries in (
                 ((self._exact, self._prefix), False, vs.codes),
@@ -74,7 +74,11 @@ class ValueSetIndex:
                     else:
                         target[0].setdefault((system, code), set()).add(vs.name)
             for term in vs.text:
-                self._text.append((re.compile(rf"\b{re.escape(term)}\b", re.IGNORECASE), vs.name))
+                terms.setdefault(term.lower(), set()).add(vs.name)
+        self._terms = terms
+        # One alternation for every text term: a single scan per text, longest terms first.
+        alternation = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
+        self._text_re = re.compile(rf"\b(?:{alternation})\b", re.IGNORECASE) if terms else None
 
     def _lookup(self, exact: dict[tuple[str, str], set[str]], prefix: dict[tuple[str, str], set[str]],
                 system: str, code: str) -> set[str]:
@@ -94,9 +98,16 @@ class ValueSetIndex:
         return found
 
     def members_of_text(self, text: str | None) -> set[str]:
-        if not text:
+        if not text or self._text_re is None:
             return set()
-        return {name for pattern, name in self._text if pattern.search(text)}
+        found: set[str] = set()
+        for match in self._text_re.finditer(text):
+            found |= self._terms[match.group(0).lower()]
+        return found
+
+    def has_any(self, codings: Iterable[tuple[str | None, str | None]], texts: Iterable[str | None]) -> bool:
+        """Whether a concept belongs to any value set (cheap pre-check before validating a resource)."""
+        return bool(self.members(codings, texts))
 
     def members(self, codings: Iterable[tuple[str | None, str | None]], texts: Iterable[str | None]) -> set[str]:
         """Value sets a concept belongs to: by any coding, else by the text fallback of those sets."""

@@ -7,7 +7,7 @@ Only resource types the rules read are validated; an invalid resource becomes a 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -243,8 +243,36 @@ def lazy_observation(raw: dict[str, Any]) -> LazyObservation:
     return LazyObservation(ref, status, _raw_time(raw), _raw_codes(raw), load)
 
 
-def add_resource(chart: Chart, raw: Any) -> None:
-    """Validate one resource and file it in the chart; anything unreadable becomes a DataIssue."""
+Relevance = Callable[[list[tuple[str | None, str | None]], list[str | None]], bool]
+_CODED = {"Condition": ("code",), "MedicationRequest": ("medicationCodeableConcept",),
+          "MedicationStatement": ("medicationCodeableConcept",)}
+
+
+def _concept_keys(raw: dict[str, Any], kind: str) -> tuple[list[tuple[str | None, str | None]], list[str | None]] | None:
+    """Codes and texts of a resource's main concept from the raw JSON, or None when they cannot be read cheaply."""
+    codes: list[tuple[str | None, str | None]] = []
+    texts: list[str | None] = []
+    for element in _CODED.get(kind, ()):
+        cc = raw.get(element)
+        if not isinstance(cc, dict):
+            return None  # e.g. medicationReference: validate and look properly
+        codings = cc.get("coding") or []
+        if not isinstance(codings, list):
+            return None
+        for c in codings:
+            if isinstance(c, dict):
+                codes.append((c.get("system"), c.get("code")))
+                texts.append(c.get("display") if isinstance(c.get("display"), str) else None)
+        texts.append(cc.get("text") if isinstance(cc.get("text"), str) else None)
+    return codes, texts
+
+
+def add_resource(chart: Chart, raw: Any, relevant: Relevance | None = None) -> None:
+    """Validate one resource and file it in the chart; anything unreadable becomes a DataIssue.
+
+    With `relevant`, coded resources that belong to no value set of the protocol are skipped before
+    validation: no rule could read them.
+    """
     if not isinstance(raw, dict):
         chart.issues.append(DataIssue("(entry)", "bundle entry is not a JSON object"))
         return
@@ -254,6 +282,10 @@ def add_resource(chart: Chart, raw: Any) -> None:
     if kind == "Observation":
         chart.observations.append(lazy_observation(raw))
         return
+    if relevant is not None and kind in _CODED:
+        keys = _concept_keys(raw, kind)
+        if keys is not None and not relevant(*keys):
+            return
     model = _validate(raw, chart.issues)
     if model is None:
         return
@@ -281,7 +313,8 @@ def resources_in(payload: Any) -> Iterable[Any]:
     return [payload]
 
 
-def to_chart(payloads: Iterable[Any], draft_orders: Any, selections: list[str] | None) -> Chart:
+def to_chart(payloads: Iterable[Any], draft_orders: Any, selections: list[str] | None,
+             relevant: Relevance | None = None) -> Chart:
     """Build a Chart from prefetch payloads and the hook's draftOrders bundle."""
     chart = Chart()
     seen: set[str] = set()
@@ -293,7 +326,7 @@ def to_chart(payloads: Iterable[Any], draft_orders: Any, selections: list[str] |
                 if ref in seen and raw.get("id") is not None:
                     continue
                 seen.add(ref)
-            add_resource(chart, raw)
+            add_resource(chart, raw, relevant)
     for raw in resources_in(draft_orders):
         if not isinstance(raw, dict) or raw.get("resourceType") != "MedicationRequest":
             continue
