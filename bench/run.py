@@ -1,0 +1,208 @@
+"""One command for the performance figures: `python -m bench.run` (add `--smoke` for the CI-sized run).
+
+Prints a table: in-process pipeline and HTTP latency through gunicorn (2 workers, keep-alive, one request at a
+time) for N = 20, 100, 500, 2000 Observations, each figure also as a ratio to the bare JSON floor (json.loads +
+json.dumps of the same body, measured in the same run); throughput with concurrent clients; worker RSS over a
+long run. Timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.generate import request  # noqa: E402
+
+SERVICE = "/cds-services/ketamine-order-sign"
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    s = sorted(samples)
+
+    def q(p: float) -> float:
+        return s[min(len(s) - 1, int(round(p * (len(s) - 1))))] * 1000
+
+    return {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": s[-1] * 1000}
+
+
+def json_floor(raw: bytes, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        json.dumps(json.loads(raw))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def in_process(sizes: list[int], n: int, runs: int) -> dict[int, dict[str, float]]:
+    from protocol_engine.pipeline import run
+    from protocol_engine.registry import load
+
+    loaded = load(ROOT / "rules")
+    now = dt.datetime.now(dt.UTC)
+    out = {}
+    for size in sizes:
+        raw = json.dumps(request(size, now)).encode()
+        per_run = []
+        for _ in range(runs):
+            samples = []
+            for _ in range(n):
+                t = time.perf_counter()
+                run(loaded.runtimes, loaded.ruleset.revision, "ketamine-order-sign", json.loads(raw), now, None)
+                samples.append(time.perf_counter() - t)
+            per_run.append(percentiles(samples))
+        out[size] = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
+        out[size]["floor"] = json_floor(raw, max(n, 20))
+        out[size]["bytes"] = len(raw)
+    return out
+
+
+class Server:
+    def __init__(self, workers: int = 2) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        port = 18000 + os.getpid() % 1000
+        self.base = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "PROTOCOL_ENGINE_AUTH": "disabled",
+               "PROTOCOL_ENGINE_DATABASE_URL": f"sqlite:///{self.tmp.name}/bench.db",
+               "PROMETHEUS_MULTIPROC_DIR": self.tmp.name}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "--workers", str(workers),
+             "--bind", f"127.0.0.1:{port}", "server:create_app()"], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(300):
+            try:
+                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("gunicorn did not start")
+
+    def worker_rss_kib(self) -> int:
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        total = 0
+        for pid in children:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def close(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(20)
+        self.tmp.cleanup()
+
+
+def http_latency(base: str, sizes: list[int], n: int, runs: int) -> dict[int, dict[str, float]]:
+    now = dt.datetime.now(dt.UTC)
+    out = {}
+    with httpx.Client(base_url=base, timeout=30, headers={"Content-Type": "application/json"}) as http:
+        for size in sizes:
+            raw = json.dumps(request(size, now)).encode()
+            for _ in range(5):
+                assert http.post(SERVICE, content=raw).status_code == 200
+            per_run = []
+            for _ in range(runs):
+                samples = []
+                for _ in range(n):
+                    t = time.perf_counter()
+                    response = http.post(SERVICE, content=raw)
+                    samples.append(time.perf_counter() - t)
+                    assert response.status_code == 200
+                per_run.append(percentiles(samples))
+            out[size] = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
+    return out
+
+
+def _client(base: str, raw: bytes, seconds: float, queue: Any) -> None:
+    done = errors = 0
+    end = time.monotonic() + seconds
+    with httpx.Client(base_url=base, timeout=30, headers={"Content-Type": "application/json"}) as http:
+        while time.monotonic() < end:
+            try:
+                ok = http.post(SERVICE, content=raw).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            done += ok
+            errors += not ok
+    queue.put((done, errors))
+
+
+def throughput(base: str, clients: int, seconds: float) -> tuple[float, int]:
+    raw = json.dumps(request(20, dt.datetime.now(dt.UTC))).encode()
+    queue: Any = mp.Queue()
+    procs = [mp.Process(target=_client, args=(base, raw, seconds, queue)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(r[0] for r in results) / seconds, sum(r[1] for r in results)
+
+
+def memory(server: Server, total: int) -> tuple[int, int, int]:
+    raw = json.dumps(request(20, dt.datetime.now(dt.UTC))).encode()
+    with httpx.Client(base_url=server.base, timeout=30, headers={"Content-Type": "application/json"}) as http:
+        for _ in range(min(1000, total // 10)):
+            http.post(SERVICE, content=raw)
+        start = server.worker_rss_kib()
+        middle = 0
+        for i in range(total):
+            http.post(SERVICE, content=raw)
+            if i == total // 2:
+                middle = server.worker_rss_kib()
+    return start, middle, server.worker_rss_kib()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="tiny run for CI: checks it runs and prints")
+    args = parser.parse_args()
+    sizes = [20, 100, 500, 2000]
+    n, runs, seconds, mem_total = (5, 1, 1.0, 200) if args.smoke else (200, 3, 10.0, 100_000)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}, {dt.datetime.now(dt.UTC):%Y-%m-%d}{' (smoke)' if args.smoke else ''}")
+    inproc = in_process(sizes, n, runs)
+    server = Server(workers=2)
+    try:
+        over_http = http_latency(server.base, sizes, n, runs)
+        rps, errors = throughput(server.base, clients=4, seconds=seconds)
+        rss = memory(server, mem_total)
+    finally:
+        server.close()
+    print()
+    print("| Observations | body | JSON floor | in-process p50 | HTTP p50 | HTTP p90 | HTTP p99 | HTTP max | p50 / floor |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size in sizes:
+        f = inproc[size]["floor"]
+        h = over_http[size]
+        print(f"| {size} | {inproc[size]['bytes'] / 1024:.0f} kB | {f:.2f} ms | {inproc[size]['p50']:.2f} ms | "
+              f"{h['p50']:.2f} ms | {h['p90']:.2f} ms | {h['p99']:.2f} ms | {h['max']:.2f} ms | {h['p50'] / f:.1f}x |")
+    print()
+    print(f"throughput, 20 Observations, gunicorn 2 workers, 4 client processes, {seconds:.0f} s: "
+          f"{rps:.0f} req/s, {errors} errors")
+    print(f"worker RSS (both workers) over {mem_total} requests: start {rss[0] / 1024:.1f} MiB, "
+          f"half-way {rss[1] / 1024:.1f} MiB, end {rss[2] / 1024:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
