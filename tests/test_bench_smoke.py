@@ -1,0 +1,18 @@
+"""The benchmark runs and prints its table (a smoke run: figures are printed, never asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_runs_and_prints_a_table() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.run", "--smoke"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| Observations |" in result.stdout and "req/s" in result.stdout and "worker RSS" in result.stdout
