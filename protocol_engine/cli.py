@@ -69,7 +69,7 @@ def test_cmd(paths: tuple[str, ...], only_rule: str | None, verbose: bool) -> No
     """Run the test cases beside the rules: PASS/FAIL/SKIP per case."""
     from .pipeline import build_runtime
     from .ruleset import load_ruleset
-    from .testing import run_file, find_test_files
+    from .testing import find_test_files, run_file
     from .validate import rules_root
 
     given = _paths(paths)
@@ -115,8 +115,8 @@ def explain(request_file: str, service_id: str | None, now: str | None, rules_di
     from .engine import EngineError
     from .errors import ProtocolEngineError
     from .explain import explain_rule, summary_lines
-    from .registry import load
     from .pipeline import run
+    from .registry import load
 
     loaded = load(Path(rules_dir) if rules_dir else _paths(())[0])
     try:

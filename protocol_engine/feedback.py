@@ -39,10 +39,9 @@ def parse_feedback(body: Any, service: str) -> list[dict[str, Any]]:
         stamp = parse_timestamp(item.get("outcomeTimestamp"), f"{where}.outcomeTimestamp")
         accepted = item.get("acceptedSuggestions")
         ids: list[str] = []
-        if outcome == "accepted":
-            if not isinstance(accepted, list) or not accepted:
-                raise BadRequest(f"{where}.acceptedSuggestions is required when the outcome is accepted",
-                                 f"{where}.acceptedSuggestions")
+        if outcome == "accepted" and (not isinstance(accepted, list) or not accepted):
+            raise BadRequest(f"{where}.acceptedSuggestions is required when the outcome is accepted",
+                             f"{where}.acceptedSuggestions")
         if accepted is not None:
             if not isinstance(accepted, list) or not all(isinstance(a, dict) and isinstance(a.get("id"), str)
                                                          for a in accepted):

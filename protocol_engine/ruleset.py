@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,8 @@ def _digest(files: list[Path]) -> str:
     h = hashlib.sha256()
     for f in sorted(files):
         h.update(str(f.name).encode())
-        try:
+        with contextlib.suppress(OSError):
             h.update(f.read_bytes())
-        except OSError:
-            pass
     return h.hexdigest()[:12]
 
 

@@ -181,7 +181,7 @@ class Store:
         """Per rule: cards shown, accepted, overridden, and override reasons with counts."""
         with self.session() as s:
             rows: dict[str, dict[str, Any]] = {}
-            for rule, version, indicator in s.execute(select(Card.rule, Card.rule_version, Card.indicator).where(
+            for rule, _version, indicator in s.execute(select(Card.rule, Card.rule_version, Card.indicator).where(
                     Card.created_at >= since, Card.created_at < until)):
                 entry = rows.setdefault(rule, {"rule": rule, "fired": 0, "accepted": 0, "overridden": 0,
                                                "reasons": {}, "indicators": set()})

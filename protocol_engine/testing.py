@@ -264,9 +264,8 @@ def check(expect: dict[str, Any], outcome: Outcome, rule_id: str) -> list[str]:
         diffs = card_matches(candidates[0], want)
         if diffs:
             problems.append(f"{want.get('rule', rule_id)} card: " + "; ".join(diffs))
-    if expect.get("cards") == [] or expect.get("no_cards"):
-        if cards:
-            problems.append(f"expected no cards; got {[c['extension']['protocol-engine']['rule'] for c in cards]}")
+    if (expect.get("cards") == [] or expect.get("no_cards")) and cards:
+        problems.append(f"expected no cards; got {[c['extension']['protocol-engine']['rule'] for c in cards]}")
     for rid in expect.get("fires") or []:
         if rid not in fired:
             problems.append(f"expected {rid} to fire; fired: {sorted(fired)}")

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import ADULT, KETAMINE_ORDER, ROOT, bp, request_for
+
 from protocol_engine.cli import main
 from protocol_engine.ruleset import load_ruleset
 

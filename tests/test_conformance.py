@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from adapters.fhir.prefetch import ALLOWED_TOKENS, TEMPLATES
-from adapters.fhir.hook_request import CONTEXT
 from conftest import ADULT, KETAMINE_ORDER, bp, request_for
 from fhir_server import FhirServer
+
+from adapters.fhir.hook_request import CONTEXT
+from adapters.fhir.prefetch import ALLOWED_TOKENS, TEMPLATES
 from protocol_engine.samples import hook_request
 
 SIGN = "/cds-services/ketamine-order-sign"

@@ -6,7 +6,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import ADULT, KETAMINE_ORDER, bp, request_for
 
 pytestmark = pytest.mark.slow

@@ -21,10 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import ADULT, KETAMINE_ORDER, ROOT, bp, request_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import ADULT, KETAMINE_ORDER, ROOT, bp, request_for
 
 SCALE = int(os.environ.get("PROTOCOL_ENGINE_FUZZ_SCALE", "1"))
 SIGN = "/cds-services/ketamine-order-sign"
@@ -234,6 +233,7 @@ def test_soak_with_feedback_and_a_worker_killed_under_load(tmp_path: Path, loade
     import sys
 
     from conftest import free_port
+
     from protocol_engine.store import Feedback, Store
 
     port = free_port()

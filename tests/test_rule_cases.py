@@ -9,7 +9,7 @@ import pytest
 
 from protocol_engine.pipeline import build_runtime
 from protocol_engine.ruleset import load_ruleset
-from protocol_engine.testing import run_file, find_test_files
+from protocol_engine.testing import find_test_files, run_file
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK_ROOTS = [ROOT / "rules", ROOT / "tests" / "packs"]

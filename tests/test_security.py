@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import threading
@@ -14,11 +13,10 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-
 from conftest import ADULT, KETAMINE_ORDER, bp, request_for
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhir_server import FhirServer
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 BASE = "http://localhost"
 ISS = "https://ehr.example.org"

@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from conftest import ADULT, KETAMINE_ORDER, ROOT, bp, free_port, request_for
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
-
-from conftest import ADULT, KETAMINE_ORDER, ROOT, bp, free_port, request_for
 
 SIGN = "/cds-services/ketamine-order-sign"
 

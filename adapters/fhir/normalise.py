@@ -22,12 +22,12 @@ from pydantic import ValidationError
 
 from .records import (
     AdministrationRecord,
-    LazyObservation,
     AllergyRecord,
     Chart,
     Concept,
     ConditionRecord,
     DataIssue,
+    LazyObservation,
     MedicationRecord,
     ObservationRecord,
     PatientRecord,

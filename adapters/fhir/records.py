@@ -25,7 +25,7 @@ class Concept:
         return [self.text, *(d for _, _, d in self.codings)]
 
     def label(self) -> str:
-        for system, code, display in self.codings:
+        for _system, code, display in self.codings:
             if code:
                 return f"{code} {display}".strip() if display else code
         return self.text or "uncoded"
