@@ -77,19 +77,10 @@ def hook_request(name: str, hook: str, now: dt.datetime | None = None, prefetch_
     if order_override:
         draft = {**draft, **order_override}
     chart = [r for r in resources if r is not draft and r["resourceType"] != "Patient"]
-    context: dict[str, Any] = {"userId": "Practitioner/demo-prescriber", "patientId": patient["id"]}
-    if hook in ("order-select", "order-sign"):
-        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]}
-        if hook == "order-select":
-            context["selections"] = [f"MedicationRequest/{draft['id']}"]
-    else:
-        chart.append({**draft, "status": "active"})
-    if hook in ("encounter-start", "patient-view"):
-        context["encounterId"] = "demo-encounter"
-    if hook == "appointment-book":
-        context["appointments"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
-            "resourceType": "Appointment", "id": "demo-appointment", "status": "proposed",
-            "participant": [{"actor": {"reference": f"Patient/{patient['id']}"}, "status": "needs-action"}]}}]}
+    from .testing import hook_context
+
+    context, active = hook_context(hook, patient["id"], [draft], None, "demo")
+    chart += active
     prefetch: dict[str, Any] = {}
     for key, rtype in (prefetch_keys or {}).items():
         if rtype == "Patient":

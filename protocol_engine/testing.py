@@ -182,6 +182,27 @@ def medication_request(spec: dict[str, Any], default_id: str, patient_id: str, n
     return res
 
 
+def hook_context(hook: str, patient_id: str, drafts: list[dict[str, Any]], selections: list[str] | None,
+                 label: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The hook's context for these draft orders, and the orders that become active chart data outside order hooks."""
+    context: dict[str, Any] = {"userId": f"Practitioner/{label}-prescriber", "patientId": patient_id}
+    active: list[dict[str, Any]] = []
+    if hook in ("order-select", "order-sign"):
+        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
+                                  "entry": [{"resource": r} for r in drafts]}
+        if hook == "order-select":
+            context["selections"] = selections or [f"MedicationRequest/{r['id']}" for r in drafts[:1]]
+    else:
+        active = [{**r, "status": "active"} for r in drafts]
+    if hook in ("encounter-start", "patient-view"):
+        context["encounterId"] = f"{label}-encounter"
+    if hook == "appointment-book":
+        context["appointments"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
+            "resourceType": "Appointment", "id": f"{label}-appointment", "status": "proposed",
+            "participant": [{"actor": {"reference": f"Patient/{patient_id}"}, "status": "needs-action"}]}}]}
+    return context, active
+
+
 def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) -> dict[str, Any]:
     """A complete CDS Hooks request with every prefetch key of the service filled."""
     patient_id = "test-patient"
@@ -193,24 +214,12 @@ def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) ->
         patient = {"resourceType": "Patient", "id": patient_id, "gender": patient_spec.get("gender", "female")}
         if patient_spec.get("birthDate") is not None:
             patient["birthDate"] = birth_date(patient_spec["birthDate"], now)
-    context: dict[str, Any] = {"userId": "Practitioner/test-prescriber", "patientId": patient_id}
     orders = case.get("orders")
     if orders is None:
         orders = [case["order"]] if case.get("order") else []
     draft = [medication_request(o, f"draft-{i}", patient_id, now, "draft") for i, o in enumerate(orders)]
-    if hook in ("order-select", "order-sign"):
-        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
-                                  "entry": [{"resource": r} for r in draft]}
-        if hook == "order-select":
-            context["selections"] = case.get("selections") or [f"MedicationRequest/{r['id']}" for r in draft[:1]]
-    else:
-        resources += [{**r, "status": "active"} for r in draft]
-    if hook in ("encounter-start", "patient-view"):
-        context["encounterId"] = "test-encounter"
-    if hook == "appointment-book":
-        context["appointments"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
-            "resourceType": "Appointment", "id": "appt-1", "status": "proposed",
-            "participant": [{"actor": {"reference": f"Patient/{patient_id}"}, "status": "needs-action"}]}}]}
+    context, active = hook_context(hook, patient_id, draft, case.get("selections"), "test")
+    resources += active
     prefetch: dict[str, Any] = {}
     from adapters.fhir.prefetch import TEMPLATES
 
