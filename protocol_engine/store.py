@@ -113,6 +113,19 @@ class Store:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
+            # gunicorn workers boot at once on a fresh file: one migrates, the others wait for it.
+            import fcntl
+
+            with open(f"{self.engine.url.database}.migrate-lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    with self.engine.begin() as conn:
+                        cfg.attributes["connection"] = conn
+                        command.upgrade(cfg, "head")
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+            return
         with self.engine.begin() as conn:
             if self.engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(472183)"))  # one migrator at a time

@@ -225,3 +225,27 @@ def test_acknowledged_feedback_survives_a_hard_kill(db_url: str, loaded: Any, tm
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
+
+
+def test_workers_booting_together_on_a_fresh_sqlite_file_all_migrate(tmp_path: Path) -> None:
+    """Regression: two gunicorn workers raced to create alembic_version and one failed to boot."""
+    from protocol_engine.store import Store
+
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    errors: list[BaseException] = []
+
+    def boot() -> None:
+        store = Store(url)
+        try:
+            store.migrate()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+        finally:
+            store.engine.dispose()
+
+    threads = [threading.Thread(target=boot) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
