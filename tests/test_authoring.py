@@ -165,6 +165,12 @@ def test_new_scaffolds_a_valid_rule_and_list_prints_the_catalogue(tmp_path: Path
     assert len(listing.output.strip().splitlines()) >= 67
 
 
+def _wait(condition: Any, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_a_broken_edit_never_takes_a_running_service_down(tmp_path: Path, loaded: Any) -> None:
     from server import create_app
 
@@ -181,7 +187,7 @@ def test_a_broken_edit_never_takes_a_running_service_down(tmp_path: Path, loaded
     rule = rules / "ketamine" / "contraindications" / "CI-05-severe-hypertension.rule.yaml"
     good = rule.read_text()
     rule.write_text(good.replace("valueset: hypertensive-crisis", "valueset: hypertensive-crises"))
-    time.sleep(1.0)  # the watcher sees the change, validates, refuses it
+    _wait(lambda: bool(registry.last_errors))  # the watcher sees the change, validates, refuses it
     assert registry.last_errors and registry.last_errors[0].code == "unknown-valueset"
     assert registry.last_errors[0].line == good[: good.index("valueset: hypertensive-crisis")].count("\n") + 1
     again = client.post("/cds-services/ketamine-order-sign", json=body).json["cards"]
@@ -190,7 +196,7 @@ def test_a_broken_edit_never_takes_a_running_service_down(tmp_path: Path, loaded
     assert again[0]["extension"]["protocol-engine"]["ruleset"] == revision
     assert client.get("/readyz").json["lastReloadErrors"] == 1
     rule.write_text(good.replace("(>= 180/100)", "(at or above 180/100)").replace("version: 1.0.0", "version: 1.0.1"))
-    time.sleep(1.0)
+    _wait(lambda: registry.current.ruleset.revision != revision)
     fixed = client.post("/cds-services/ketamine-order-sign", json=body).json["cards"]
     ci05 = next(c for c in fixed if c["extension"]["protocol-engine"]["rule"] == "CI-05")
     assert ci05["extension"]["protocol-engine"]["ruleset"] != revision
