@@ -100,6 +100,7 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
                              "rules": [r.id for r in rt.rules], "fired": [], "cards": [], "shadow": []}
     pack = rt.pack
     draft = request.context.get("draftOrders")
+    orders = None
     if rt.service.hook in ORDER_HOOKS:
         orders = normalise.to_chart([], draft, request.context.get("selections")
                                     if rt.service.hook == "order-select" else None)
@@ -112,9 +113,10 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     trace["sources"] = resolved.sources
     timings["prefetch_ms"] = _ms(t)
     t = time.perf_counter()
-    chart = normalise.to_chart(resolved.payloads.values(), draft if rt.service.hook in ORDER_HOOKS else None,
-                               request.context.get("selections") if rt.service.hook == "order-select" else None,
-                               pack.index.has_any)
+    chart = normalise.to_chart(resolved.payloads.values(), None, None, pack.index.has_any)
+    if orders is not None:  # the draft orders were parsed once already, for the quick drug check
+        chart.draft_orders = orders.draft_orders
+        chart.issues = orders.issues + chart.issues
     timings["parse_ms"] = _ms(t)
     t = time.perf_counter()
     facts = pack.deriver.facts(chart, now, rt.service.hook, request.patient_id)
