@@ -8,10 +8,13 @@ import queue
 import threading
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from . import metrics
 from .store import Store
 
 log = logging.getLogger("protocol_engine.audit")
+BATCH = 200
 
 
 class AuditWriter:
@@ -32,19 +35,50 @@ class AuditWriter:
 
     def _run(self) -> None:
         while True:
-            item = self.queue.get()
-            try:
-                if item is None:
-                    return
-                trace, patient, at = item
-                try:
-                    self.store.record_decision(trace, patient, at)
-                except Exception as exc:
-                    metrics.DB_ERRORS.labels("decision").inc()
-                    log.error("decision trace not stored: %s", type(exc).__name__,
-                              extra={"hookInstance": trace.get("hookInstance")})
-            finally:
+            first = self.queue.get()
+            if first is None:
                 self.queue.task_done()
+                return
+            batch = [first]
+            stop = False
+            # Whatever queued up while the last batch was written goes in one transaction: under load
+            # one commit (one fsync on SQLite) serves many decisions instead of one each.
+            while len(batch) < BATCH:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                self._write(batch)
+            finally:
+                for _ in range(len(batch) + stop):
+                    self.queue.task_done()
+            if stop:
+                return
+
+    def _write(self, batch: list[tuple[dict[str, Any], str, dt.datetime]]) -> None:
+        try:
+            self.store.record_decisions(batch)
+            return
+        except (OperationalError, InterfaceError) as exc:  # the database is away: no point retrying each
+            failed, reason = batch, type(exc).__name__
+        except Exception as exc:
+            if len(batch) == 1:
+                failed, reason = batch, type(exc).__name__
+            else:  # one bad trace must not take the others with it
+                failed, reason = [], type(exc).__name__
+                for item in batch:
+                    try:
+                        self.store.record_decisions([item])
+                    except Exception:
+                        failed.append(item)
+        for trace, _, _ in failed:
+            metrics.DB_ERRORS.labels("decision").inc()
+            log.error("decision trace not stored: %s", reason, extra={"hookInstance": trace.get("hookInstance")})
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued trace is written (tests, shutdown)."""

@@ -491,9 +491,8 @@ class Deriver:
             rs = readings.get(instrument)
             if rs is None:
                 continue
-            current = next((r for r in rs if r.readable and r.time > last_induction), None)
-            base = next((r for r in rs if r.readable and r.time <= first
-                         and (first - r.time).total_seconds() / _H <= window_h), None)
+            current = rs.newest(after=last_induction)
+            base = rs.newest(since=first - dt.timedelta(hours=window_h), until=first)
             fact: Fact = {"t": "score", "instrument": instrument, "has_baseline": base is not None,
                           "has_current": current is not None, "refs": []}
             parts = []
@@ -565,6 +564,30 @@ class Readings:
                 if not isinstance(record, DataIssue):
                     found.append(Reading(self.m.name, when, [obs.ref], {}))
         return found
+
+    def newest(self, after: dt.datetime | None = None, since: dt.datetime | None = None,
+               until: dt.datetime | None = None) -> Reading | None:
+        """The newest readable reading taken after `after`, at or after `since`, at or before `until`.
+
+        Observations timed outside the window are never validated (a long chart holds years of scores).
+        """
+        def inside(t: dt.datetime) -> bool:
+            return (after is None or t > after) and (since is None or t >= since) and (until is None or t <= until)
+
+        if self.m.kind == "pair":  # halves pair across the window edge: walk the paired readings
+            return next((r for r in self if r.readable and inside(r.time)), None)
+        for when, _, obs in self.entries:
+            if until is not None and when > until:
+                continue
+            if not inside(when):
+                return None
+            record = self._record(obs)
+            if record is None:
+                continue
+            reading = self.d._single(self.m, record)
+            if reading.readable:
+                return reading
+        return None
 
     def _record(self, obs: LazyObservation) -> ObservationRecord | None:
         record = obs.record()

@@ -37,6 +37,10 @@ FACTS: dict[str, dict[str, str]] = {
     },
 }
 
+# Roughly how many facts of a type one request asserts (default 1). Used only to place rules in engine
+# shards so that the numerous types are asserted into as few shards as possible.
+VOLUME: dict[str, int] = {"measurement": 5, "condition": 3, "medication": 2, "unreadable": 2}
+
 # Which FHIR resource types each fact type is computed from (drives the derived prefetch templates).
 SOURCES: dict[str, tuple[str, ...]] = {
     "patient": ("Patient",),

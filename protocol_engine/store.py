@@ -141,14 +141,20 @@ class Store:
             return False
 
     def record_decision(self, trace: dict[str, Any], patient: str, created_at: dt.datetime) -> None:
+        self.record_decisions([(trace, patient, created_at)])
+
+    def record_decisions(self, items: list[tuple[dict[str, Any], str, dt.datetime]]) -> None:
+        """Store decision traces and their cards in one transaction: all of them or none."""
         with self.session.begin() as s:
-            decision = Decision(hook_instance=trace["hookInstance"], service=trace["service"], hook=trace["hook"],
-                                ruleset=trace["ruleset"], patient=patient, created_at=created_at, trace=trace)
-            s.add(decision)
+            decisions = [Decision(hook_instance=trace["hookInstance"], service=trace["service"], hook=trace["hook"],
+                                  ruleset=trace["ruleset"], patient=patient, created_at=at, trace=trace)
+                         for trace, patient, at in items]
+            s.add_all(decisions)
             s.flush()
-            for card in trace.get("cards", []):
-                s.add(Card(uuid=card["uuid"], decision_id=decision.id, service=trace["service"], rule=card["rule"],
-                           rule_version=card.get("version", ""), indicator=card["indicator"], created_at=created_at))
+            s.add_all([Card(uuid=card["uuid"], decision_id=decision.id, service=trace["service"], rule=card["rule"],
+                            rule_version=card.get("version", ""), indicator=card["indicator"], created_at=at)
+                       for decision, (trace, _, at) in zip(decisions, items, strict=True)
+                       for card in trace.get("cards", [])])
 
     def known_cards(self, uuids: list[str]) -> set[str]:
         with self.session() as s:

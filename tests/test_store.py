@@ -249,3 +249,43 @@ def test_workers_booting_together_on_a_fresh_sqlite_file_all_migrate(tmp_path: P
     for t in threads:
         t.join(60)
     assert not errors, errors
+
+
+def test_traces_queued_together_are_written_in_one_batch_and_a_bad_one_loses_no_other(db_url: str) -> None:
+    from protocol_engine.audit import AuditWriter
+    from protocol_engine.store import Store
+
+    store = Store(db_url)
+    store.migrate()
+    writer = AuditWriter(store)
+    at = dt.datetime.now(dt.UTC)
+    stamp = uuid.uuid4().hex[:8]
+
+    def trace(n: int, cards: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"hookInstance": f"batch-{stamp}-{n}", "service": "s", "hook": "order-sign", "ruleset": "r",
+                "cards": cards}
+
+    card = {"uuid": f"{stamp}-dup", "rule": "CI-05", "version": "1.0.0", "indicator": "critical"}
+    gate = threading.Lock()
+    gate.acquire()
+    real = store.record_decisions
+    batches: list[int] = []
+
+    def held(items: list[Any]) -> None:
+        with gate:
+            batches.append(len(items))
+        real(items)
+
+    store.record_decisions = held  # type: ignore[method-assign]
+    writer.record(trace(0, []), "Patient/p", at)  # the writer thread holds this one at the gate
+    time.sleep(0.2)
+    # A trace whose card uuid repeats an earlier card's is refused by the database; it sits in the
+    # middle of a batch of good traces, which must all be stored.
+    for n in range(1, 6):
+        writer.record(trace(n, [card] if n in (2, 4) else []), "Patient/p", at)
+    gate.release()
+    assert writer.flush(10)
+    stored = {n for n in range(6) if store.decisions(f"batch-{stamp}-{n}")}
+    assert stored == {0, 1, 2, 3, 5}
+    assert batches[:2] == [1, 5]
+    store.engine.dispose()
