@@ -70,6 +70,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     reload_interval = float(settings.extra.get("reload_interval", 2.0))
     if reload_interval > 0:
         registry.watch(reload_interval)
+    metrics.check_directory(settings.database_url)
     store = Store(settings.database_url)
     store.migrate()
     audit = AuditWriter(store)

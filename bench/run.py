@@ -14,9 +14,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generate import request  # noqa: E402
+from bench.server import Gunicorn  # noqa: E402
 
 SERVICE = "/cds-services/ketamine-order-sign"
 
@@ -72,44 +71,6 @@ def in_process(sizes: list[int], n: int, runs: int) -> dict[int, dict[str, float
         out[size]["floor"] = json_floor(raw, max(n, 20))
         out[size]["bytes"] = len(raw)
     return out
-
-
-class Server:
-    def __init__(self, workers: int = 2) -> None:
-        self.tmp = tempfile.TemporaryDirectory()
-        port = 18000 + os.getpid() % 1000
-        self.base = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PROTOCOL_ENGINE_AUTH": "disabled",
-               "PROTOCOL_ENGINE_DATABASE_URL": f"sqlite:///{self.tmp.name}/bench.db",
-               "PROMETHEUS_MULTIPROC_DIR": self.tmp.name}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "--workers", str(workers),
-             "--bind", f"127.0.0.1:{port}", "server:create_app()"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        for _ in range(300):
-            try:
-                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("gunicorn did not start")
-
-    def worker_rss_kib(self) -> int:
-        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
-        total = 0
-        for pid in children:
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            except OSError:
-                pass
-        return total
-
-    def close(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(20)
-        self.tmp.cleanup()
 
 
 def http_latency(base: str, sizes: list[int], n: int, runs: int) -> dict[int, dict[str, float]]:
@@ -159,7 +120,7 @@ def throughput(base: str, clients: int, seconds: float) -> tuple[float, int]:
     return sum(r[0] for r in results) / seconds, sum(r[1] for r in results)
 
 
-def memory(server: Server, total: int) -> tuple[int, int, int]:
+def memory(server: Gunicorn, total: int) -> tuple[int, int, int]:
     raw = json.dumps(request(20, dt.datetime.now(dt.UTC))).encode()
     with httpx.Client(base_url=server.base, timeout=30, headers={"Content-Type": "application/json"}) as http:
         for _ in range(min(1000, total // 10)):
@@ -182,13 +143,15 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {dt.datetime.now(dt.UTC):%Y-%m-%d}{' (smoke)' if args.smoke else ''}")
     inproc = in_process(sizes, n, runs)
-    server = Server(workers=2)
+    workdir = tempfile.TemporaryDirectory()
+    server = Gunicorn(Path(workdir.name), workers=2, log=False).start()
     try:
         over_http = http_latency(server.base, sizes, n, runs)
         rps, errors = throughput(server.base, clients=4, seconds=seconds)
         rss = memory(server, mem_total)
     finally:
         server.close()
+        workdir.cleanup()
     print()
     print("| Observations | body | JSON floor | in-process p50 | HTTP p50 | HTTP p90 | HTTP p99 | HTTP max | p50 / floor |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
@@ -17,6 +18,17 @@ FETCH_ERRORS = Counter("protocol_engine_fetch_errors_total", "Prefetch keys the 
 DB_ERRORS = Counter("protocol_engine_db_errors_total", "Database writes that failed", ["operation"])
 AUTH_FAILURES = Counter("protocol_engine_auth_failures_total", "Requests refused with 401")
 RELOADS = Counter("protocol_engine_rule_reloads_total", "Rule-set reload attempts", ["result"])
+
+
+def check_directory(database_url: str) -> None:
+    """Refuse a SQLite database inside the metrics directory: the collector reads every *.db file there."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory or not database_url.startswith("sqlite:///") or database_url.startswith("sqlite:///:memory:"):
+        return
+    database = Path(database_url[len("sqlite:///"):].split("?", 1)[0]).resolve()
+    if database.parent == Path(directory).resolve():
+        raise ValueError(f"the SQLite database {database} is inside PROMETHEUS_MULTIPROC_DIR ({directory}); "
+                         "the metrics collector would read it as a metrics file. Put one of them elsewhere.")
 
 
 def render() -> bytes:

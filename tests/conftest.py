@@ -5,20 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.server import Gunicorn, free_port  # noqa: E402,F401 - free_port is imported by tests
 from protocol_engine.registry import load  # noqa: E402
 from protocol_engine.testing import build_request  # noqa: E402
 
@@ -62,45 +59,11 @@ KETAMINE_ORDER = {"medication": "RXNORM#6130 ketamine", "dose": "35 mg", "route"
 ADULT = {"birthDate": "-40y", "gender": "female"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
 def gunicorn_server(tmp_path: Path) -> Iterator[str]:
     """A real gunicorn process with 2 workers on loopback."""
-    port = free_port()
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    log_path = tmp_path / "gunicorn.log"
-    log = log_path.open("wb")
-    env = {**os.environ, "PROTOCOL_ENGINE_AUTH": "disabled",
-           "PROTOCOL_ENGINE_DATABASE_URL": f"sqlite:///{tmp_path}/pe.db",
-           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
-                             "--workers", "2", "--bind", f"127.0.0.1:{port}", "server:create_app()"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        proc.wait(10)
-        log.close()
-        raise RuntimeError("gunicorn did not start: " + log_path.read_text(errors="replace")[-2000:])
-    try:
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        log.close()
+    with Gunicorn(tmp_path) as server:
+        yield server.base
 
 
 def _postgres_url() -> str | None:

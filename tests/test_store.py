@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -16,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import ADULT, KETAMINE_ORDER, ROOT, bp, free_port, request_for
+from conftest import ADULT, KETAMINE_ORDER, Gunicorn, bp, request_for
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -159,26 +155,8 @@ def test_a_database_outage_never_fails_a_hook_call(store_app: Any, loaded: Any) 
 
 @pytest.mark.slow
 def test_acknowledged_feedback_survives_a_hard_kill(db_url: str, loaded: Any, tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "PROTOCOL_ENGINE_AUTH": "disabled", "PROTOCOL_ENGINE_DATABASE_URL": db_url,
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    cmd = [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "--workers", "2",
-           "--bind", f"127.0.0.1:{port}", "server:create_app()"]
-    base = f"http://127.0.0.1:{port}"
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    return proc
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    proc = start()
+    server = Gunicorn(tmp_path / "server", database_url=db_url).start()
+    base = server.base
     body = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
                                                        "given": [bp(172, 104)]})
     card = httpx.post(base + SIGN, json=body, timeout=10).json()["cards"][0]
@@ -206,12 +184,11 @@ def test_acknowledged_feedback_survives_a_hard_kill(db_url: str, loaded: Any, tm
     deadline = time.monotonic() + 20
     while len(acknowledged) < 50 and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # master and workers, mid-stream, no cleanup
-    proc.wait(10)
+    server.kill()  # master and workers, mid-stream, no cleanup
     stop.set()
     thread.join(10)
     assert len(acknowledged) >= 50
-    proc = start()
+    server.start()
     try:
         from protocol_engine.store import Feedback, Store
 
@@ -223,8 +200,7 @@ def test_acknowledged_feedback_survives_a_hard_kill(db_url: str, loaded: Any, tm
         missing = [a for a in acknowledged if a not in stored]
         assert not missing, f"{len(missing)} acknowledged feedback items lost"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
+        server.close()
 
 
 def test_workers_booting_together_on_a_fresh_sqlite_file_all_migrate(tmp_path: Path) -> None:
@@ -289,3 +265,15 @@ def test_traces_queued_together_are_written_in_one_batch_and_a_bad_one_loses_no_
     assert stored == {0, 1, 2, 3, 5}
     assert batches[:2] == [1, 5]
     store.engine.dispose()
+
+
+def test_a_sqlite_database_inside_the_metrics_directory_is_refused_at_start(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by the benchmark: with both in one directory the metrics collector read the SQLite file
+    # as a metrics file and /metrics answered 500.
+    from server import create_app
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="inside PROMETHEUS_MULTIPROC_DIR"):
+        create_app({"auth": "disabled", "database_url": f"sqlite:///{tmp_path}/audit.db", "reload_interval": 0})
+    assert not (tmp_path / "audit.db").exists()

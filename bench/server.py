@@ -1,0 +1,117 @@
+"""A real gunicorn process on loopback, for the benchmarks and the tests that need one (load, kill, soak)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Gunicorn:
+    """`gunicorn --config gunicorn.conf.py server:create_app()` with its own SQLite file and metrics directory.
+
+    The process gets its own session, so `kill()` can take master and workers down at once (a hard crash).
+    """
+
+    def __init__(self, workdir: Path, workers: int = 2, env: Mapping[str, str] | None = None,
+                 database_url: str | None = None, log: bool = True) -> None:
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
+        metrics_dir = self.workdir / "metrics"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "gunicorn.log"
+        self.env = {**os.environ, "PROTOCOL_ENGINE_AUTH": "disabled",
+                    "PROTOCOL_ENGINE_DATABASE_URL": database_url or f"sqlite:///{self.workdir}/protocol-engine.db",
+                    "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **(env or {})}
+        self.keep_log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> Gunicorn:
+        out = self.log_path.open("ab") if self.keep_log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "--workers",
+             str(self.workers), "--bind", f"127.0.0.1:{self.port}", "server:create_app()"],
+            cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.keep_log:
+            out.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.close()
+        raise RuntimeError("gunicorn did not start: " + self.log_tail())
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else "(no log)"
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                pids.append(int(stat.parent.name))
+        return sorted(pids)
+
+    @staticmethod
+    def rss_kib(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def worker_rss_kib(self) -> int:
+        return sum(self.rss_kib(pid) for pid in self.worker_pids())
+
+    def kill(self) -> None:
+        """SIGKILL to master and workers at once: no shutdown hooks, no flushing."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def __enter__(self) -> Gunicorn:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
