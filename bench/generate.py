@@ -1,4 +1,8 @@
-"""Deterministic CDS Hooks order-sign requests with N Observations and a realistic chart around them."""
+"""Deterministic CDS Hooks order-sign requests with N Observations and a realistic chart around them.
+
+Resources carry what EHR FHIR APIs send besides the clinical core (meta, identifiers, encounter and
+performer references, dosage text, bundle fullUrls), so parsing costs what it costs in production.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,25 @@ ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 UCUM = "http://unitsofmeasure.org"
 
 
+def _ehr(resource: dict[str, Any], when: dt.datetime) -> dict[str, Any]:
+    """The administrative elements an EHR adds to every resource."""
+    return {**resource, "meta": {"versionId": "1", "lastUpdated": when.isoformat()},
+            "identifier": [{"system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.798268", "value": f"{resource['id']}-0"}]}
+
+
 def _obs(i: int, code: str, when: dt.datetime, **value: Any) -> dict[str, Any]:
     return {"resourceType": "Observation", "id": f"obs-{i}", "status": "final",
+            "encounter": {"reference": f"Encounter/enc-{i // 5}"},
+            "performer": [{"reference": "Practitioner/nurse-1", "display": "Nurse"}],
+            "issued": when.isoformat(),
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                       "code": "vital-signs"}]}],
             "code": {"coding": [{"system": LOINC, "code": code}]}, "subject": {"reference": "Patient/bench"},
             "effectiveDateTime": when.isoformat(), **value}
+
+
+MEDICATIONS = [("36567", "simvastatin"), ("6809", "metformin"), ("29046", "lisinopril"), ("32968", "clopidogrel"),
+               ("321988", "escitalopram"), ("7646", "omeprazole"), ("5640", "ibuprofen"), ("10582", "levothyroxine")]
 
 
 def _qty(v: float, unit: str) -> dict[str, Any]:
@@ -44,22 +61,38 @@ def request(n_observations: int, now: dt.datetime, seed: int = 7) -> dict[str, A
             observations.append(_obs(i, "29463-7", when, **_qty(round(rng.uniform(68, 72), 1), "kg")))
         else:
             observations.append(_obs(i, "44261-6", when, valueQuantity={"value": rng.randint(5, 20)}))
+    observations = [_ehr(o, now) for o in observations]
     conditions = [{"resourceType": "Condition", "id": f"cond-{i}", "subject": {"reference": "Patient/bench"},
+                   "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                                             "code": "problem-list-item"}]}],
+                   "verificationStatus": {"coding": [{
+                       "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+                   "recordedDate": (now - dt.timedelta(days=400 + 30 * i)).date().isoformat(),
                    "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
                                                   "code": "active" if i % 3 else "resolved"}]},
                    "code": {"coding": [{"system": ICD, "code": code}]}}
                   for i, code in enumerate(["F33.2", "E11.9", "I10", "J45.909", "K21.9", "M54.5", "F41.1", "E78.5",
                                             "G43.909", "F17.210", "N39.0", "H52.4", "L40.0", "E03.9", "R51.9"])]
     meds = [{"resourceType": "MedicationRequest", "id": f"med-{i}", "status": "active", "intent": "order",
-             "subject": {"reference": "Patient/bench"}, "medicationCodeableConcept": {
-                 "coding": [{"system": RX, "code": code, "display": name}], "text": name}}
-            for i, (code, name) in enumerate([("36567", "simvastatin"), ("6809", "metformin"), ("29046", "lisinopril"),
-                                              ("32968", "clopidogrel"), ("321988", "escitalopram"),
-                                              ("7646", "omeprazole"), ("5640", "ibuprofen"), ("10582", "levothyroxine")])]
+             "subject": {"reference": "Patient/bench"}, "authoredOn": (now - dt.timedelta(days=90)).isoformat(),
+             "requester": {"reference": "Practitioner/gp-1", "display": "GP"},
+             "medicationCodeableConcept": {"coding": [{"system": RX, "code": code, "display": name}], "text": name},
+             "dosageInstruction": [{"text": f"{name} once daily", "timing": {"repeat": {"frequency": 1, "period": 1,
+                                                                                        "periodUnit": "d"}},
+                                    "route": {"coding": [{"system": "http://snomed.info/sct", "code": "26643006"}]}}]}
+            for i, (code, name) in enumerate(MEDICATIONS)]
     administrations = [{"resourceType": "MedicationAdministration", "id": f"adm-{i}", "status": "completed",
-                        "subject": {"reference": "Patient/bench"},
-                        "medicationCodeableConcept": {"coding": [{"system": RX, "code": "6130", "display": "ketamine"}]},
+                        "subject": {"reference": "Patient/bench"}, "context": {"reference": f"Encounter/ket-{i}"},
+                        "performer": [{"actor": {"reference": "Practitioner/nurse-1"}}],
+                        "request": {"reference": f"MedicationRequest/ket-{i}"},
+                        "medicationCodeableConcept": {"coding": [{"system": RX, "code": "6130",
+                                                                  "display": "ketamine"}]},
+                        "dosage": {"route": {"coding": [{"system": "http://snomed.info/sct", "code": "47625008"}]},
+                                   "dose": {"value": 35, "unit": "mg", "system": UCUM, "code": "mg"}},
                         "effectiveDateTime": (now - dt.timedelta(days=7 * (i + 1))).isoformat()} for i in range(20)]
+    conditions = [_ehr(c, now) for c in conditions]
+    meds = [_ehr(m, now) for m in meds]
+    administrations = [_ehr(a, now) for a in administrations]
     draft = {"resourceType": "MedicationRequest", "id": "draft-1", "status": "draft", "intent": "order",
              "subject": {"reference": "Patient/bench"},
              "medicationCodeableConcept": {"coding": [{"system": RX, "code": "6130", "display": "ketamine"}]},
@@ -69,14 +102,20 @@ def request(n_observations: int, now: dt.datetime, seed: int = 7) -> dict[str, A
                                     "timing": {"repeat": {"duration": 40, "durationUnit": "min"}}}]}
 
     def bundle(items: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in items]}
+        return {"resourceType": "Bundle", "type": "searchset", "total": len(items),
+                "entry": [{"fullUrl": f"https://ehr.example.org/fhir/{r['resourceType']}/{r['id']}", "resource": r,
+                           "search": {"mode": "match"}} for r in items]}
 
     return {
         "hook": "order-sign", "hookInstance": f"bench-{n_observations}",
         "context": {"userId": "Practitioner/bench", "patientId": "bench",
                     "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]}},
         "prefetch": {
-            "patient": {"resourceType": "Patient", "id": "bench", "gender": "male", "birthDate": "1980-04-01"},
+            "patient": _ehr({"resourceType": "Patient", "id": "bench", "gender": "male", "birthDate": "1980-04-01",
+                             "active": True, "name": [{"use": "official", "family": "Bench", "given": ["Test"]}],
+                             "telecom": [{"system": "phone", "value": "555-0100", "use": "home"}],
+                             "address": [{"line": ["1 Test Street"], "city": "Testville", "postalCode": "00000"}]},
+                            now),
             "observations": bundle(observations), "conditions": bundle(conditions),
             "medicationRequests": bundle(meds), "medicationStatements": bundle([]),
             "medicationAdministrations": bundle(administrations), "allergies": bundle([]),

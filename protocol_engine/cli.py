@@ -94,20 +94,25 @@ def test_cmd(paths: tuple[str, ...], only_rule: str | None, verbose: bool) -> No
                     click.echo(f"     - {problem}")
                 click.echo("     actual cards:")
                 for c in r.cards or []:
-                    click.echo(f"       {c['indicator']:8} {c['extension']['protocol-engine']['rule']:7} {c['summary']}")
+                    click.echo(_card_line(c))
                 if not r.cards:
                     click.echo("       (none)")
             elif verbose:
                 for c in r.cards:
-                    click.echo(f"       {c['indicator']:8} {c['extension']['protocol-engine']['rule']:7} {c['summary']}")
+                    click.echo(_card_line(c))
     skipped = f", {counts['SKIP']} skipped" if counts["SKIP"] else ""
     click.echo(f"{counts['PASS']} passed, {counts['FAIL']} failed{skipped}")
     sys.exit(1 if counts["FAIL"] else 0)
 
 
+def _card_line(card: dict[str, Any]) -> str:
+    return f"       {card['indicator']:8} {card['extension']['protocol-engine']['rule']:7} {card['summary']}"
+
+
 @main.command()
 @click.option("--request", "request_file", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--service", "service_id", default=None, help="Service id (default: the ketamine-/pack service of the hook).")
+@click.option("--service", "service_id", default=None,
+              help="Service id (default: the ketamine-/pack service of the hook).")
 @click.option("--now", default=None, help="Evaluation time (ISO 8601); default: the current time.")
 @click.option("--rules", "rules_dir", default=None)
 def explain(request_file: str, service_id: str | None, now: str | None, rules_dir: str | None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import Conjunct, FieldTest, Pattern, Rule
+from .model import Conjunct, FieldTest, Location, Pattern, Rule
 
 GO = "$go"
 _DURABLE_OPS = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte", "ne": "$neq"}
@@ -34,13 +34,16 @@ def pattern_expr(pattern: Pattern, extra: tuple[FieldTest, ...] = ()) -> dict[st
     return {"$and": terms}
 
 
+def drug_scope(rule: Rule) -> tuple[FieldTest, ...]:
+    """The rule's `drugs:` list as a test on the order fact (empty when the rule applies to every drug)."""
+    if not rule.drugs:
+        return ()
+    return (FieldTest("drug", "in", list(rule.drugs), Location(rule.path, 1, 1)),)
+
+
 def scoped(rule: Rule, conj: Conjunct) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
     """Positive (name, expr) pairs and negative exprs, with the rule's drug scope applied."""
-    from .model import Location
-
-    scope = ()
-    if rule.drugs:
-        scope = (FieldTest("drug", "in", list(rule.drugs), Location(rule.path, 1, 1)),)
+    scope = drug_scope(rule)
     positives: list[tuple[str, dict[str, Any]]] = []
     has_order = any(p.fact == "order" for p in conj.positives)
     for i, p in enumerate(conj.positives):

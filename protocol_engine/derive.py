@@ -513,9 +513,8 @@ class Deriver:
                     fact["change_pct"] = round((b - cur) / b * 100, 2)
             label = self.p.measures[instrument].label if instrument in self.p.measures else instrument
             fact["describe"] = f"{label}: " + ("; ".join(parts) if parts else "no score recorded")
-            if base is not None or chosen is None:
-                if chosen is None or (base is not None and not chosen["has_baseline"]):
-                    chosen = fact
+            if chosen is None or (base is not None and not chosen["has_baseline"]):
+                chosen = fact
         return [chosen] if chosen else []
 
 

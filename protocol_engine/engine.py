@@ -6,6 +6,7 @@ gunicorn worker processes), and its background dispatch threads are never starte
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ def plan_shards(rules: list[Rule], size: int = MAX_RULES_PER_SHARD) -> list[list
     while improved:
         improved = False
         for a, b in itertools.permutations(range(count), 2):
-            for i, rule in enumerate(list(groups[a])):
+            for i in range(len(groups[a])):
                 if len(groups[b]) < size:
                     trial = [list(g) for g in groups]
                     trial[b].append(trial[a].pop(i))
@@ -143,10 +144,8 @@ def evaluate(compiled: CompiledRules, facts: list[Fact]) -> list[Finding]:
                 raise EngineError(f"rule evaluation failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
             finally:
                 compiled.fired.clear()
-                try:
+                with contextlib.suppress(Exception):  # a failed cleanup must not mask the answer
                     compiled.host.delete_state(shard.name, sid)
-                except Exception:  # noqa: S110 - a failed cleanup must not mask the answer
-                    pass
     grouped: dict[str, list[dict[str, Fact]]] = {}
     for rule_id, match in fired:
         bindings = {name: by_n[f["n"]] for name, f in match.items()

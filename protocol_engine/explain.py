@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .compiler import drug_scope
 from .model import Fact, FieldTest, Pattern, Rule
 
 _SYMBOL = {"eq": "=", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in", "not_in": "not in"}
@@ -39,11 +40,7 @@ def describe(pattern: Pattern, extra: tuple[FieldTest, ...] = ()) -> str:
 
 def explain_rule(rule: Rule, facts: list[Fact], fired: bool) -> list[str]:
     lines = [f"{rule.id} v{rule.version} [{rule.card.indicator}] {rule.title}: {'FIRED' if fired else 'silent'}"]
-    scope = ()
-    if rule.drugs:
-        from .model import Location
-
-        scope = (FieldTest("drug", "in", list(rule.drugs), Location(rule.path, 1, 1)),)
+    scope = drug_scope(rule)
     for k, conj in enumerate(rule.conjuncts):
         lines.append(f"  alternative {k + 1}:")
         checks: list[tuple[str, Pattern, bool]] = [("must match", p, True) for p in conj.positives]

@@ -355,7 +355,8 @@ class RuleParser:
         names |= {p.bind for conj in conjuncts for p in conj.positives if p.bind}
         names.add("order")
         for key in ("summary", "detail"):
-            if not isinstance(node.get(key), str) or not node.get(key).strip():
+            value = node.get(key)
+            if not isinstance(value, str) or not value.strip():
                 self.error(yamlsource.key_pos(node, key) if key in node else yamlsource.node_pos(node), "schema",
                            f"card needs a '{key}' template")
                 continue

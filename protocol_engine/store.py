@@ -21,6 +21,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    insert,
     select,
     text,
 )
@@ -144,17 +145,23 @@ class Store:
         self.record_decisions([(trace, patient, created_at)])
 
     def record_decisions(self, items: list[tuple[dict[str, Any], str, dt.datetime]]) -> None:
-        """Store decision traces and their cards in one transaction: all of them or none."""
-        with self.session.begin() as s:
-            decisions = [Decision(hook_instance=trace["hookInstance"], service=trace["service"], hook=trace["hook"],
-                                  ruleset=trace["ruleset"], patient=patient, created_at=at, trace=trace)
-                         for trace, patient, at in items]
-            s.add_all(decisions)
-            s.flush()
-            s.add_all([Card(uuid=card["uuid"], decision_id=decision.id, service=trace["service"], rule=card["rule"],
-                            rule_version=card.get("version", ""), indicator=card["indicator"], created_at=at)
-                       for decision, (trace, _, at) in zip(decisions, items, strict=True)
-                       for card in trace.get("cards", [])])
+        """Store decision traces and their cards in one transaction: all of them or none.
+
+        Core inserts rather than ORM objects: this runs on every hook call, and the ORM's unit of work
+        cost about twice the CPU (measured, bench/run.py) in the same worker as the requests.
+        """
+        with self.engine.begin() as conn:
+            ids = conn.execute(
+                insert(Decision).returning(Decision.id, sort_by_parameter_order=True),
+                [{"hook_instance": trace["hookInstance"], "service": trace["service"], "hook": trace["hook"],
+                  "ruleset": trace["ruleset"], "patient": patient, "created_at": at, "trace": trace}
+                 for trace, patient, at in items]).scalars().all()
+            cards = [{"uuid": card["uuid"], "decision_id": decision_id, "service": trace["service"],
+                      "rule": card["rule"], "rule_version": card.get("version", ""), "indicator": card["indicator"],
+                      "created_at": at}
+                     for decision_id, (trace, _, at) in zip(ids, items, strict=True) for card in trace.get("cards", [])]
+            if cards:
+                conn.execute(insert(Card), cards)
 
     def known_cards(self, uuids: list[str]) -> set[str]:
         with self.session() as s:

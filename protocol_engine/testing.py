@@ -281,7 +281,7 @@ def check(expect: dict[str, Any], outcome: Outcome, rule_id: str) -> list[str]:
     for rid in expect.get("silent") or []:
         if rid in fired:
             problems.append(f"expected {rid} to stay silent, but it fired")
-    counts = {}
+    counts: dict[str, int] = {}
     for c in cards:
         r = c["extension"]["protocol-engine"]["rule"]
         counts[r] = counts.get(r, 0) + 1
@@ -334,7 +334,8 @@ def run_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
         unknown = set(case) - CASE_KEYS
         if unknown:
             line, col = yamlsource.value_pos(data["cases"], i)
-            diags.append(Diagnostic(str(path), line, col, "unknown-key", f"case '{name}': unknown keys {sorted(unknown)}"))
+            diags.append(Diagnostic(str(path), line, col, "unknown-key",
+                                    f"case '{name}': unknown keys {sorted(unknown)}"))
             continue
         merged = {**defaults, **case}
         merged["given"] = list(defaults.get("given") or []) + list(case.get("given") or [])

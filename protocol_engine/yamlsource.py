@@ -35,7 +35,8 @@ def load(path: Path) -> tuple[Any, list[Diagnostic]]:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
         if exc.context_mark is not None and mark is not exc.context_mark:
-            message += f" (the construct opened at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+            opened = exc.context_mark
+            message += f" (the construct opened at line {opened.line + 1}, column {opened.column + 1})"
         return None, [Diagnostic(str(path), line, col, "yaml-syntax", message or "invalid YAML")]
     except Exception as exc:  # ruamel raises plain errors for some malformed input
         return None, [Diagnostic(str(path), 1, 1, "yaml-syntax", f"invalid YAML: {exc}")]

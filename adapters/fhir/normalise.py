@@ -47,16 +47,51 @@ MODELS: dict[str, Any] = {
 _DURATION_H = {"s": 1 / 3600, "min": 1 / 60, "h": 1.0, "d": 24.0, "wk": 168.0}
 
 
+_VALUE_X = ("valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean", "valueInteger", "valueRange",
+            "valueRatio", "valueSampledData", "valueTime", "valueDateTime", "valuePeriod")
+_MEDICATION_X = ("medicationCodeableConcept", "medicationReference", "contained")
+# The elements each resource type is validated on: what the derivations read, plus the elements FHIR R4
+# requires, so a resource lacking one is still refused. Everything else (narrative, identifiers,
+# performers, notes, extensions) is never read, so it is neither validated nor a reason to drop a reading.
+READ: dict[str, frozenset[str]] = {
+    "Patient": frozenset({"birthDate", "gender"}),
+    "Observation": frozenset({"status", "code", "effectiveDateTime", "effectivePeriod", "effectiveInstant",
+                              "effectiveTiming", "issued", "component", "interpretation", "referenceRange",
+                              "dataAbsentReason", *_VALUE_X}),
+    "Condition": frozenset({"subject", "code", "clinicalStatus", "verificationStatus", "onsetDateTime",
+                            "onsetPeriod", "onsetAge", "onsetRange", "onsetString"}),
+    "MedicationRequest": frozenset({"status", "intent", "subject", "dosageInstruction", "authoredOn",
+                                    *_MEDICATION_X}),
+    "MedicationStatement": frozenset({"status", "subject", *_MEDICATION_X}),
+    # G9 counts prior sessions by time and drug; the dose given is not read by any rule (yet).
+    "MedicationAdministration": frozenset({"status", "subject", "effectiveDateTime", "effectivePeriod",
+                                           *_MEDICATION_X}),
+    "AllergyIntolerance": frozenset({"patient", "code", "reaction", "clinicalStatus", "verificationStatus"}),
+}
+
+
 def ref_of(resource: dict[str, Any]) -> str:
     return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '(no id)')}"
 
 
 def _validate(resource: dict[str, Any], issues: list[DataIssue]) -> Any | None:
-    model = MODELS.get(str(resource.get("resourceType")))
+    kind = str(resource.get("resourceType"))
+    model = MODELS.get(kind)
     if model is None:
         return None
+    if resource.get("modifierExtension"):
+        # FHIR: an element carrying a modifier extension that the reader does not understand must not
+        # be read as if it were absent (it may mean "not given", "refuted", ...).
+        issues.append(DataIssue(ref_of(resource), "carries a modifierExtension this service does not understand; "
+                                                  "not used"))
+        return None
+    read = READ[kind]
+    projection = {key: value for key, value in resource.items() if key in read}
+    projection["resourceType"] = kind
+    if "id" in resource:
+        projection["id"] = resource["id"]
     try:
-        return model.model_validate(resource)
+        return model.model_validate(projection)
     except (ValidationError, ValueError, TypeError) as exc:
         where = "?"
         if isinstance(exc, ValidationError) and exc.errors():
@@ -188,11 +223,7 @@ def administration(model: Any, raw: dict[str, Any], ref: str) -> AdministrationR
     start = _aware(model.effectiveDateTime)
     if start is None and model.effectivePeriod is not None:
         start = _aware(model.effectivePeriod.start)
-    route = dose = None
-    if model.dosage is not None:
-        route = concept(model.dosage.route) if model.dosage.route else None
-        dose = quantity(model.dosage.dose)
-    return AdministrationRecord(ref, _medication_concept(model, raw), model.status, start, route, dose)
+    return AdministrationRecord(ref, _medication_concept(model, raw), model.status, start)
 
 
 def allergy(model: Any, ref: str) -> AllergyRecord:

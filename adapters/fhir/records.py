@@ -103,8 +103,6 @@ class AdministrationRecord:
     medication: Concept
     status: str | None
     start: dt.datetime | None
-    route: Concept | None = None
-    dose: Quantity | None = None
 
 
 @dataclass(frozen=True)
