@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import json
 import multiprocessing as mp
 import os
 import platform
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -73,64 +75,106 @@ def in_process(sizes: list[int], n: int, runs: int) -> dict[int, dict[str, float
     return out
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection (stdlib: the client's own overhead stays out of the figures)."""
+
+    def __init__(self, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.http = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def post(self, raw: bytes) -> int:
+        self.http.request("POST", SERVICE, body=raw, headers={"Content-Type": "application/json"})
+        response = self.http.getresponse()
+        response.read()
+        return response.status
+
+    def close(self) -> None:
+        self.http.close()
+
+
 def http_latency(base: str, sizes: list[int], n: int, runs: int) -> dict[int, dict[str, float]]:
     now = dt.datetime.now(dt.UTC)
     out = {}
-    with httpx.Client(base_url=base, timeout=30, headers={"Content-Type": "application/json"}) as http:
+    conn = Connection(base)
+    try:
         for size in sizes:
             raw = json.dumps(request(size, now)).encode()
             for _ in range(5):
-                assert http.post(SERVICE, content=raw).status_code == 200
+                assert conn.post(raw) == 200
             per_run = []
             for _ in range(runs):
                 samples = []
                 for _ in range(n):
                     t = time.perf_counter()
-                    response = http.post(SERVICE, content=raw)
+                    status = conn.post(raw)
                     samples.append(time.perf_counter() - t)
-                    assert response.status_code == 200
+                    assert status == 200
                 per_run.append(percentiles(samples))
             out[size] = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
+    finally:
+        conn.close()
     return out
 
 
 def _client(base: str, raw: bytes, seconds: float, queue: Any) -> None:
     done = errors = 0
     end = time.monotonic() + seconds
-    with httpx.Client(base_url=base, timeout=30, headers={"Content-Type": "application/json"}) as http:
-        while time.monotonic() < end:
-            try:
-                ok = http.post(SERVICE, content=raw).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            done += ok
-            errors += not ok
+    conn = Connection(base)
+    while time.monotonic() < end:
+        try:
+            ok = conn.post(raw) == 200
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = Connection(base)
+            ok = False
+        done += ok
+        errors += not ok
+    conn.close()
     queue.put((done, errors))
 
 
-def throughput(base: str, clients: int, seconds: float) -> tuple[float, int]:
+def throughput(base: str, connections: int, seconds: float) -> tuple[str, float, int]:
+    """wrk (Debian package) when installed: a C load generator leaves the 2 cores to the service."""
     raw = json.dumps(request(20, dt.datetime.now(dt.UTC))).encode()
+    wrk = shutil.which("wrk")
+    if wrk:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "body.json").write_bytes(raw)
+            script = Path(tmp) / "post.lua"
+            script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                              f'local f = io.open("{tmp}/body.json", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
+            out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script),
+                                  base + SERVICE], capture_output=True, text=True, check=True).stdout
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        errors = (int(bad.group(1)) if bad else 0) + (sum(int(g) for g in sock.groups()) if sock else 0)
+        return f"wrk, 1 thread, {connections} connections", rps, errors
     queue: Any = mp.Queue()
-    procs = [mp.Process(target=_client, args=(base, raw, seconds, queue)) for _ in range(clients)]
+    procs = [mp.Process(target=_client, args=(base, raw, seconds, queue)) for _ in range(connections)]
     for p in procs:
         p.start()
     results = [queue.get() for _ in procs]
     for p in procs:
         p.join()
-    return sum(r[0] for r in results) / seconds, sum(r[1] for r in results)
+    return (f"{connections} Python client processes (install wrk for a lighter load generator)",
+            sum(r[0] for r in results) / seconds, sum(r[1] for r in results))
 
 
 def memory(server: Gunicorn, total: int) -> tuple[int, int, int]:
     raw = json.dumps(request(20, dt.datetime.now(dt.UTC))).encode()
-    with httpx.Client(base_url=server.base, timeout=30, headers={"Content-Type": "application/json"}) as http:
+    conn = Connection(server.base)
+    try:
         for _ in range(min(1000, total // 10)):
-            http.post(SERVICE, content=raw)
+            conn.post(raw)
         start = server.worker_rss_kib()
         middle = 0
         for i in range(total):
-            http.post(SERVICE, content=raw)
+            conn.post(raw)
             if i == total // 2:
                 middle = server.worker_rss_kib()
+    finally:
+        conn.close()
     return start, middle, server.worker_rss_kib()
 
 
@@ -147,13 +191,14 @@ def main() -> None:
     server = Gunicorn(Path(workdir.name), workers=2, log=False).start()
     try:
         over_http = http_latency(server.base, sizes, n, runs)
-        rps, errors = throughput(server.base, clients=4, seconds=seconds)
+        generator, rps, errors = throughput(server.base, connections=8, seconds=seconds)
         rss = memory(server, mem_total)
     finally:
         server.close()
         workdir.cleanup()
     print()
-    print("| Observations | body | JSON floor | in-process p50 | HTTP p50 | HTTP p90 | HTTP p99 | HTTP max | p50 / floor |")
+    print("| Observations | body | JSON floor | in-process p50 | HTTP p50 | HTTP p90 | HTTP p99 | HTTP max "
+          "| p50 / floor |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in sizes:
         f = inproc[size]["floor"]
@@ -161,7 +206,7 @@ def main() -> None:
         print(f"| {size} | {inproc[size]['bytes'] / 1024:.0f} kB | {f:.2f} ms | {inproc[size]['p50']:.2f} ms | "
               f"{h['p50']:.2f} ms | {h['p90']:.2f} ms | {h['p99']:.2f} ms | {h['max']:.2f} ms | {h['p50'] / f:.1f}x |")
     print()
-    print(f"throughput, 20 Observations, gunicorn 2 workers, 4 client processes, {seconds:.0f} s: "
+    print(f"throughput, 20 Observations, gunicorn 2 workers, {generator}, {seconds:.0f} s: "
           f"{rps:.0f} req/s, {errors} errors")
     print(f"worker RSS (both workers) over {mem_total} requests: start {rss[0] / 1024:.1f} MiB, "
           f"half-way {rss[1] / 1024:.1f} MiB, end {rss[2] / 1024:.1f} MiB")

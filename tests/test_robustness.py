@@ -212,6 +212,40 @@ def test_mutated_rule_files_never_crash_validate(tmp_path: Path) -> None:
     assert refused > 50
 
 
+def test_mutated_rule_files_never_take_a_running_service_down(tmp_path: Path, loaded: Any) -> None:
+    """Each mutation is dropped into a live service's rules and reloaded: refused ones leave the
+    service answering from the last good set; accepted ones (harmless edits) still answer by contract."""
+    from server import create_app
+
+    rules_root = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules_root)
+    app = create_app({"auth": "disabled", "database_url": f"sqlite:///{tmp_path}/pe.db", "reload_interval": 0,
+                      "rules": str(rules_root)})
+    registry = app.extensions["protocol_engine"]["registry"]
+    client = app.test_client()
+    body = json.dumps(request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
+                                                                  "given": [bp(182, 112)]}))
+    rules = sorted((rules_root / "ketamine").rglob("*.rule.yaml"))
+    originals = {p: p.read_text() for p in rules}
+    rng = random.Random(99)
+    refused = 0
+    for _ in range(15 * SCALE):
+        target = rng.choice(rules)
+        target.write_text(_mutations(originals[target], rng))
+        good = registry.current.ruleset.revision
+        if not registry.reload():
+            refused += 1
+            assert registry.current.ruleset.revision == good and registry.last_errors
+        response = client.post(SIGN, data=body, content_type="application/json")
+        _check(response)
+        if registry.current.ruleset.revision == good:
+            assert any(c["indicator"] == "critical" for c in response.json["cards"])
+        target.write_text(originals[target])
+        registry.reload()
+    app.extensions["protocol_engine"]["audit"].flush()
+    assert refused > 5
+
+
 # -- soak, load and faults against real gunicorn ------------------------------------------
 
 
