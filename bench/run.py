@@ -82,8 +82,11 @@ class Connection:
         host, port = base.removeprefix("http://").split(":")
         self.http = http.client.HTTPConnection(host, int(port), timeout=30)
 
-    def post(self, raw: bytes) -> int:
-        self.http.request("POST", SERVICE, body=raw, headers={"Content-Type": "application/json"})
+    def post(self, raw: bytes, token: str | None = None) -> int:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http.request("POST", SERVICE, body=raw, headers=headers)
         response = self.http.getresponse()
         response.read()
         return response.status
@@ -114,6 +117,46 @@ def http_latency(base: str, sizes: list[int], n: int, runs: int) -> dict[int, di
     finally:
         conn.close()
     return out
+
+
+def with_jwt(n: int, runs: int) -> dict[str, float]:
+    """HTTP latency with auth on: an ES384 JWT per call (made before timing), verified, jti claimed in SQLite."""
+    import uuid
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    public.update(kid="bench", alg="ES384", use="sig")
+    with tempfile.TemporaryDirectory() as tmp:
+        clients = Path(tmp) / "clients.yaml"
+        clients.write_text(json.dumps({"clients": [{"iss": "https://ehr.bench", "jwks": {"keys": [public]}}]}))
+        server = Gunicorn(Path(tmp), workers=2, log=False,
+                          env={"PROTOCOL_ENGINE_AUTH": "required", "PROTOCOL_ENGINE_CLIENTS": str(clients)}).start()
+        try:
+            raw = json.dumps(request(20, dt.datetime.now(dt.UTC))).encode()
+            issued = int(time.time())
+            tokens = [jwt.encode({"iss": "https://ehr.bench", "sub": "bench", "aud": server.base + SERVICE,
+                                  "iat": issued, "exp": issued + 600, "jti": uuid.uuid4().hex}, key,
+                                 algorithm="ES384", headers={"kid": "bench"}) for _ in range(n * runs + 5)]
+            conn = Connection(server.base)
+            for _ in range(5):
+                assert conn.post(raw, tokens.pop()) == 200
+            per_run = []
+            for _ in range(runs):
+                samples = []
+                for _ in range(n):
+                    token = tokens.pop()
+                    t = time.perf_counter()
+                    status = conn.post(raw, token)
+                    samples.append(time.perf_counter() - t)
+                    assert status == 200
+                per_run.append(percentiles(samples))
+            conn.close()
+        finally:
+            server.close()
+    return {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
 
 
 def _client(base: str, raw: bytes, seconds: float, queue: Any) -> None:
@@ -196,6 +239,7 @@ def main() -> None:
     finally:
         server.close()
         workdir.cleanup()
+    jwt_row = with_jwt(n, runs)
     print()
     print("| Observations | body | JSON floor | in-process p50 | HTTP p50 | HTTP p90 | HTTP p99 | HTTP max "
           "| p50 / floor |")
@@ -205,6 +249,10 @@ def main() -> None:
         h = over_http[size]
         print(f"| {size} | {inproc[size]['bytes'] / 1024:.0f} kB | {f:.2f} ms | {inproc[size]['p50']:.2f} ms | "
               f"{h['p50']:.2f} ms | {h['p90']:.2f} ms | {h['p99']:.2f} ms | {h['max']:.2f} ms | {h['p50'] / f:.1f}x |")
+    j = jwt_row
+    print(f"| 20, JWT verified | {inproc[20]['bytes'] / 1024:.0f} kB | {inproc[20]['floor']:.2f} ms | | "
+          f"{j['p50']:.2f} ms | {j['p90']:.2f} ms | {j['p99']:.2f} ms | {j['max']:.2f} ms | "
+          f"{j['p50'] / inproc[20]['floor']:.1f}x |")
     print()
     print(f"throughput, 20 Observations, gunicorn 2 workers, {generator}, {seconds:.0f} s: "
           f"{rps:.0f} req/s, {errors} errors")

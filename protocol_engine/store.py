@@ -189,8 +189,8 @@ class Store:
     def claim_token(self, iss: str, jti: str, expires_at: dt.datetime, now: dt.datetime) -> bool:
         """True the first time a (iss, jti) is seen; False on a replay."""
         try:
-            with self.session.begin() as s:
-                s.add(SeenToken(iss=iss, jti=jti, expires_at=expires_at))
+            with self.engine.begin() as conn:  # on every authenticated call: a Core insert, no unit of work
+                conn.execute(insert(SeenToken).values(iss=iss, jti=jti, expires_at=expires_at))
         except IntegrityError:
             with self.session.begin() as s:
                 seen = s.get(SeenToken, (iss, jti))
