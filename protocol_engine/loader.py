@@ -8,7 +8,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.exceptions import TemplateSyntaxError
 
 from . import yamlsource
@@ -387,12 +387,29 @@ class RuleParser:
 
     def _check_template(self, node: Any, key: str, names: set[str]) -> None:
         pos = yamlsource.value_pos(node, key)
+        env = environment()
         try:
-            ast = environment().parse(str(node[key]))
+            ast = env.parse(str(node[key]))
         except TemplateSyntaxError as exc:
             self.error((pos[0] + max((exc.lineno or 1) - 1, 0), pos[1]), "template-syntax", exc.message or "syntax")
             return
-        for var in sorted(meta.find_undeclared_variables(ast) - names):
+        unknown = False
+        for kind, known, found in (("filter", env.filters, ast.find_all(nodes.Filter)),
+                                   ("test", env.tests, ast.find_all(nodes.Test))):
+            for used in found:
+                if used.name not in known:
+                    unknown = True
+                    self.error((pos[0] + max(used.lineno - 1, 0), pos[1]), "template-unknown-" + kind,
+                               f"the {key} template uses the {kind} '{used.name}', which does not exist",
+                               did_you_mean(used.name, sorted(known)), len(used.name))
+        if unknown:
+            return
+        try:
+            undeclared = meta.find_undeclared_variables(ast)
+        except TemplateSyntaxError as exc:  # also the compiler's assertions (found by rule-file fuzzing)
+            self.error((pos[0] + max((exc.lineno or 1) - 1, 0), pos[1]), "template-syntax", exc.message or "syntax")
+            return
+        for var in sorted(undeclared - names):
             self.error(pos, "template-undefined-var", f"the {key} template uses '{var}', which is not bound",
                        did_you_mean(var, sorted(names)), len(var))
 
