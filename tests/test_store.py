@@ -263,7 +263,7 @@ def test_traces_queued_together_are_written_in_one_batch_and_a_bad_one_loses_no_
     assert writer.flush(10)
     stored = {n for n in range(6) if store.decisions(f"batch-{stamp}-{n}")}
     assert stored == {0, 1, 2, 3, 5}
-    assert batches[:2] == [1, 5]
+    assert max(batches) >= 5  # gathered into one transaction
     store.engine.dispose()
 
 
@@ -277,3 +277,20 @@ def test_a_sqlite_database_inside_the_metrics_directory_is_refused_at_start(tmp_
     with pytest.raises(ValueError, match="inside PROMETHEUS_MULTIPROC_DIR"):
         create_app({"auth": "disabled", "database_url": f"sqlite:///{tmp_path}/audit.db", "reload_interval": 0})
     assert not (tmp_path / "audit.db").exists()
+
+
+def test_a_graceful_stop_writes_every_decision_trace_it_served(tmp_path: Path, loaded: Any) -> None:
+    # Traces wait up to audit.GATHER_S to share a transaction; SIGTERM must not lose them.
+    import sqlite3
+
+    server = Gunicorn(tmp_path).start()
+    body = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
+                                                       "given": [bp(172, 104)]})
+    try:
+        with httpx.Client(base_url=server.base, timeout=10) as http:
+            for _ in range(30):
+                assert http.post(SIGN, json=body).status_code == 200
+    finally:
+        server.close()
+    with sqlite3.connect(tmp_path / "protocol-engine.db") as db:
+        assert db.execute("SELECT count(*) FROM decision").fetchone() == (30,)
