@@ -59,6 +59,7 @@ def test_schemathesis_never_finds_a_server_error(fuzz_app: Any) -> None:
 
     schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
     failures: list[str] = []
+    cases = [0]
     for operation in schema.get_all_operations():
         op = operation.ok()
 
@@ -66,11 +67,13 @@ def test_schemathesis_never_finds_a_server_error(fuzz_app: Any) -> None:
         @settings(max_examples=60 * SCALE, deadline=None, suppress_health_check=list(HealthCheck),
                   derandomize=True)
         def run(case: Any) -> None:
+            cases[0] += 1
             response = case.call()
             if response.status_code >= 500 or "Traceback" in response.text:
                 failures.append(f"{case.method} {case.path}: {response.status_code} {response.text[:200]}")
 
         run()
+    print(f"schemathesis: {cases[0]} cases, {len(failures)} server errors")
     assert not failures, failures[:5]
 
 
@@ -134,14 +137,17 @@ def test_hostile_fhir_data_never_crashes_the_service(fuzz_app: Any, loaded: Any)
     base = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
                                                        "given": [bp(130, 80)]})
     client = fuzz_app.test_client()
+    sent = [0]
 
     @given(body=hostile_request(base))
     @settings(max_examples=400 * SCALE, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     def run(body: dict[str, Any]) -> None:
         text = re.sub(r'"__DEEP_(\d+)__"', lambda m: '{"a":' * int(m[1]) + "1" + "}" * int(m[1]), json.dumps(body))
+        sent[0] += 1
         _check(client.post(SIGN, data=text, content_type="application/json"))
 
     run()
+    print(f"hostile FHIR data: {sent[0]} requests")
 
 
 def test_ten_thousand_entry_bundles_and_duplicate_ids(fuzz_app: Any, loaded: Any) -> None:
@@ -209,6 +215,7 @@ def test_mutated_rule_files_never_crash_validate(tmp_path: Path) -> None:
             for d in diags:
                 assert d.line >= 1 and d.col >= 1 and d.code and d.render()
         target.write_text(originals[target])
+    print(f"mutated rule files: {150 * SCALE} mutations, {refused} refused with diagnostics")
     assert refused > 50
 
 
@@ -243,6 +250,7 @@ def test_mutated_rule_files_never_take_a_running_service_down(tmp_path: Path, lo
         target.write_text(originals[target])
         registry.reload()
     app.extensions["protocol_engine"]["audit"].flush()
+    print(f"mutated rule files reloaded into a live service: {15 * SCALE} mutations, {refused} refused")
     assert refused > 5
 
 
