@@ -15,6 +15,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,24 +198,35 @@ def _mutations(text: str, rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mutated(pack: Path, count: int, seed: int, restored: Callable[[], Any] | None = None) -> Iterator[Path]:
+    """Mutate one rule file of the pack at a time, `count` times; each is restored (then `restored()` is
+    called) after the caller's check."""
+    rules = sorted(pack.rglob("*.rule.yaml"))
+    originals = {p: p.read_text() for p in rules}
+    rng = random.Random(seed)
+    for _ in range(count):
+        target = rng.choice(rules)
+        target.write_text(_mutations(originals[target], rng))
+        try:
+            yield target
+        finally:
+            target.write_text(originals[target])
+            if restored is not None:
+                restored()
+
+
 def test_mutated_rule_files_never_crash_validate(tmp_path: Path) -> None:
     from protocol_engine.ruleset import load_ruleset
 
     pack = tmp_path / "rules" / "ketamine"
     shutil.copytree(ROOT / "rules" / "ketamine", pack)
-    rules = sorted(pack.rglob("*.rule.yaml"))
-    originals = {p: p.read_text() for p in rules}
-    rng = random.Random(1234)
     refused = 0
-    for _ in range(150 * SCALE):
-        target = rng.choice(rules)
-        target.write_text(_mutations(originals[target], rng))
+    for _ in _mutated(pack, 150 * SCALE, seed=1234):
         ruleset, diags = load_ruleset(pack)  # never raises
         if ruleset is None:
             refused += 1
             for d in diags:
                 assert d.line >= 1 and d.col >= 1 and d.code and d.render()
-        target.write_text(originals[target])
     print(f"mutated rule files: {150 * SCALE} mutations, {refused} refused with diagnostics")
     assert refused > 50
 
@@ -232,13 +244,8 @@ def test_mutated_rule_files_never_take_a_running_service_down(tmp_path: Path, lo
     client = app.test_client()
     body = json.dumps(request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
                                                                   "given": [bp(182, 112)]}))
-    rules = sorted((rules_root / "ketamine").rglob("*.rule.yaml"))
-    originals = {p: p.read_text() for p in rules}
-    rng = random.Random(99)
     refused = 0
-    for _ in range(15 * SCALE):
-        target = rng.choice(rules)
-        target.write_text(_mutations(originals[target], rng))
+    for _ in _mutated(rules_root / "ketamine", 15 * SCALE, seed=99, restored=registry.reload):
         good = registry.current.ruleset.revision
         if not registry.reload():
             refused += 1
@@ -247,8 +254,6 @@ def test_mutated_rule_files_never_take_a_running_service_down(tmp_path: Path, lo
         _check(response)
         if registry.current.ruleset.revision == good:
             assert any(c["indicator"] == "critical" for c in response.json["cards"])
-        target.write_text(originals[target])
-        registry.reload()
     app.extensions["protocol_engine"]["audit"].flush()
     print(f"mutated rule files reloaded into a live service: {15 * SCALE} mutations, {refused} refused")
     assert refused > 5

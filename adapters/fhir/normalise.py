@@ -279,7 +279,10 @@ _CODED = {"Condition": ("code",), "MedicationRequest": ("medicationCodeableConce
           "MedicationStatement": ("medicationCodeableConcept",)}
 
 
-def _concept_keys(raw: dict[str, Any], kind: str) -> tuple[list[tuple[str | None, str | None]], list[str | None]] | None:
+ConceptKeys = tuple[list[tuple[str | None, str | None]], list[str | None]]
+
+
+def _concept_keys(raw: dict[str, Any], kind: str) -> ConceptKeys | None:
     """Codes and texts of a resource's main concept from the raw JSON, or None when they cannot be read cheaply."""
     codes: list[tuple[str | None, str | None]] = []
     texts: list[str | None] = []
