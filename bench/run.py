@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,25 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         return s[min(len(s) - 1, int(round(p * (len(s) - 1))))] * 1000
 
     return {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": s[-1] * 1000}
+
+
+def measure(call: Callable[[Any], object], n: int, runs: int,
+            arg: Callable[[], Any] = lambda: None) -> dict[str, float]:
+    """Warm up, then `runs` runs of `n` timed calls; medians over the runs of each percentile.
+
+    `arg()` is made before the clock starts (e.g. a fresh JWT per call)."""
+    for _ in range(min(n, 50)):  # the first calls of a size pay allocator and cache growth
+        call(arg())
+    per_run = []
+    for _ in range(runs):
+        samples = []
+        for _ in range(n):
+            value = arg()
+            t = time.perf_counter()
+            call(value)
+            samples.append(time.perf_counter() - t)
+        per_run.append(percentiles(samples))
+    return {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
 
 
 def json_floor(raw: bytes, n: int) -> float:
@@ -65,17 +85,8 @@ def in_process(sizes: list[int], n: int, runs: int) -> dict[int, dict[str, float
     out = {}
     for size in sizes:
         raw = json.dumps(request(size, now)).encode()
-        for _ in range(min(n, 50)):
-            run(loaded.runtimes, loaded.ruleset.revision, "ketamine-order-sign", json.loads(raw), now, None)
-        per_run = []
-        for _ in range(runs):
-            samples = []
-            for _ in range(n):
-                t = time.perf_counter()
-                run(loaded.runtimes, loaded.ruleset.revision, "ketamine-order-sign", json.loads(raw), now, None)
-                samples.append(time.perf_counter() - t)
-            per_run.append(percentiles(samples))
-        out[size] = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
+        out[size] = measure(lambda _, raw=raw: run(loaded.runtimes, loaded.ruleset.revision, "ketamine-order-sign",
+                                                   json.loads(raw), now, None), n, runs)
         out[size]["floor"] = json_floor(raw, max(n, 20))
         out[size]["bytes"] = len(raw)
     return out
@@ -101,6 +112,10 @@ class Connection:
         self.http.close()
 
 
+def _ok(status: int) -> None:
+    assert status == 200, status
+
+
 def http_latency(base: str, sizes: list[int], n: int, runs: int) -> dict[int, dict[str, float]]:
     now = dt.datetime.now(dt.UTC)
     out = {}
@@ -108,18 +123,7 @@ def http_latency(base: str, sizes: list[int], n: int, runs: int) -> dict[int, di
     try:
         for size in sizes:
             raw = json.dumps(request(size, now)).encode()
-            for _ in range(min(n, 50)):  # warm-up: first calls of a size pay allocator and cache growth
-                assert conn.post(raw) == 200
-            per_run = []
-            for _ in range(runs):
-                samples = []
-                for _ in range(n):
-                    t = time.perf_counter()
-                    status = conn.post(raw)
-                    samples.append(time.perf_counter() - t)
-                    assert status == 200
-                per_run.append(percentiles(samples))
-            out[size] = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
+            out[size] = measure(lambda _, raw=raw: _ok(conn.post(raw)), n, runs)
     finally:
         conn.close()
     return out
@@ -145,24 +149,14 @@ def with_jwt(n: int, runs: int) -> dict[str, float]:
             issued = int(time.time())
             tokens = [jwt.encode({"iss": "https://ehr.bench", "sub": "bench", "aud": server.base + SERVICE,
                                   "iat": issued, "exp": issued + 600, "jti": uuid.uuid4().hex}, key,
-                                 algorithm="ES384", headers={"kid": "bench"}) for _ in range(n * runs + 5)]
+                                 algorithm="ES384", headers={"kid": "bench"}) for _ in range(n * runs + min(n, 50))]
             conn = Connection(server.base)
-            for _ in range(5):
-                assert conn.post(raw, tokens.pop()) == 200
-            per_run = []
-            for _ in range(runs):
-                samples = []
-                for _ in range(n):
-                    token = tokens.pop()
-                    t = time.perf_counter()
-                    status = conn.post(raw, token)
-                    samples.append(time.perf_counter() - t)
-                    assert status == 200
-                per_run.append(percentiles(samples))
-            conn.close()
+            try:
+                return measure(lambda token: _ok(conn.post(raw, token)), n, runs, arg=tokens.pop)
+            finally:
+                conn.close()
         finally:
             server.close()
-    return {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
 
 
 def _client(base: str, raw: bytes, seconds: float, queue: Any) -> None:

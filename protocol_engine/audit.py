@@ -21,6 +21,7 @@ BATCH = 200
 # writer thread on the GIL during the next call (about 1.2 ms of p50 latency, bench/run.py); gathering them
 # moves that cost to one short burst per interval. Feedback and shutdown flush at once.
 GATHER_S = 0.25
+POLL_S = 0.02
 
 
 class AuditWriter:
@@ -53,12 +54,11 @@ class AuditWriter:
             # serves many decisions instead of one each.
             until = time.monotonic() + GATHER_S
             while len(batch) < BATCH:
-                wait = until - time.monotonic()
-                try:
-                    item = self.queue.get_nowait() if self._hurry.is_set() or wait <= 0 else self.queue.get(
-                        timeout=min(wait, 0.02))
+                wait = 0.0 if self._hurry.is_set() else max(0.0, until - time.monotonic())
+                try:  # short polls, so a flush (hurry) is seen within POLL_S
+                    item = self.queue.get(timeout=min(wait, POLL_S))
                 except queue.Empty:
-                    if self._hurry.is_set() or time.monotonic() >= until:
+                    if wait <= POLL_S:
                         break
                     continue
                 if item is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,21 @@ def _shard_cost(groups: list[list[Rule]]) -> int:
     return sum(sum(VOLUME.get(t, 1) for t in fact_types_read(g)) for g in groups if g)
 
 
+def _neighbours(groups: list[list[Rule]], size: int) -> Iterator[list[list[Rule]]]:
+    """Plans one step away: a rule moved to a shard with room, or swapped with a rule of a full one."""
+    for a, b in itertools.permutations(range(len(groups)), 2):
+        for i in range(len(groups[a])):
+            if len(groups[b]) < size:
+                moved = [list(g) for g in groups]
+                moved[b].append(moved[a].pop(i))
+                yield moved
+                continue
+            for j in range(len(groups[b])):
+                swapped = [list(g) for g in groups]
+                swapped[a][i], swapped[b][j] = swapped[b][j], swapped[a][i]
+                yield swapped
+
+
 def plan_shards(rules: list[Rule], size: int = MAX_RULES_PER_SHARD) -> list[list[Rule]]:
     """Split rules into the fewest shards, placing rules that read the same fact types together.
 
@@ -102,27 +118,8 @@ def plan_shards(rules: list[Rule], size: int = MAX_RULES_PER_SHARD) -> list[list
             return sum(VOLUME.get(t, 1) for t in set(rule.facts_read) - fact_types_read(groups[i])), -len(groups[i])
         groups[min((i for i in range(count) if len(groups[i]) < size), key=added)].append(rule)
     cost = _shard_cost(groups)
-    improved = True
-    while improved:
-        improved = False
-        for a, b in itertools.permutations(range(count), 2):
-            for i in range(len(groups[a])):
-                if len(groups[b]) < size:
-                    trial = [list(g) for g in groups]
-                    trial[b].append(trial[a].pop(i))
-                else:
-                    trial = []
-                    for j in range(len(groups[b])):
-                        swapped = [list(g) for g in groups]
-                        swapped[a][i], swapped[b][j] = swapped[b][j], swapped[a][i]
-                        if _shard_cost(swapped) < cost:
-                            trial = swapped
-                            break
-                if trial and _shard_cost(trial) < cost:
-                    groups, cost, improved = trial, _shard_cost(trial), True
-                    break
-            if improved:
-                break
+    while (better := next((t for t in _neighbours(groups, size) if _shard_cost(t) < cost), None)) is not None:
+        groups, cost = better, _shard_cost(better)
     return [sorted(g, key=rules.index) for g in groups if g]
 
 

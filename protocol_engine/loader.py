@@ -390,21 +390,17 @@ class RuleParser:
         env = environment()
         try:
             ast = env.parse(str(node[key]))
-        except TemplateSyntaxError as exc:
-            self.error((pos[0] + max((exc.lineno or 1) - 1, 0), pos[1]), "template-syntax", exc.message or "syntax")
-            return
-        unknown = False
-        for kind, known, found in (("filter", env.filters, ast.find_all(nodes.Filter)),
-                                   ("test", env.tests, ast.find_all(nodes.Test))):
-            for used in found:
-                if used.name not in known:
-                    unknown = True
-                    self.error((pos[0] + max(used.lineno - 1, 0), pos[1]), "template-unknown-" + kind,
-                               f"the {key} template uses the {kind} '{used.name}', which does not exist",
-                               did_you_mean(used.name, sorted(known)), len(used.name))
-        if unknown:
-            return
-        try:
+            unknown = False
+            for kind, known, found in (("filter", env.filters, ast.find_all(nodes.Filter)),
+                                       ("test", env.tests, ast.find_all(nodes.Test))):
+                for used in found:
+                    if used.name not in known:
+                        unknown = True
+                        self.error((pos[0] + max(used.lineno - 1, 0), pos[1]), "template-unknown-" + kind,
+                                   f"the {key} template uses the {kind} '{used.name}', which does not exist",
+                                   did_you_mean(used.name, sorted(known)), len(used.name))
+            if unknown:
+                return
             undeclared = meta.find_undeclared_variables(ast)
         except TemplateSyntaxError as exc:  # also the compiler's assertions (found by rule-file fuzzing)
             self.error((pos[0] + max((exc.lineno or 1) - 1, 0), pos[1]), "template-syntax", exc.message or "syntax")

@@ -141,9 +141,6 @@ class Store:
         except Exception:
             return False
 
-    def record_decision(self, trace: dict[str, Any], patient: str, created_at: dt.datetime) -> None:
-        self.record_decisions([(trace, patient, created_at)])
-
     def record_decisions(self, items: list[tuple[dict[str, Any], str, dt.datetime]]) -> None:
         """Store decision traces and their cards in one transaction: all of them or none.
 
