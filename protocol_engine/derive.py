@@ -23,6 +23,7 @@ from adapters.fhir.records import (
 )
 
 from . import units
+from .course import Course, Dose
 from .durations import parse_hours
 from .model import Fact
 from .protocol import Measure, Protocol
@@ -37,6 +38,29 @@ def fmt_time(t: dt.datetime) -> str:
 
 def fmt_num(x: float) -> str:
     return f"{x:.1f}".rstrip("0").rstrip(".") if x != int(x) else str(int(x))
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """What a hook call is about: the moment of the dose and, where there is one, the record that names it.
+
+    Declared per service in protocol.yaml (`anchor:`): order hooks evaluate the draft order at `now`,
+    patient-view the course at `now`, appointment-book each proposed session at its start, encounter-start
+    the encounter at its period start. Timing facts are measured to `time`, never to whichever
+    MedicationRequest happens to be on the chart.
+    """
+
+    kind: str
+    time: dt.datetime
+    ref: str | None = None
+    end: dt.datetime | None = None
+
+    def phrase(self) -> str:
+        """How a card says "before the dose": `ago` at now, or before the booked or started session."""
+        if self.ref is None:
+            return "ago"
+        what = "the session booked for" if self.kind == "appointment" else "the session starting"
+        return f"before {what} {fmt_time(self.time)} ({self.ref})"
 
 
 @dataclass
@@ -235,7 +259,9 @@ class Deriver:
         return f"{m.label} {value} at {fmt_time(r.time)}, {', '.join(r.refs)}"
 
     # -- the whole fact set -------------------------------------------------------------
-    def facts(self, chart: Chart, now: dt.datetime, hook: str, patient_id: str | None) -> list[Fact]:
+    def facts(self, chart: Chart, now: dt.datetime, hook: str, patient_id: str | None,
+              anchor: Anchor | None = None) -> list[Fact]:
+        anchor = anchor or Anchor("now", now)
         facts: list[Fact] = []
         issues = list(chart.issues)
         readings, future = self.readings(chart, now, issues)
@@ -269,12 +295,10 @@ class Deriver:
         facts.extend(self._conditions(chart, now))
         facts.extend(self._medications(chart))
         facts.extend(self._allergies(chart))
-        course = self._course(chart, now, readings)
-        if course is not None:
-            facts.append(course)
-        orders = self._orders(chart, hook, governing, course, now)
-        facts.extend(orders)
-        facts.extend(self._scores(chart, now, readings, course))
+        course = self.course(chart, now, anchor)
+        facts.append(self._course_fact(course, anchor, readings))
+        facts.extend(self._orders(chart, hook, governing, course, now))
+        facts.extend(self._scores(readings, course))
         for issue in issues:  # last: readings validated on demand above may have added some
             facts.append({"t": "data-issue", "refs": [issue.ref], "problem": issue.problem,
                           "describe": f"{issue.ref}: {issue.problem}"})
@@ -356,75 +380,63 @@ class Deriver:
                 return route
         return "other"
 
-    def _doses(self, chart: Chart, now: dt.datetime) -> list[tuple[dt.datetime, str, str, str]]:
-        """G9 prior doses: (time, drug, status, ref), oldest first."""
-        horizon = now + dt.timedelta(hours=self.future_tol_h)
+    def _doses(self, chart: Chart, horizon: dt.datetime) -> list[Dose]:
+        """G9 prior doses recorded up to `horizon`."""
         doses = []
         for a in chart.administrations:
             if a.status not in self.admin_status or a.start is None or a.start > horizon:
                 continue
             drug = self.drug_of(a.medication)
             if drug is not None:
-                doses.append((a.start, drug, a.status or "", a.ref))
-        doses.sort()
+                doses.append(Dose(a.start, drug, a.status or "", a.ref, self.route_of(a.route)))
         return doses
 
-    def _course(self, chart: Chart, now: dt.datetime, readings: dict[str, Readings]) -> Fact | None:
-        c = self.p.course
-        doses = self._doses(chart, now)
-        if not doses:
+    def course(self, chart: Chart, now: dt.datetime, anchor: Anchor) -> Course:
+        """The one course model (G9, G10) at the anchor; doses recorded after it are not prior doses."""
+        horizon = min(now, anchor.time) + dt.timedelta(hours=self.future_tol_h)
+        return Course.of(self.p.course, self._doses(chart, horizon), anchor.time)
+
+    def _course_fact(self, course: Course, anchor: Anchor, readings: dict[str, Readings]) -> Fact:
+        if not course.has_prior:
             return {"t": "course", "doses": 0, "phase": "none", "new_course": True, "has_prior": False,
-                    "doses_7d": 0, "refs": [], "describe": "No prior dose recorded"}
-        gap_h = parse_hours(c.get("gap", "60d")) or 1440.0
-        start = 0
-        for i in range(1, len(doses)):
-            if (doses[i][0] - doses[i - 1][0]).total_seconds() / _H > gap_h:
-                start = i
-        course = doses[start:]
-        last_time, drug, last_status, last_ref = doses[-1]
-        since = _age_h(now, last_time)
-        course_start = course[0][0]
-        day = (now - course_start).total_seconds() / 86400
-        induction = (c.get("induction") or {}).get(drug, {})
-        max_doses = induction.get("doses")
-        max_days = (parse_hours(induction.get("days")) or 0) / 24 if induction.get("days") else None
-        if isinstance(induction.get("days"), (int, float)):
-            max_days = float(induction["days"])
-        in_induction = (max_doses is None or len(course) < max_doses) and (max_days is None or day < max_days)
-        phase = "induction" if in_induction else "maintenance"
+                    "doses_7d": 0, "refs": [], "until": anchor.phrase(), "describe": "No prior dose recorded"}
+        last = course.last
+        since = course.since_last_h()
+        day = course.course_day()
+        phase = course.phase
+        refs = [last.ref] + ([anchor.ref] if anchor.ref else [])
         fact: Fact = {
-            "t": "course", "drug": drug, "doses": len(course), "phase": phase, "has_prior": True,
-            "since_last": since, "new_course": since > gap_h,
+            "t": "course", "drug": course.drug, "doses": len(course.doses), "phase": phase, "has_prior": True,
+            "since_last": since, "new_course": course.new_course,
             "course_day": int(day), "course_week": int(day // 7) + 1,
-            "doses_7d": sum(1 for d in doses if _age_h(now, d[0]) < 168),
-            "induction_complete": not in_induction, "last_at": last_time.isoformat(), "refs": [last_ref],
-            "describe": f"Last {drug} dose {fmt_time(last_time)} ({_span(since)} ago, dose {len(course)} "
-                        f"of the course, {phase}), {last_ref}",
+            "doses_7d": course.doses_within(168.0),
+            "induction_complete": phase == "maintenance", "last_at": last.time.isoformat(), "refs": refs,
+            "until": anchor.phrase(),
+            "describe": f"Last {course.drug} dose {fmt_time(last.time)} ({_span(since)} {anchor.phrase()}, dose "
+                        f"{len(course.doses)} of the course, {phase}), {last.ref}",
         }
-        check = c.get("post_dose_check")
-        if check and last_status == "completed":
-            lo = parse_hours(check.get("from", "30m")) or 0.5
-            hi = parse_hours(check.get("to", "90m")) or 1.5
-            window = readings.get(check["measure"])
-            found = window.between(last_time + dt.timedelta(hours=lo), last_time + dt.timedelta(hours=hi)) \
-                if window is not None else []
+        check = self.p.course.post_dose_check
+        if check and last.status == "completed":
+            window = readings.get(check.measure)
+            found = window.between(last.time + dt.timedelta(hours=check.from_h),
+                                   last.time + dt.timedelta(hours=check.to_h)) if window is not None else []
             fact["last_post_dose_check"] = bool(found)
         return fact
 
-    def _orders(self, chart: Chart, hook: str, governing: dict[str, Reading], course: Fact | None,
+    def _orders(self, chart: Chart, hook: str, governing: dict[str, Reading], course: Course,
                 now: dt.datetime) -> list[Fact]:
+        """The drug and route in scope: the selected draft orders at order hooks; elsewhere the protocol course.
+
+        Outside order hooks scope comes from active orders of the protocol's drugs first, then the latest
+        protocol administrations (their route). A medicine of no protocol drug never enters (or removes) scope.
+        """
         sources: list[tuple[MedicationRecord, bool]] = []
         if hook in ("order-select", "order-sign"):
             sources = [(o, True) for o, selected in chart.draft_orders if selected]
         else:
-            active = [m for m in chart.medications if m.kind == "request" and m.status == "active"]
-            sources = [(m, False) for m in active]
+            sources = [(m, False) for m in chart.medications if m.kind == "request"
+                       and m.status in self.med_active["request"] and self.drug_of(m.medication) is not None]
         facts: list[Fact] = []
-        if not sources and hook not in ("order-select", "order-sign") and course and course.get("has_prior"):
-            # Outside order hooks a patient is "on treatment" through the course itself.
-            return [{"t": "order", "drug": course["drug"], "route": "unspecified", "draft": False,
-                     "new_course": bool(course["new_course"]), "weight_known": False, "refs": list(course["refs"]),
-                     "describe": f"Current {course['drug']} course ({course['refs'][0]})"}]
         weight_spec = self.p.order.get("weight") or {}
         weight = governing.get(weight_spec.get("measure", ""))
         weight_window = parse_hours(weight_spec.get("within", "30d")) or 720.0
@@ -435,8 +447,11 @@ class Deriver:
             drug = self.drug_of(order.medication)
             if drug is None:
                 continue
-            fact: Fact = {"t": "order", "drug": drug, "route": self.route_of(order.route), "draft": draft,
-                          "refs": [order.ref], "new_course": bool(course["new_course"]) if course else True,
+            route = self.route_of(order.route)
+            if not draft and route == "unspecified" and course.has_prior and course.drug == drug:
+                route = course.latest_route()
+            fact: Fact = {"t": "order", "drug": drug, "route": route, "draft": draft,
+                          "refs": [order.ref], "new_course": course.new_course,
                           "weight_known": weight_kg is not None}
             dose_text = ""
             if order.dose is not None and order.dose.value is not None and order.dose.unit:
@@ -463,28 +478,26 @@ class Deriver:
             fact["describe"] = (f"{'Draft order' if draft else 'Active order'}: {order.medication.label()}"
                                 f"{dose_text} {fact['route']}, {order.ref}")
             facts.append(fact)
+        if not facts and hook not in ("order-select", "order-sign") and course.has_prior:
+            # No active protocol order: the patient is on treatment through the course itself.
+            route = course.latest_route()
+            fact = {"t": "order", "drug": course.drug, "route": route, "draft": False,
+                    "new_course": course.new_course, "weight_known": weight_kg is not None,
+                    "refs": [course.last.ref],
+                    "describe": f"Current {course.drug} course, last dose {fmt_time(course.last.time)} "
+                                f"{route}, {course.last.ref}"}
+            if weight_kg:
+                fact["weight"] = weight_kg
+            facts.append(fact)
         return facts
 
-    def _scores(self, chart: Chart, now: dt.datetime, readings: dict[str, Readings],
-                course: Fact | None) -> list[Fact]:
+    def _scores(self, readings: dict[str, Readings], course: Course) -> list[Fact]:
+        """Section 3.6: baseline before the first dose of the course, current after the last induction dose."""
         spec = self.p.scores
-        if not spec or course is None or not course.get("induction_complete"):
+        if not spec or not course.has_prior or course.in_induction:
             return []
-        doses = self._doses(chart, now)
-        gap_h = parse_hours(self.p.course.get("gap", "60d")) or 1440.0
-        start = 0
-        for i in range(1, len(doses)):
-            if (doses[i][0] - doses[i - 1][0]).total_seconds() / _H > gap_h:
-                start = i
-        course_doses = doses[start:]
-        drug = course_doses[-1][1]
-        induction = (self.p.course.get("induction") or {}).get(drug, {})
-        first = course_doses[0][0]
-        max_doses = induction.get("doses") or len(course_doses)
-        max_days = float(induction.get("days", 10**6))
-        in_induction = [d for i, d in enumerate(course_doses)
-                        if i < max_doses and (d[0] - first).total_seconds() / 86400 < max_days]
-        last_induction = in_induction[-1][0]
+        first = course.first.time
+        last_induction = course.induction_doses()[-1].time
         window_h = parse_hours(spec.get("baseline_window", "30d")) or 720.0
         chosen: Fact | None = None
         for instrument in spec.get("instruments", []):

@@ -29,7 +29,7 @@ FACTS: dict[str, dict[str, str]] = {
     "course": {
         "drug": "text", "doses": "number", "phase": "text", "has_prior": "bool", "since_last": "duration",
         "new_course": "bool", "course_day": "number", "course_week": "number", "doses_7d": "number",
-        "induction_complete": "bool", "last_post_dose_check": "bool",
+        "induction_complete": "bool", "last_post_dose_check": "bool", "until": "text",
     },
     "score": {
         "instrument": "text", "has_baseline": "bool", "has_current": "bool", "baseline": "number",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlsource
+from .course import CourseSpec, parse_course
 from .durations import parse_hours
 from .errors import Diagnostic
 
@@ -48,7 +49,7 @@ class Protocol:
     drugs: dict[str, str]  # drug name -> value set, first match wins
     routes: dict[str, str]
     measures: dict[str, Measure]
-    course: dict[str, Any]
+    course: CourseSpec
     order: dict[str, Any]
     scores: dict[str, Any]
     presence: dict[str, list[str]]
@@ -107,6 +108,8 @@ def load_protocol(path: Path) -> tuple[Protocol | None, list[Diagnostic]]:
             upper_limit=spec.get("upper_limit"),
             positive_at=(float(positive["value"]), str(positive["unit"])) if positive else None,
         )
+    course, course_diags = parse_course(data.get("course"), where, list(raw.get("drugs") or {}), list(measures))
+    diags += course_diags
     services = []
     for idx, svc in enumerate(raw.get("services") or []):
         missing = [k for k in ("id", "hook", "title", "description") if not svc.get(k)]
@@ -124,7 +127,7 @@ def load_protocol(path: Path) -> tuple[Protocol | None, list[Diagnostic]]:
         drugs={k: v["valueset"] for k, v in (raw.get("drugs") or {}).items()},
         routes={k: v["valueset"] for k, v in (raw.get("routes") or {}).items()},
         measures=measures,
-        course=raw.get("course") or {},
+        course=course,
         order=raw.get("order") or {},
         scores=raw.get("scores") or {},
         presence=raw.get("presence") or {},

@@ -63,8 +63,9 @@ READ: dict[str, frozenset[str]] = {
     "MedicationRequest": frozenset({"status", "intent", "subject", "dosageInstruction", "authoredOn",
                                     *_MEDICATION_X}),
     "MedicationStatement": frozenset({"status", "subject", *_MEDICATION_X}),
-    # G9 counts prior sessions by time and drug; the dose given is not read by any rule (yet).
-    "MedicationAdministration": frozenset({"status", "subject", "effectiveDateTime", "effectivePeriod",
+    # G9 counts prior sessions by time and drug; dosage is read for its route (the route of the course
+    # outside order hooks); the dose given is not read by any rule (yet).
+    "MedicationAdministration": frozenset({"status", "subject", "effectiveDateTime", "effectivePeriod", "dosage",
                                            *_MEDICATION_X}),
     "AllergyIntolerance": frozenset({"patient", "code", "reaction", "clinicalStatus", "verificationStatus"}),
 }
@@ -88,6 +89,11 @@ def _validate(resource: dict[str, Any], issues: list[DataIssue]) -> Any | None:
     read = READ[kind]
     projection = {key: value for key, value in resource.items() if key in read}
     projection["resourceType"] = kind
+    if kind == "MedicationAdministration" and "dosage" in projection:
+        # Only the route is read: a dose written oddly must not cost the prior dose it records (G9).
+        dosage = projection.pop("dosage")
+        if isinstance(dosage, dict) and dosage.get("route") is not None:
+            projection["dosage"] = {"route": dosage["route"]}
     if "id" in resource:
         projection["id"] = resource["id"]
     try:
@@ -223,7 +229,8 @@ def administration(model: Any, raw: dict[str, Any], ref: str) -> AdministrationR
     start = _aware(model.effectiveDateTime)
     if start is None and model.effectivePeriod is not None:
         start = _aware(model.effectivePeriod.start)
-    return AdministrationRecord(ref, _medication_concept(model, raw), model.status, start)
+    route = concept(model.dosage.route) if model.dosage is not None and model.dosage.route else None
+    return AdministrationRecord(ref, _medication_concept(model, raw), model.status, start, route)
 
 
 def allergy(model: Any, ref: str) -> AllergyRecord:

@@ -103,6 +103,7 @@ class AdministrationRecord:
     medication: Concept
     status: str | None
     start: dt.datetime | None
+    route: Concept | None = None  # dosage.route: the route of the course outside order hooks
 
 
 @dataclass(frozen=True)
