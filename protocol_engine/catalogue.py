@@ -15,6 +15,7 @@ def catalogue(ruleset: RuleSet) -> dict[str, Any]:
                 "id": r.id, "version": r.version, "status": r.status, "category": r.category, "title": r.title,
                 "hooks": list(r.hooks), "drugs": list(r.drugs), "indicator": r.card.indicator,
                 "when": r.when_text, "then": r.then_text, "settings": r.settings,
+                "setting_specs": [s.describe() for s in r.setting_specs],
                 "citation": {"label": r.citation.label, **({"url": r.citation.url} if r.citation.url else {})},
                 "notes": r.notes, "protocol": pack.protocol.name, "path": r.path,
             })

@@ -11,6 +11,7 @@ from . import yamlsource
 ORDER = ("rule", "version", "status", "effective", "category", "title", "hooks", "drugs", "plain", "settings",
          "suppressed_by", "when", "card", "citation", "notes")
 CARD_ORDER = ("indicator", "summary", "detail", "override_reasons", "suggestions", "selection_behavior")
+SETTING_ORDER = ("value", "unit", "default", "min", "max", "choices", "source")  # settingspec.SETTING_KEYS
 
 
 def format_file(path: Path) -> str | None:
@@ -22,7 +23,16 @@ def format_file(path: Path) -> str | None:
         data.move_to_end(key)
     card = data.get("card")
     if isinstance(card, CommentedMap):
-        for key in [k for k in CARD_ORDER if k in card] + [k for k in card if k not in CARD_ORDER]:
-            card.move_to_end(key)
+        _order(card, CARD_ORDER)
+    settings = data.get("settings")
+    if isinstance(settings, CommentedMap):
+        for spec in settings.values():
+            if isinstance(spec, CommentedMap):
+                _order(spec, SETTING_ORDER)
     text = yamlsource.dump(data)
     return text if text.endswith("\n") else text + "\n"
+
+
+def _order(node: CommentedMap, order: tuple[str, ...]) -> None:
+    for key in [k for k in order if k in node] + [k for k in node if k not in order]:
+        node.move_to_end(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from jinja2 import meta, nodes
 from jinja2.exceptions import TemplateSyntaxError
 
-from . import yamlsource
+from . import settingspec, yamlsource
 from .durations import parse_hours
 from .errors import Diagnostic
 from .facts import FACTS
@@ -28,6 +29,7 @@ from .model import (
     Location,
     Pattern,
     Rule,
+    Setting,
     Suggestion,
 )
 from .protocol import Protocol
@@ -50,8 +52,11 @@ def did_you_mean(word: str, choices: list[str]) -> str | None:
 class RuleParser:
     """Parses one rule file; collects every problem rather than stopping at the first."""
 
-    def __init__(self, path: Path, protocol: Protocol, valuesets: set[str]) -> None:
+    def __init__(self, path: Path, protocol: Protocol, valuesets: set[str],
+                 site: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None) -> None:
         self.path = path
+        self.site = site or {}
+        self.specs: dict[str, Setting] = {}
         self.where = str(path)
         self.protocol = protocol
         self.valuesets = valuesets
@@ -91,7 +96,7 @@ class RuleParser:
         self._enum(data, "category", CATEGORIES)
         hooks = self._list_of(data, "hooks", HOOKS)
         drugs = self._list_of(data, "drugs", tuple(self.protocol.drugs)) if "drugs" in data else ()
-        self._settings(data.get("settings"), data)
+        self._settings(data.get("settings"), data, rule_id)
         conjuncts = self._when(data["when"], data, bool(data.get("drugs")))
         card = self._card(data["card"], data, conjuncts)
         citation = self._citation(data["citation"], data)
@@ -115,6 +120,7 @@ class RuleParser:
             settings=dict(self.settings), conjuncts=tuple(conjuncts), card=card, citation=citation,
             suppressed_by=tuple(str(s) for s in suppressed), path=self.where,
             notes=" ".join(str(data.get("notes", "")).split()), facts_read=facts_read | {"order"},
+            setting_specs=tuple(self.specs.values()),
         )
         return rule, self.diags
 
@@ -137,22 +143,24 @@ class RuleParser:
                            len(str(item)))
         return [str(v) for v in value]
 
-    def _settings(self, node: Any, data: Any) -> None:
+    def _settings(self, node: Any, data: Any, rule_id: str) -> None:
         if node is None:
             return
         if not isinstance(node, dict):
             self.error(yamlsource.value_pos(data, "settings"), "schema", "settings must be a mapping")
             return
-        for name, value in node.items():
-            if isinstance(value, dict):
-                if "value" not in value:
-                    self.error(yamlsource.key_pos(node, name), "schema", f"setting '{name}' needs 'value'")
-                    continue
-                self.settings[str(name)] = yamlsource.plain(value["value"])
-                if "unit" in value:
-                    self.setting_units[str(name)] = str(value["unit"])
-            else:
-                self.settings[str(name)] = yamlsource.plain(value)
+        overrides = self.site.get(rule_id, {})
+        for name in node:
+            spec, diags = settingspec.parse(self.where, node, str(name))
+            self.diags.extend(diags)
+            if spec is None:
+                continue
+            if spec.name in overrides:  # a site's value, already checked against this declaration (site.py)
+                spec = settingspec.overridden(spec, *overrides[spec.name])
+            self.specs[spec.name] = spec
+            self.settings[spec.name] = spec.value
+            if spec.unit is not None:
+                self.setting_units[spec.name] = spec.unit
 
     # -- when ----------------------------------------------------------------------------
     def _when(self, node: Any, parent: Any, scoped: bool) -> list[Conjunct]:
@@ -446,5 +454,6 @@ class RuleParser:
 _BAD = object()
 
 
-def parse_rule(path: Path, protocol: Protocol, valuesets: set[str]) -> tuple[Rule | None, list[Diagnostic]]:
-    return RuleParser(path, protocol, valuesets).parse()
+def parse_rule(path: Path, protocol: Protocol, valuesets: set[str],
+               site: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None) -> tuple[Rule | None, list[Diagnostic]]:
+    return RuleParser(path, protocol, valuesets, site).parse()

@@ -90,6 +90,38 @@ class Citation:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """A named value a rule or protocol.yaml reads. `adjustable` ([D], `default: true`) means a site may override
+    it within [minimum, maximum]; `shipped` keeps the pack's value when a site did (`site_source` says why)."""
+
+    name: str
+    value: Any
+    unit: str | None = None
+    adjustable: bool = False
+    minimum: Any = None
+    maximum: Any = None
+    choices: tuple[Any, ...] = ()
+    source: str = ""
+    loc: Location | None = None
+    overridden: bool = False
+    shipped: Any = None
+    site_source: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON for catalogues, rule pages and traces."""
+        out: dict[str, Any] = {"name": self.name, "value": self.value, "adjustable": self.adjustable}
+        for key, value in (("unit", self.unit), ("min", self.minimum), ("max", self.maximum),
+                           ("source", self.source or None)):
+            if value is not None:
+                out[key] = value
+        if self.choices:
+            out["choices"] = list(self.choices)
+        if self.overridden:
+            out["site"] = {"shipped": self.shipped, **({"source": self.site_source} if self.site_source else {})}
+        return out
+
+
+@dataclass(frozen=True)
 class Rule:
     id: str
     version: str
@@ -108,6 +140,7 @@ class Rule:
     path: str
     notes: str = ""
     facts_read: frozenset[str] = field(default_factory=frozenset)
+    setting_specs: tuple[Setting, ...] = ()
 
 
 @dataclass(frozen=True)

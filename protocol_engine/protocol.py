@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import yamlsource
+from . import settingspec, yamlsource
 from .course import CourseSpec, parse_course
 from .durations import parse_hours
 from .errors import Diagnostic
+from .model import Setting
 
 MEASURE_KINDS = ("quantity", "pair", "presence", "score")
 
@@ -55,6 +57,7 @@ class Protocol:
     presence: dict[str, list[str]]
     fetch: dict[str, float]
     services: list[Service] = field(default_factory=list)
+    settings: dict[str, Setting] = field(default_factory=dict)  # marked values by dotted path: course.gap
 
     def valuesets_used(self) -> set[str]:
         names = set(self.drugs.values()) | set(self.routes.values()) | set(self.presence.get("valuesets", []))
@@ -69,8 +72,34 @@ def _hours(value: Any, default: float) -> float:
     return default if hours is None else hours
 
 
-def load_protocol(path: Path) -> tuple[Protocol | None, list[Diagnostic]]:
-    """Read protocol.yaml; every structural problem becomes a Diagnostic."""
+def _unwrap(node: Any, raw: dict[str, Any], prefix: str, where: str, site: Mapping[str, tuple[Any, str]],
+            out: dict[str, Setting], diags: list[Diagnostic]) -> dict[str, Any]:
+    """Replace each marked setting ({value, default, ...}) by its value (with its unit, if it has one),
+    collecting the declarations by dotted path; a site's value replaces the pack's."""
+    result: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if settingspec.is_spec(value):
+            spec, found = settingspec.parse(where, node, key)
+            diags.extend(found)
+            if spec is None:
+                continue
+            spec = replace(spec, name=path)
+            if path in site:  # already checked against this declaration (site.py)
+                spec = settingspec.overridden(spec, *site[path])
+            out[path] = spec
+            result[key] = {"value": spec.value, "unit": spec.unit} if spec.unit else spec.value
+            node[key] = result[key]  # readers of the YAML tree (course.py) see the value where the mapping was
+        elif isinstance(value, dict) and isinstance(node, dict) and isinstance(node.get(key), dict):
+            result[key] = _unwrap(node[key], value, path + ".", where, site, out, diags)
+        else:
+            result[key] = value
+    return result
+
+
+def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None,
+                  ) -> tuple[Protocol | None, list[Diagnostic]]:
+    """Read protocol.yaml; every structural problem becomes a Diagnostic. `site`: pack name -> path -> value."""
     data, diags = yamlsource.load(path)
     if diags:
         return None, diags
@@ -83,7 +112,9 @@ def load_protocol(path: Path) -> tuple[Protocol | None, list[Diagnostic]]:
             diags.append(Diagnostic(where, line, col, "schema", f"protocol.yaml needs '{key}'"))
     if diags:
         return None, diags
+    settings: dict[str, Setting] = {}
     raw = yamlsource.plain(data)
+    raw = _unwrap(data, raw, "", where, (site or {}).get(str(raw["protocol"])) or {}, settings, diags)
     measures: dict[str, Measure] = {}
     for name, spec in (raw.get("measures") or {}).items():
         kind = spec.get("kind", "quantity")
@@ -133,5 +164,6 @@ def load_protocol(path: Path) -> tuple[Protocol | None, list[Diagnostic]]:
         presence=raw.get("presence") or {},
         fetch={k: _hours(v, 24 * 400) for k, v in (raw.get("fetch") or {}).items()},
         services=services,
+        settings=settings,
     )
     return (None if diags else protocol), diags

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import yamlsource
 from .derive import Deriver
@@ -14,6 +15,9 @@ from .loader import did_you_mean, parse_rule
 from .model import HOOKS, Rule
 from .protocol import Protocol, Service, load_protocol
 from .valuesets import ValueSet, ValueSetIndex, parse_code
+
+if TYPE_CHECKING:
+    from .site import Site
 
 RULE_SUFFIX = ".rule.yaml"
 TEST_SUFFIX = ".test.yaml"
@@ -37,6 +41,7 @@ class RuleSet:
     revision: str
     services: dict[str, tuple[Service, Pack]] = field(default_factory=dict)
     loaded_files: int = 0
+    site: Site | None = None  # the site settings overlay in force, if any
 
     def all_rules(self) -> list[Rule]:
         return [r for p in self.packs for r in p.rules]
@@ -90,9 +95,9 @@ def pack_roots(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob("*/protocol.yaml"))
 
 
-def load_pack(root: Path) -> tuple[Pack | None, list[Diagnostic], list[Path]]:
+def load_pack(root: Path, site: Site | None = None) -> tuple[Pack | None, list[Diagnostic], list[Path]]:
     files: list[Path] = [root / "protocol.yaml"]
-    protocol, diags = load_protocol(root / "protocol.yaml")
+    protocol, diags = load_protocol(root / "protocol.yaml", site.protocols if site else None)
     valuesets: list[ValueSet] = []
     for path in sorted((root / "valuesets").glob("*.yaml")):
         files.append(path)
@@ -117,7 +122,7 @@ def load_pack(root: Path) -> tuple[Pack | None, list[Diagnostic], list[Path]]:
     attempted: set[str] = set()  # ids of files with errors: no second, cascading error about them
     for path in sorted(root.rglob("*" + RULE_SUFFIX)):
         files.append(path)
-        rule, rdiags = parse_rule(path, protocol, names)
+        rule, rdiags = parse_rule(path, protocol, names, site.rules if site else None)
         diags.extend(rdiags)
         if rule is None:
             data, _ = yamlsource.load(path)
@@ -142,8 +147,9 @@ def load_pack(root: Path) -> tuple[Pack | None, list[Diagnostic], list[Path]]:
     return Pack(protocol, index, rules, Deriver(protocol, index), root), diags, files
 
 
-def load_ruleset(root: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
-    """Load and validate every pack; returns None with diagnostics when anything is wrong."""
+def load_ruleset(root: Path, site: Site | None = None) -> tuple[RuleSet | None, list[Diagnostic]]:
+    """Load and validate every pack, with a site's settings overlay (already validated: site.py) if given;
+    returns None with diagnostics when anything is wrong."""
     roots = pack_roots(root)
     if not roots:
         return None, [Diagnostic(str(root), 1, 1, "no-packs", "no protocol.yaml found under this directory")]
@@ -151,7 +157,7 @@ def load_ruleset(root: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
     diags: list[Diagnostic] = []
     files: list[Path] = []
     for pack_root in roots:
-        pack, pdiags, pfiles = load_pack(pack_root)
+        pack, pdiags, pfiles = load_pack(pack_root, site)
         diags.extend(pdiags)
         files.extend(pfiles)
         if pack:
@@ -164,4 +170,4 @@ def load_ruleset(root: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
             services[svc.id] = (svc, pack)
     if diags:
         return None, diags
-    return RuleSet(packs, _digest(files), services, len(files)), []
+    return RuleSet(packs, _digest(files), services, len(files), site), []
