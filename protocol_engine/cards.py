@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 SUMMARY_MAX = 139
 TOPIC_SYSTEM = "urn:protocol-engine:category"
 OVERRIDE_SYSTEM = "urn:protocol-engine:override-reason"
-_RANK = {"critical": 0, "warning": 1, "info": 2}
+RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
 def settle(findings: list[Finding]) -> list[Finding]:
@@ -135,5 +135,5 @@ def render(finding: Finding, ruleset: str, patient_id: str | None) -> dict[str, 
 def render_all(findings: list[Finding], ruleset: str, patient_id: str | None) -> list[dict[str, Any]]:
     """Cards for active rules, critical first; draft rules run in shadow and give no card."""
     live = [f for f in settle(findings) if f.rule.status == "active"]
-    live.sort(key=lambda f: (_RANK[f.rule.card.indicator], f.rule.id))
+    live.sort(key=lambda f: (RANK[f.rule.card.indicator], f.rule.id))
     return [render(f, ruleset, patient_id) for f in live]

@@ -23,6 +23,7 @@ from adapters.fhir.records import (
 )
 
 from . import units
+from .anchors import Anchor
 from .course import Course, Dose
 from .durations import parse_hours
 from .model import Fact
@@ -38,29 +39,6 @@ def fmt_time(t: dt.datetime) -> str:
 
 def fmt_num(x: float) -> str:
     return f"{x:.1f}".rstrip("0").rstrip(".") if x != int(x) else str(int(x))
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """What a hook call is about: the moment of the dose and, where there is one, the record that names it.
-
-    Declared per service in protocol.yaml (`anchor:`): order hooks evaluate the draft order at `now`,
-    patient-view the course at `now`, appointment-book each proposed session at its start, encounter-start
-    the encounter at its period start. Timing facts are measured to `time`, never to whichever
-    MedicationRequest happens to be on the chart.
-    """
-
-    kind: str
-    time: dt.datetime
-    ref: str | None = None
-    end: dt.datetime | None = None
-
-    def phrase(self) -> str:
-        """How a card says "before the dose": `ago` at now, or before the booked or started session."""
-        if self.ref is None:
-            return "ago"
-        what = "the session booked for" if self.kind == "appointment" else "the session starting"
-        return f"before {what} {fmt_time(self.time)} ({self.ref})"
 
 
 @dataclass
@@ -412,8 +390,9 @@ class Deriver:
             "doses_7d": course.doses_within(168.0),
             "induction_complete": phase == "maintenance", "last_at": last.time.isoformat(), "refs": refs,
             "until": anchor.phrase(),
-            "describe": f"Last {course.drug} dose {fmt_time(last.time)} ({_span(since)} {anchor.phrase()}, dose "
-                        f"{len(course.doses)} of the course, {phase}), {last.ref}",
+            "describe": f"Last {course.drug} dose {fmt_time(last.time)} ({_span(since)} {anchor.phrase()}"
+                        f"{f' {fmt_time(anchor.time)}' if anchor.ref else ''}, dose {len(course.doses)} of the "
+                        f"course, {phase}), {last.ref}",
         }
         check = self.p.course.post_dose_check
         if check and last.status == "completed":

@@ -9,9 +9,11 @@ from typing import Any
 
 from adapters.fhir import hook_request, normalise, prefetch
 from adapters.fhir.client import FhirClient
+from adapters.fhir.records import DataIssue
 
+from . import anchors, engine
 from . import cards as card_renderer
-from . import engine
+from .anchors import Anchor
 from .errors import RuleSetError, UnknownService
 from .facts import SOURCES
 from .model import Finding, Rule
@@ -58,7 +60,9 @@ def build_runtime(ruleset: RuleSet) -> dict[str, ServiceRuntime]:
                 needed |= set(SOURCES.get(fact, ()))
         needed.add("Patient")
         if service.hook not in ORDER_HOOKS:
-            needed |= {"MedicationRequest"}
+            needed |= {"MedicationRequest", "MedicationAdministration"}  # the course gives drug and route
+        if service.anchor == "encounter":
+            needed.add("Encounter")
         templates = prefetch.templates_for(needed, {"Observation": _observation_codes(pack)})
         tokens = {name for name, _, kind in hook_request.CONTEXT[service.hook] if kind in ("id", "ref")}
         for key, template in templates.items():
@@ -99,14 +103,23 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
                              "ruleset": revision, "now": now.isoformat(), "sources": {}, "timings": timings,
                              "rules": [r.id for r in rt.rules], "fired": [], "cards": [], "shadow": []}
     pack = rt.pack
+    service = rt.service
     draft = request.context.get("draftOrders")
     orders = None
-    if rt.service.hook in ORDER_HOOKS:
+    if service.hook in ORDER_HOOKS:
         orders = normalise.to_chart([], draft, request.context.get("selections")
-                                    if rt.service.hook == "order-select" else None)
+                                    if service.hook == "order-select" else None)
         if not any(selected and pack.deriver.drug_of(o.medication) for o, selected in orders.draft_orders):
             timings["total_ms"] = _ms(t0)
             trace["skipped"] = "no draft order of this protocol's drugs"
+            return Outcome([], trace)
+    booking_issues: list[DataIssue] = []
+    sessions: list[Anchor] = []
+    if service.anchor == "appointment":
+        sessions = anchors.sessions(service, pack, request.context.get("appointments"), booking_issues)
+        if not sessions and not booking_issues:
+            timings["total_ms"] = _ms(t0)
+            trace["skipped"] = "no proposed appointment is a session of this protocol"
             return Outcome([], trace)
     t = time.perf_counter()
     resolved = prefetch.resolve(request, rt.templates, client, now, pack.protocol.fetch, fhir_timeout, deadline_s)
@@ -117,20 +130,46 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     if orders is not None:  # the draft orders were parsed once already, for the quick drug check
         chart.draft_orders = orders.draft_orders
         chart.issues = orders.issues + chart.issues
+    chart.issues = booking_issues + chart.issues
     timings["parse_ms"] = _ms(t)
-    t = time.perf_counter()
-    facts = pack.deriver.facts(chart, now, rt.service.hook, request.patient_id)
-    timings["derive_ms"] = _ms(t)
-    t = time.perf_counter()
-    findings = engine.evaluate(rt.compiled, facts)
-    timings["evaluate_ms"] = _ms(t)
-    t = time.perf_counter()
-    cards = card_renderer.render_all(findings, revision, request.patient_id)
-    timings["cards_ms"] = _ms(t)
+    if service.anchor == "appointment":
+        # One evaluation per proposed session; with none readable, only the data-quality rules speak.
+        evaluations = [(a, False) for a in sessions] or [(Anchor("now", now), True)]
+    elif service.anchor == "encounter":
+        evaluations = [(anchors.encounter(chart, request.context.get("encounterId"), now), False)]
+    else:
+        evaluations = [(Anchor(service.anchor, now), False)]
+    trace["anchors"] = [{"kind": a.kind, "at": a.time.isoformat(), **({"ref": a.ref} if a.ref else {})}
+                        for a, _ in evaluations]
+    facts: list[dict[str, Any]] = []
+    findings: list[Finding] = []
+    cards: list[dict[str, Any]] = []
+    timings["derive_ms"] = timings["evaluate_ms"] = timings["cards_ms"] = 0.0
+    for anchor, data_quality_only in evaluations:
+        t = time.perf_counter()
+        anchor_facts = pack.deriver.facts(chart, now, service.hook, request.patient_id, anchor)
+        timings["derive_ms"] += _ms(t)
+        t = time.perf_counter()
+        anchor_findings = engine.evaluate(rt.compiled, anchor_facts)
+        if data_quality_only:
+            anchor_findings = [f for f in anchor_findings if f.rule.category == "data-quality"]
+        timings["evaluate_ms"] += _ms(t)
+        t = time.perf_counter()
+        anchor_cards = card_renderer.render_all(anchor_findings, revision, request.patient_id)
+        if anchor.kind == "appointment":
+            anchor_cards = [anchors.name_session(card, anchor) for card in anchor_cards]
+        cards = anchors.merge(cards, anchor_cards)
+        timings["cards_ms"] += _ms(t)
+        for f in card_renderer.settle(anchor_findings):
+            entry = {"rule": f.rule.id, "version": f.rule.version, "evidence": f.evidence}
+            if anchor.ref:
+                entry["anchor"] = anchor.ref
+            (trace["fired"] if f.rule.status == "active" else trace["shadow"]).append(entry)
+        facts += anchor_facts
+        findings += anchor_findings
+    if len(evaluations) > 1:  # cards of several sessions: critical first, as render_all orders one evaluation
+        cards.sort(key=lambda c: card_renderer.RANK[c["indicator"]])
     timings["total_ms"] = _ms(t0)
-    for f in card_renderer.settle(findings):
-        entry = {"rule": f.rule.id, "version": f.rule.version, "evidence": f.evidence}
-        (trace["fired"] if f.rule.status == "active" else trace["shadow"]).append(entry)
     trace["cards"] = [{"uuid": c["uuid"], "rule": c["extension"]["protocol-engine"]["rule"],
                        "version": c["extension"]["protocol-engine"]["ruleVersion"],
                        "indicator": c["indicator"]} for c in cards]

@@ -33,12 +33,25 @@ class Measure:
     positive_at: tuple[float, str] | None = None
 
 
+# What each hook evaluates against (the moment of the dose, and the drug and route in scope); the first
+# anchor of each hook is its default when a service does not declare one.
+ANCHORS: dict[str, tuple[str, ...]] = {
+    "order-select": ("draft-order",),      # the selected draft orders, at now
+    "order-sign": ("draft-order",),        # every draft order, at now
+    "patient-view": ("now",),              # the protocol course, at now
+    "appointment-book": ("appointment", "now"),  # each proposed session, at its start
+    "encounter-start": ("encounter", "now"),     # the encounter, at its period start
+}
+
+
 @dataclass(frozen=True)
 class Service:
     id: str
     hook: str
     title: str
     description: str
+    anchor: str = "now"
+    sessions: str | None = None  # value set recognising protocol sessions among proposed appointments
 
 
 @dataclass
@@ -61,6 +74,7 @@ class Protocol:
 
     def valuesets_used(self) -> set[str]:
         names = set(self.drugs.values()) | set(self.routes.values()) | set(self.presence.get("valuesets", []))
+        names |= {svc.sessions for svc in self.services if svc.sessions}
         for m in self.measures.values():
             names |= {n for n in (m.valueset, m.panel) if n}
             names |= {pair[1] for pair in (m.first, m.second) if pair}
@@ -148,7 +162,23 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
             line, col = yamlsource.value_pos(data["services"], idx)
             diags.append(Diagnostic(where, line, col, "schema", f"service needs {', '.join(missing)}"))
             continue
-        services.append(Service(svc["id"], svc["hook"], svc["title"], svc["description"].strip()))
+        node = data["services"][idx]
+        allowed = ANCHORS.get(svc["hook"], ("now",))  # an unknown hook is reported by the pack loader
+        anchor = svc.get("anchor", allowed[0])
+        if anchor not in allowed:
+            line, col = yamlsource.value_pos(node, "anchor")
+            diags.append(Diagnostic(where, line, col, "schema", f"service {svc['id']}: a {svc['hook']} service "
+                                                                f"evaluates against {' or '.join(allowed)}, "
+                                                                f"not '{anchor}'"))
+            continue
+        sessions = svc.get("sessions")
+        if sessions is not None and anchor != "appointment":
+            line, col = yamlsource.key_pos(node, "sessions")
+            diags.append(Diagnostic(where, line, col, "schema", f"service {svc['id']}: 'sessions' only applies to "
+                                                                "the appointment anchor"))
+            continue
+        services.append(Service(svc["id"], svc["hook"], svc["title"], svc["description"].strip(), anchor,
+                                str(sessions) if sessions else None))
     protocol = Protocol(
         name=raw["protocol"],
         version=str(raw["version"]),

@@ -77,14 +77,17 @@ def hook_request(name: str, hook: str, now: dt.datetime | None = None, prefetch_
     if order_override:
         draft = {**draft, **order_override}
     chart = [r for r in resources if r is not draft and r["resourceType"] != "Patient"]
-    from .testing import hook_context
+    from .testing import DEFAULT_SESSION, hook_context
 
-    context, active = hook_context(hook, patient["id"], [draft], None, "demo")
+    context, active = hook_context(hook, patient["id"], [draft], None, "demo", now,
+                                   [{**DEFAULT_SESSION, "start": "+7d"}] if hook == "appointment-book" else None)
     chart += active
     prefetch: dict[str, Any] = {}
     for key, rtype in (prefetch_keys or {}).items():
         if rtype == "Patient":
             prefetch[key] = patient
+        elif rtype == "Encounter":
+            prefetch[key] = next((r for r in chart if r["resourceType"] == "Encounter"), None)
         else:
             prefetch[key] = {"resourceType": "Bundle", "type": "searchset",
                              "entry": [{"resource": r} for r in chart if r["resourceType"] == rtype]}

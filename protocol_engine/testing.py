@@ -19,7 +19,8 @@ from .ruleset import RULE_SUFFIX, TEST_SUFFIX, RuleSet
 from .valuesets import parse_code
 
 UCUM = "http://unitsofmeasure.org"
-CASE_KEYS = {"name", "given", "expect", "hook", "patient", "order", "todo", "now", "orders", "selections"}
+CASE_KEYS = {"name", "given", "expect", "hook", "patient", "order", "todo", "now", "orders", "selections",
+             "appointments", "encounter"}
 
 
 @dataclass
@@ -182,9 +183,59 @@ def medication_request(spec: dict[str, Any], default_id: str, patient_id: str, n
     return res
 
 
+def appointment(spec: dict[str, Any], default_id: str, patient_id: str, now: dt.datetime) -> dict[str, Any]:
+    """A proposed Appointment as appointment-book's `appointments` Bundle carries it.
+
+    Shorthand: `start`/`end` (relative like `+7d` or ISO), `type` (appointmentType), `service` (serviceType),
+    `reason` (reasonCode), each a code (`SYSTEM#code display`) or text; `status` (default proposed). Or a raw
+    FHIR Appointment under `resource`.
+    """
+    if "resource" in spec:
+        return dict(spec["resource"])
+    res: dict[str, Any] = {"resourceType": "Appointment", "id": spec.get("id", default_id),
+                           "status": spec.get("status", "proposed"),
+                           "participant": [{"actor": {"reference": f"Patient/{patient_id}"},
+                                            "status": "needs-action"}]}
+    if spec.get("start", "+0h") is not None:
+        start = when(spec.get("start", "+0h"), now)
+        res["start"] = start.isoformat()
+        end = when(spec["end"], now) if "end" in spec else start + dt.timedelta(hours=2)
+        res["end"] = end.isoformat()
+    if "type" in spec:
+        res["appointmentType"] = concept(spec["type"])
+    if "service" in spec:
+        res["serviceType"] = [concept(spec["service"])]
+    if "reason" in spec:
+        res["reasonCode"] = [concept(spec["reason"])]
+    return res
+
+
+DEFAULT_SESSION = {"type": "Ketamine treatment session"}
+
+
+def encounter(spec: dict[str, Any], encounter_id: str, patient_id: str, now: dt.datetime) -> dict[str, Any]:
+    """The Encounter encounter-start is about, as its prefetch carries it: `start` (period.start), `status`."""
+    if "resource" in spec:
+        return dict(spec["resource"])
+    res: dict[str, Any] = {"resourceType": "Encounter", "id": encounter_id, "status": spec.get("status", "arrived"),
+                           "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB",
+                                     "display": "ambulatory"},
+                           "subject": {"reference": f"Patient/{patient_id}"}}
+    if spec.get("start", "+0h") is not None:
+        res["period"] = {"start": when(spec.get("start", "+0h"), now).isoformat()}
+    return res
+
+
 def hook_context(hook: str, patient_id: str, drafts: list[dict[str, Any]], selections: list[str] | None,
-                 label: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The hook's context for these draft orders, and the orders that become active chart data outside order hooks."""
+                 label: str, now: dt.datetime | None = None, appointments: list[dict[str, Any]] | None = None,
+                 encounter_spec: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The hook's context as an EHR sends it, and the chart resources that go with it.
+
+    Outside order hooks the draft orders become active chart orders. appointment-book carries an
+    `appointments` Bundle of proposed Appointments (by default one treatment session starting at `now`);
+    encounter-start an `encounterId`, its Encounter (starting at `now` by default) joining the chart.
+    """
+    now = now or dt.datetime.now(dt.UTC)
     context: dict[str, Any] = {"userId": f"Practitioner/{label}-prescriber", "patientId": patient_id}
     active: list[dict[str, Any]] = []
     if hook in ("order-select", "order-sign"):
@@ -196,10 +247,13 @@ def hook_context(hook: str, patient_id: str, drafts: list[dict[str, Any]], selec
         active = [{**r, "status": "active"} for r in drafts]
     if hook in ("encounter-start", "patient-view"):
         context["encounterId"] = f"{label}-encounter"
+    if hook == "encounter-start":
+        active.append(encounter(encounter_spec or {}, context["encounterId"], patient_id, now))
     if hook == "appointment-book":
-        context["appointments"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
-            "resourceType": "Appointment", "id": f"{label}-appointment", "status": "proposed",
-            "participant": [{"actor": {"reference": f"Patient/{patient_id}"}, "status": "needs-action"}]}}]}
+        specs = appointments if appointments is not None else [DEFAULT_SESSION]
+        context["appointments"] = {"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": appointment(spec, f"{label}-appointment-{i}", patient_id, now)}
+            for i, spec in enumerate(specs)]}
     return context, active
 
 
@@ -218,7 +272,8 @@ def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) ->
     if orders is None:
         orders = [case["order"]] if case.get("order") else []
     draft = [medication_request(o, f"draft-{i}", patient_id, now, "draft") for i, o in enumerate(orders)]
-    context, active = hook_context(hook, patient_id, draft, case.get("selections"), "test")
+    context, active = hook_context(hook, patient_id, draft, case.get("selections"), "test", now,
+                                   case.get("appointments"), case.get("encounter"))
     resources += active
     prefetch: dict[str, Any] = {}
     from adapters.fhir.prefetch import TEMPLATES
@@ -228,6 +283,9 @@ def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) ->
         rtype = type_of_key[key]
         if rtype == "Patient":
             prefetch[key] = patient
+            continue
+        if rtype == "Encounter":  # a read, not a search: the resource itself
+            prefetch[key] = next((r for r in resources if r["resourceType"] == "Encounter"), None)
             continue
         prefetch[key] = {"resourceType": "Bundle", "type": "searchset",
                          "entry": [{"resource": r} for r in resources if r["resourceType"] == rtype]}
@@ -281,11 +339,12 @@ def check(expect: dict[str, Any], outcome: Outcome, rule_id: str) -> list[str]:
     for rid in expect.get("silent") or []:
         if rid in fired:
             problems.append(f"expected {rid} to stay silent, but it fired")
-    counts: dict[str, int] = {}
-    for c in cards:
-        r = c["extension"]["protocol-engine"]["rule"]
-        counts[r] = counts.get(r, 0) + 1
-    problems += [f"rule {r} gave {n} cards (one rule, one card)" for r, n in counts.items() if n > 1]
+    counts: dict[tuple[str, tuple[str, ...]], int] = {}
+    for c in cards:  # one card per rule, per proposed session at appointment-book
+        ext = c["extension"]["protocol-engine"]
+        key = (ext["rule"], tuple(e for e in ext["evidence"] if e.startswith("Appointment/")))
+        counts[key] = counts.get(key, 0) + 1
+    problems += [f"rule {r} gave {n} cards (one rule, one card)" for (r, _), n in counts.items() if n > 1]
     problems += [f"summary over 139 characters: {c['summary']!r}" for c in cards if len(c["summary"]) > 139]
     if "max_indicator" in expect:
         order = ["info", "warning", "critical"]

@@ -12,7 +12,9 @@ from decimal import Decimal
 from typing import Any
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.medicationadministration import MedicationAdministration
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
@@ -23,10 +25,12 @@ from pydantic import ValidationError
 from .records import (
     AdministrationRecord,
     AllergyRecord,
+    AppointmentRecord,
     Chart,
     Concept,
     ConditionRecord,
     DataIssue,
+    EncounterRecord,
     LazyObservation,
     MedicationRecord,
     ObservationRecord,
@@ -43,6 +47,8 @@ MODELS: dict[str, Any] = {
     "MedicationStatement": MedicationStatement,
     "MedicationAdministration": MedicationAdministration,
     "AllergyIntolerance": AllergyIntolerance,
+    "Encounter": Encounter,
+    "Appointment": Appointment,
 }
 _DURATION_H = {"s": 1 / 3600, "min": 1 / 60, "h": 1.0, "d": 24.0, "wk": 168.0}
 
@@ -68,6 +74,10 @@ READ: dict[str, frozenset[str]] = {
     "MedicationAdministration": frozenset({"status", "subject", "effectiveDateTime", "effectivePeriod", "dosage",
                                            *_MEDICATION_X}),
     "AllergyIntolerance": frozenset({"patient", "code", "reaction", "clinicalStatus", "verificationStatus"}),
+    # The anchors of encounter-start and appointment-book: when the session is, and what kind of visit.
+    "Encounter": frozenset({"status", "class", "period", "subject"}),
+    "Appointment": frozenset({"status", "start", "end", "appointmentType", "serviceType", "reasonCode",
+                              "participant"}),
 }
 
 
@@ -250,6 +260,30 @@ def patient(model: Any, ref: str) -> PatientRecord:
     return PatientRecord(ref, birth, model.gender)
 
 
+def encounter(model: Any, ref: str) -> EncounterRecord:
+    start = _aware(model.period.start) if model.period is not None else None
+    return EncounterRecord(ref, model.status, start)
+
+
+def appointment(model: Any, ref: str) -> AppointmentRecord:
+    kinds = [concept(model.appointmentType)] if model.appointmentType is not None else []
+    kinds += [concept(cc) for cc in (model.serviceType or ())]
+    kinds += [concept(cc) for cc in (model.reasonCode or ())]
+    return AppointmentRecord(ref, model.status, _aware(model.start), _aware(model.end), tuple(kinds))
+
+
+def appointments(bundle: Any, issues: list[DataIssue]) -> list[AppointmentRecord]:
+    """The Appointments of appointment-book's `appointments` Bundle; an invalid one becomes a DataIssue."""
+    out = []
+    for raw in resources_in(bundle):
+        if not isinstance(raw, dict) or raw.get("resourceType") != "Appointment":
+            continue
+        model = _validate(raw, issues)
+        if model is not None:
+            out.append(appointment(model, ref_of(raw)))
+    return out
+
+
 def _raw_time(raw: dict[str, Any]) -> dt.datetime | None:
     """G1 time precedence on the raw JSON (validation comes later, when the reading is used)."""
     period = raw.get("effectivePeriod")
@@ -318,7 +352,7 @@ def add_resource(chart: Chart, raw: Any, relevant: Relevance | None = None) -> N
         chart.issues.append(DataIssue("(entry)", "bundle entry is not a JSON object"))
         return
     kind = raw.get("resourceType")
-    if kind not in MODELS:
+    if kind not in MODELS or kind == "Appointment":  # appointments come from the hook context only
         return
     if kind == "Observation":
         chart.observations.append(lazy_observation(raw))
@@ -343,6 +377,8 @@ def add_resource(chart: Chart, raw: Any, relevant: Relevance | None = None) -> N
         chart.allergies.append(allergy(model, ref))
     elif kind == "Patient":
         chart.patient = patient(model, ref)
+    elif kind == "Encounter":
+        chart.encounters.append(encounter(model, ref))
 
 
 def resources_in(payload: Any) -> Iterable[Any]:

@@ -1,8 +1,9 @@
 """Prefetch templates, and resolving a request's prefetch: null / absent / OperationOutcome / paging.
 
-Templates use only `{{context.patientId}}` (a Tok field of every hook we serve), so they are valid
-CDS Hooks 2.0 templates. 2.0 has no date token, so the templates are bounded by code instead, and a
-fetch this service makes itself adds a date bound computed from `now`.
+Templates use only `{{context.patientId}}` (a Tok field of every hook we serve) and, for encounter-start,
+`{{context.encounterId}}` (a Tok field of that hook), so they are valid CDS Hooks 2.0 templates. 2.0 has
+no date token, so the templates are bounded by code instead, and a fetch this service makes itself adds a
+date bound computed from `now`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ TEMPLATES: dict[str, tuple[str, str, str | None]] = {
     "MedicationAdministration": ("medicationAdministrations",
                                  "MedicationAdministration?patient={{context.patientId}}", "effective-time"),
     "AllergyIntolerance": ("allergies", "AllergyIntolerance?patient={{context.patientId}}", None),
+    # encounter-start's anchor: the encounter that is starting (its period.start is the moment of the session)
+    "Encounter": ("encounter", "Encounter/{{context.encounterId}}", None),
 }
 _TOKEN = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 ALLOWED_TOKENS = ("userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId")

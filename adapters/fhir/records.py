@@ -122,6 +122,24 @@ class PatientRecord:
 
 
 @dataclass(frozen=True)
+class AppointmentRecord:
+    """A proposed Appointment of appointment-book: when, and what kind of visit (no free text is kept)."""
+
+    ref: str
+    status: str | None
+    start: dt.datetime | None
+    end: dt.datetime | None
+    kinds: tuple[Concept, ...]  # appointmentType, serviceType and reasonCode: how a protocol session is recognised
+
+
+@dataclass(frozen=True)
+class EncounterRecord:
+    ref: str
+    status: str | None
+    start: dt.datetime | None  # period.start
+
+
+@dataclass(frozen=True)
 class DataIssue:
     """Data that could not be read; reported to the engine rather than raised."""
 
@@ -138,4 +156,5 @@ class Chart:
     administrations: list[AdministrationRecord] = field(default_factory=list)
     allergies: list[AllergyRecord] = field(default_factory=list)
     draft_orders: list[tuple[MedicationRecord, bool]] = field(default_factory=list)  # (order, selected)
+    encounters: list[EncounterRecord] = field(default_factory=list)
     issues: list[DataIssue] = field(default_factory=list)

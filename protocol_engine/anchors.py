@@ -1,0 +1,99 @@
+"""What each hook call evaluates against: the anchor (the moment of the dose, and the record naming it).
+
+Declared per service in protocol.yaml (`anchor:`, see protocol.ANCHORS): order hooks evaluate the draft order
+at now, patient-view the course at now, appointment-book each proposed protocol session at its start,
+encounter-start the encounter at its period start. Timing facts are measured to the anchor, never to whichever
+MedicationRequest happens to be on the chart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from adapters.fhir import normalise
+from adapters.fhir.records import Chart, DataIssue
+
+from .protocol import Service
+
+if TYPE_CHECKING:
+    from .ruleset import Pack
+
+
+def _time(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    kind: str  # draft-order | now | appointment | encounter
+    time: dt.datetime
+    ref: str | None = None
+    end: dt.datetime | None = None
+
+    def phrase(self) -> str:
+        """How a card says "before the dose" (course.until): `ago` at now, else before the session."""
+        if self.kind == "appointment":
+            return "before the booked session"
+        if self.kind == "encounter" and self.ref is not None:
+            return "before the session"
+        return "ago"
+
+
+def sessions(service: Service, pack: Pack, bundle: Any, issues: list[DataIssue]) -> list[Anchor]:
+    """One anchor per proposed Appointment that is a session of the protocol, at its start.
+
+    A session is recognised by appointmentType, serviceType or reasonCode in the service's `sessions` value
+    set; without one, every proposed appointment is a session. A proposed session with no start cannot be
+    checked against the schedule: it becomes a data issue rather than a guess.
+    """
+    found = []
+    for appt in normalise.appointments(bundle, issues):
+        if appt.status != "proposed":
+            continue  # the hook's context also carries already booked appointments for reference
+        if service.sessions and not any(service.sessions in pack.index.members(k.pairs(), k.texts())
+                                        for k in appt.kinds):
+            continue
+        if appt.start is None:
+            issues.append(DataIssue(appt.ref, "proposed session has no start time; the schedule was not checked "
+                                              "against it"))
+            continue
+        found.append(Anchor("appointment", appt.start, appt.ref, appt.end))
+    return found
+
+
+def encounter(chart: Chart, encounter_id: Any, now: dt.datetime) -> Anchor:
+    """The encounter that is starting, at its period.start; at now when the EHR has not recorded one."""
+    ref = f"Encounter/{encounter_id}"
+    record = next((e for e in chart.encounters if e.ref == ref), None)
+    if record is not None and record.start is not None:
+        return Anchor("encounter", record.start, ref)
+    return Anchor("encounter", now, ref)
+
+
+def name_session(card: dict[str, Any], anchor: Anchor) -> dict[str, Any]:
+    """A card of appointment-book names the proposed appointment it is about (detail and evidence)."""
+    ext = card["extension"]["protocol-engine"]
+    if anchor.ref not in ext["evidence"]:
+        ext["evidence"] = [*ext["evidence"], anchor.ref]
+    card["detail"] = f"For the proposed session {_time(anchor.time)} ({anchor.ref}).\n\n{card['detail']}"
+    return card
+
+
+def merge(cards: list[dict[str, Any]], more: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cards of several proposed sessions: a rule saying the same thing about two sessions gives one card."""
+    for card in more:
+        rule = card["extension"]["protocol-engine"]["rule"]
+        twin = next((c for c in cards if c["extension"]["protocol-engine"]["rule"] == rule
+                     and c["summary"] == card["summary"]), None)
+        if twin is None:
+            cards.append(card)
+            continue
+        evidence = twin["extension"]["protocol-engine"]["evidence"]
+        added = [ref for ref in card["extension"]["protocol-engine"]["evidence"] if ref not in evidence]
+        evidence.extend(added)
+        sessions = [ref for ref in added if ref.startswith("Appointment/")]
+        if sessions:
+            twin["detail"] = f"Also for the proposed session(s) {', '.join(sessions)}.\n\n{twin['detail']}"
+    return cards
