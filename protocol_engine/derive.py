@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.fhir.dates import whole_years
 from adapters.fhir.records import (
     Chart,
     Concept,
@@ -26,7 +27,7 @@ from . import units
 from .anchors import Anchor
 from .course import Course, Dose
 from .durations import parse_hours
-from .model import Fact
+from .model import Fact, Rule
 from .protocol import Measure, Protocol
 from .valuesets import ValueSetIndex
 
@@ -51,16 +52,18 @@ class Reading:
     values: dict[str, float]
     positive: bool | None = None
     readable: bool = True
-    problem: str = ""
+    problem: str = ""  # why it cannot be read; on a readable pair, why one half is missing (partial)
     uln_ratio: float | None = None
+    latest: dt.datetime | None = None  # reduced-precision time: `time` is the earliest instant, this the latest
 
 
 class Deriver:
     """Holds the per-rule-set indexes; `facts()` is pure given (chart, now, hook)."""
 
-    def __init__(self, protocol: Protocol, index: ValueSetIndex) -> None:
+    def __init__(self, protocol: Protocol, index: ValueSetIndex, rules: Iterable[Rule] = ()) -> None:
         self.p = protocol
         self.index = index
+        self.read_window = read_windows(rules)
         sem = protocol.semantics
         self.obs_valid = set(sem.get("observation_valid_status", ["final", "amended", "corrected"]))
         self.future_tol_h = parse_hours(sem.get("future_tolerance", "5m")) or 5 / 60
@@ -82,11 +85,23 @@ class Deriver:
         pos = protocol.presence
         self.positive_words = {w.lower() for w in pos.get("positive", [])}
         self.negative_words = {w.lower() for w in pos.get("negative", [])}
+        self.unit_map = protocol.units
         pairs = [(alias, m.unit) for m in protocol.measures.values() if m.unit for alias in m.aliases.values()]
+        pairs += [(ucum, m.unit) for m in protocol.measures.values() if m.unit for ucum in self.unit_map.values()]
+        pairs += [(ucum, m.positive_at[1]) for m in protocol.measures.values() if m.positive_at
+                  for ucum in self.unit_map.values()]
         units.warm(pairs + [(m.unit, m.unit) for m in protocol.measures.values() if m.unit])
+
+    def ucum(self, unit: str, m: Measure | None = None) -> str:
+        """G3: the UCUM code for a unit as sent: the measure's aliases, then the protocol's `units:` table."""
+        if m is not None and unit in m.aliases:
+            return m.aliases[unit]
+        return self.unit_map.get(unit) or self.unit_map.get(unit.strip()) or unit.strip()
 
     # -- observations -------------------------------------------------------------------
     def _convert(self, m: Measure, q: Quantity) -> tuple[float | None, str]:
+        if q.absent is not None:
+            return None, f"value absent (dataAbsentReason {q.absent})"
         if q.value is None:
             return None, "value is not numeric"
         if m.kind == "score":
@@ -95,7 +110,7 @@ class Deriver:
             return None, f"unit '{q.unit}' is not a score unit"
         if not q.unit:
             return None, "unit missing"
-        unit = m.aliases.get(q.unit, q.unit)
+        unit = self.ucum(q.unit, m)
         target = m.unit or unit
         f = units.factor(unit, target)
         if f is None:
@@ -114,7 +129,7 @@ class Deriver:
                 return False
         if q.value is not None and m.positive_at is not None:
             value, unit = m.positive_at
-            f = units.factor(q.unit, unit) if q.unit else None
+            f = units.factor(self.ucum(q.unit, m), unit) if q.unit else None
             if f is not None:
                 return q.value * f >= value
         if interp is not None:
@@ -133,6 +148,14 @@ class Deriver:
         horizon = now + dt.timedelta(hours=self.future_tol_h)
         for obs in chart.observations:
             if obs.status not in self.obs_valid or obs.time is None:
+                # G1 ignores a valid non-final status quietly; a reading of a measure the rules need with no
+                # status or no readable time is invalid, and reported rather than silently dropped.
+                if obs.status in OBSERVATION_STATUSES and obs.time is not None:
+                    continue
+                if not self.index.members(obs.codes, ()).intersection(self.measure_of_vs):
+                    continue
+                issues.append(DataIssue(obs.ref, "no valid status" if obs.status not in OBSERVATION_STATUSES
+                                        else "effective time missing or not a valid FHIR date/dateTime"))
                 continue
             hits: list[tuple[str, str]] = []
             for vs in self.index.members(obs.codes, ()):
@@ -160,15 +183,17 @@ class Deriver:
                 return Reading(m.name, obs.time, [obs.ref], {}, readable=False,  # type: ignore[arg-type]
                                problem="result is neither positive nor negative")
             values = {"value": obs.value.value} if obs.value.value is not None else {}
-            return Reading(m.name, obs.time, [obs.ref], values, positive=positive)  # type: ignore[arg-type]
+            return Reading(m.name, obs.time, [obs.ref], values, positive=positive,  # type: ignore[arg-type]
+                           latest=obs.time_latest)
         value, problem = self._convert(m, obs.value)
         if value is None:
             return Reading(m.name, obs.time, [obs.ref], {}, readable=False, problem=problem)  # type: ignore[arg-type]
-        reading = Reading(m.name, obs.time, [obs.ref], {"value": value})  # type: ignore[arg-type]
+        reading = Reading(m.name, obs.time, [obs.ref], {"value": value},  # type: ignore[arg-type]
+                          latest=obs.time_latest)
         high = obs.reference_high
         limit = None
         if high is not None and high.value is not None:
-            f = units.factor(m.aliases.get(high.unit or "", high.unit or ""), m.unit) if (high.unit and m.unit) else 1.0
+            f = units.factor(self.ucum(high.unit, m), m.unit) if (high.unit and m.unit) else 1.0
             limit = high.value * f if f else None
         limit = limit or m.upper_limit
         if limit:
@@ -188,10 +213,10 @@ class Deriver:
                         problems.append(f"{fieldname}: {problem}")
                     else:
                         values[fieldname] = value
-        if problems or not values:
-            return Reading(m.name, obs.time, [obs.ref], values, readable=False,  # type: ignore[arg-type]
-                           problem="; ".join(problems) or "no components")
-        return Reading(m.name, obs.time, [obs.ref], values)  # type: ignore[arg-type]
+        # A panel with one readable half gives that half to the rules (a systolic of 192 alone is severe
+        # hypertension); the unreadable half is still reported (`problem` on a readable reading).
+        return Reading(m.name, obs.time, [obs.ref], values, readable=bool(values),  # type: ignore[arg-type]
+                       problem="; ".join(problems) or ("" if values else "no components"), latest=obs.time_latest)
 
     def governing(self, m: Measure, readings: Readings) -> tuple[Reading | None, Reading | None]:
         """G5: newest readable reading; same-time readings merge (duplicates once, worse value wins)."""
@@ -220,6 +245,12 @@ class Deriver:
                     best.positive = bool(best.positive) or r.positive
                 if r.uln_ratio is not None:
                     best.uln_ratio = pick(best.uln_ratio or r.uln_ratio, r.uln_ratio)
+                if r.latest is not None:
+                    best.latest = max(best.latest or r.latest, r.latest)
+            if m.kind == "pair" and m.first and m.second:
+                missing = [f for f in (m.first[0], m.second[0]) if f not in best.values]
+                best.problem = "; ".join(p for r in same for p in r.problem.split("; ")
+                                         if p and p.split(":")[0] in missing)
         return best, unreadable
 
     def describe_reading(self, m: Measure, r: Reading) -> str:
@@ -244,24 +275,33 @@ class Deriver:
         issues = list(chart.issues)
         readings, future = self.readings(chart, now, issues)
         governing: dict[str, Reading] = {}
+        fact: Fact
         for name, m in self.p.measures.items():
             best, bad = self.governing(m, readings[name])
             if best is not None:
                 governing[name] = best
-                fact: Fact = {"t": "measurement", "measure": name, "age": _age_h(now, best.time),
-                              "at": best.time.isoformat(), "refs": best.refs, "unit": m.unit or "",
-                              "describe": self.describe_reading(m, best)}
+                fact = {"t": "measurement", "measure": name, "age": _age_h(now, best.time),
+                        "at": best.time.isoformat(), "refs": best.refs, "unit": m.unit or "",
+                        "describe": self.describe_reading(m, best)}
+                _elapsed_range(fact, "age", now, best.time, best.latest)
                 fact.update(best.values)
                 if best.positive is not None:
                     fact["positive"] = best.positive
                 if best.uln_ratio is not None:
                     fact["uln_ratio"] = round(best.uln_ratio, 4)
                 facts.append(fact)
+            if bad is None and best is not None and best.problem:
+                bad = best  # the unreadable half of a pair whose other half is used
             if bad is not None:
-                facts.append({"t": "unreadable", "measure": name, "age": _age_h(now, bad.time),
-                              "at": bad.time.isoformat(), "refs": bad.refs, "problem": bad.problem,
-                              "describe": f"{m.label} at {fmt_time(bad.time)} cannot be interpreted "
-                                          f"({bad.problem}), {', '.join(bad.refs)}"})
+                age = _age_h(now, bad.time)
+                window = self.read_window.get(name)
+                fact = {"t": "unreadable", "measure": name, "age": age, "partial": bad.readable,
+                        "in_read_window": window is None or _age_h(now, bad.latest or bad.time) <= window,
+                        "at": bad.time.isoformat(), "refs": bad.refs, "problem": bad.problem,
+                        "describe": f"{m.label} at {fmt_time(bad.time)} cannot be interpreted "
+                                    f"({bad.problem}), {', '.join(bad.refs)}"}
+                _elapsed_range(fact, "age", now, bad.time, bad.latest)
+                facts.append(fact)
             if name in future:
                 fr = future[name]
                 facts.append({"t": "future", "measure": name, "at": fr.time.isoformat(), "refs": fr.refs,
@@ -292,9 +332,15 @@ class Deriver:
                       "sex": p.gender or "unknown"}
         if p.birth_date is not None:
             today = now.date()
-            b = p.birth_date
-            fact["age"] = today.year - b.year - ((today.month, today.day) < (b.month, b.day))  # G13
-            fact["describe"] = f"Patient aged {fact['age']} years ({p.ref})"
+            oldest = whole_years(p.birth_date, today)  # G13
+            youngest = whole_years(p.birth_latest or p.birth_date, today)
+            fact["age"] = youngest
+            if youngest != oldest:
+                fact["ranges"] = {"age": [youngest, oldest]}
+                fact["describe"] = (f"Patient aged {youngest}-{oldest} years (birth date {p.birth_text}, "
+                                    f"{p.ref})")
+            else:
+                fact["describe"] = f"Patient aged {youngest} years ({p.ref})"
         else:
             fact["describe"] = f"Patient record has no birth date ({p.ref})"
         return fact
@@ -314,6 +360,7 @@ class Deriver:
                                           f"{c.ref}"}
                 if c.onset is not None:
                     fact["onset_ago"] = _age_h(now, c.onset)
+                    _elapsed_range(fact, "onset_ago", now, c.onset, c.onset_latest)
                 yield fact
 
     def _medications(self, chart: Chart) -> Iterable[Fact]:
@@ -510,6 +557,41 @@ class Deriver:
         return [chosen] if chosen else []
 
 
+OBSERVATION_STATUSES = frozenset({"registered", "preliminary", "final", "amended", "corrected", "cancelled",
+                                  "entered-in-error", "unknown"})
+
+
+def read_windows(rules: Iterable[Rule]) -> dict[str, float]:
+    """Per measure, the longest `age: {within: ...}` window (hours) of any rule that reads it.
+
+    An unreadable reading of a measure matters as far back as some rule would have used it (hCG over
+    30 days for CI-15, transaminases over 90 for CI-18c), so the data-quality cards look back that far.
+    """
+    windows: dict[str, float] = {}
+    for rule in rules:
+        for conj in rule.conjuncts:
+            for pattern in (*conj.positives, *conj.negatives):
+                if pattern.fact != "measurement":
+                    continue
+                names = [t.value for t in pattern.tests if t.field == "measure" and t.op == "eq"]
+                names += [v for t in pattern.tests if t.field == "measure" and t.op == "in" for v in t.value]
+                hours = [float(t.value) for t in pattern.tests if t.field == "age" and t.op in ("lte", "lt")]
+                for name in names:
+                    if hours:
+                        windows[name] = max(windows.get(name, 0.0), *hours)
+    return windows
+
+
+def _elapsed_range(fact: Fact, field: str, now: dt.datetime, earliest: dt.datetime,
+                   latest: dt.datetime | None) -> None:
+    """A reduced-precision time makes an elapsed time a range: [since the latest, since the earliest instant]."""
+    if latest is None or latest == earliest:
+        return
+    low = max(_age_h(now, latest), 0.0)
+    fact[field] = low
+    fact.setdefault("ranges", {})[field] = [low, _age_h(now, earliest)]
+
+
 def _age_h(now: dt.datetime, t: dt.datetime) -> float:
     return round((now - t).total_seconds() / _H, 4)
 
@@ -608,7 +690,8 @@ class Readings:
     def _pair(self, idx: int, when: dt.datetime, role: str, record: ObservationRecord) -> Reading:
         """G4: a standalone half pairs with the other half taken within the pairing tolerance."""
         value, problem = self.d._convert(self.m, record.value)
-        reading = Reading(self.m.name, when, [record.ref], {}, readable=value is not None, problem=problem)
+        problems = [f"{role}: {problem}"] if value is None else []
+        reading = Reading(self.m.name, when, [record.ref], {}, latest=record.time_latest)
         if value is not None:
             reading.values[role] = value
         for j in range(idx + 1, len(self.entries)):
@@ -624,8 +707,10 @@ class Readings:
             other_value, other_problem = self.d._convert(self.m, other_record.value)
             reading.refs.append(other_record.ref)
             if other_value is None:
-                reading.readable, reading.problem = False, other_problem
+                problems.append(f"{other_role}: {other_problem}")
             else:
                 reading.values[other_role] = other_value
             break
+        # As for a panel: a readable half is used, the unreadable one reported.
+        reading.readable, reading.problem = bool(reading.values), "; ".join(problems)
         return reading

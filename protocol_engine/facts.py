@@ -17,7 +17,9 @@ FACTS: dict[str, dict[str, str]] = {
         "measure": "text", "age": "duration", "value": "number:measure", "positive": "bool",
         "uln_ratio": "number", "unit": "text",
     },
-    "unreadable": {"measure": "text", "age": "duration", "problem": "text"},
+    "unreadable": {"measure": "text", "age": "duration", "problem": "text", "partial": "bool",
+                   "in_read_window": "bool"},
+    "imprecise": {"rule": "text", "title": "text", "values": "text"},
     "future": {"measure": "text"},
     "data-issue": {"problem": "text"},
     "condition": {
@@ -49,6 +51,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "unreadable": ("Observation",),
     "future": ("Observation",),
     "data-issue": (),
+    "imprecise": (),
     "condition": ("Condition",),
     "medication": ("MedicationRequest", "MedicationStatement"),
     "allergy": ("AllergyIntolerance",),

@@ -11,7 +11,7 @@ from adapters.fhir import hook_request, normalise, prefetch
 from adapters.fhir.client import FhirClient
 from adapters.fhir.records import DataIssue
 
-from . import anchors, engine
+from . import anchors, engine, ranges
 from . import cards as card_renderer
 from .anchors import Anchor
 from .errors import RuleSetError, UnknownService
@@ -150,7 +150,7 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
         anchor_facts = pack.deriver.facts(chart, now, service.hook, request.patient_id, anchor)
         timings["derive_ms"] += _ms(t)
         t = time.perf_counter()
-        anchor_findings = engine.evaluate(rt.compiled, anchor_facts)
+        anchor_findings = ranges.evaluate(rt.compiled, anchor_facts)
         if data_quality_only:
             anchor_findings = [f for f in anchor_findings if f.rule.category == "data-quality"]
         timings["evaluate_ms"] += _ms(t)

@@ -69,6 +69,7 @@ class Protocol:
     scores: dict[str, Any]
     presence: dict[str, list[str]]
     fetch: dict[str, float]
+    units: dict[str, str] = field(default_factory=dict)  # non-UCUM spelling an EHR sends -> UCUM code
     services: list[Service] = field(default_factory=list)
     settings: dict[str, Setting] = field(default_factory=dict)  # marked values by dotted path: course.gap
 
@@ -195,5 +196,6 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
         fetch={k: _hours(v, 24 * 400) for k, v in (raw.get("fetch") or {}).items()},
         services=services,
         settings=settings,
+        units={str(k): str(v) for k, v in (raw.get("units") or {}).items()},
     )
     return (None if diags else protocol), diags

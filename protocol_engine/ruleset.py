@@ -144,7 +144,7 @@ def load_pack(root: Path, site: Site | None = None) -> tuple[Pack | None, list[D
     index = ValueSetIndex(valuesets)
     if diags:
         return None, diags, files
-    return Pack(protocol, index, rules, Deriver(protocol, index), root), diags, files
+    return Pack(protocol, index, rules, Deriver(protocol, index, rules), root), diags, files
 
 
 def load_ruleset(root: Path, site: Site | None = None) -> tuple[RuleSet | None, list[Diagnostic]]:

@@ -12,6 +12,20 @@ from jinja2.sandbox import SandboxedEnvironment
 TEMPLATE_GLOBALS = ("matches", "evidence", "patient_id", "settings")
 
 
+class Span(float):
+    """A value known only as a range (from a reduced-precision date): compares as its low end, prints as both."""
+
+    high: float
+
+    def __new__(cls, low: float, high: float) -> Span:
+        value = super().__new__(cls, low)
+        value.high = float(high)
+        return value
+
+    def __str__(self) -> str:
+        return f"{_num(float(self))}-{_num(self.high)}"
+
+
 def _time(value: Any) -> str:
     try:
         when = dt.datetime.fromisoformat(str(value))
@@ -21,6 +35,8 @@ def _time(value: Any) -> str:
 
 
 def _num(value: Any) -> str:
+    if isinstance(value, Span):
+        return str(value)
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -30,6 +46,11 @@ def _num(value: Any) -> str:
 
 
 def _span(hours: Any) -> str:
+    if isinstance(hours, Span):
+        low, high = float(hours), hours.high
+        if high >= 48:
+            return f"{_num(round(low / 24, 1))}-{_num(round(high / 24, 1))} days"
+        return f"{_num(round(low, 1))}-{_num(round(high, 1))} h"
     h = float(hours)
     return f"{_num(round(h, 1))} h" if h < 48 else f"{_num(round(h / 24, 1))} days"
 

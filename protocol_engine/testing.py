@@ -162,6 +162,8 @@ def expand(item: dict[str, Any], now: dt.datetime, patient_id: str, n: int) -> d
 
 def medication_request(spec: dict[str, Any], default_id: str, patient_id: str, now: dt.datetime,
                        status: str) -> dict[str, Any]:
+    if "resource" in spec:  # a MedicationRequest written out in full (vendor shapes: doseRange, OIDs, rates)
+        return {"id": spec.get("id", default_id), "status": status, **spec["resource"]}
     res: dict[str, Any] = {"resourceType": "MedicationRequest", "id": spec.get("id", default_id), "status": status,
                            "intent": "order", "medicationCodeableConcept": concept(spec["medication"]),
                            "subject": {"reference": f"Patient/{patient_id}"}, "authoredOn": now.isoformat()}

@@ -16,6 +16,31 @@ SYSTEMS = {
     "LOCAL": "urn:protocol-engine:local",
 }
 _ICD = SYSTEMS["ICD10"]
+# One code system, several names: the HL7 canonical URI and the HL7 v3 OID (with or without `urn:oid:`,
+# as CDA-derived and older FHIR interfaces send it). Every coding is looked up under the canonical URI.
+# WHO ICD-10 shares its codes with ICD-10-CM (the clinical modification extends it), so a WHO code is
+# looked up as the ICD-10-CM code it is; codes only ICD-10-CM defines are never matched from WHO data.
+SYSTEM_ALIASES = {
+    "2.16.840.1.113883.6.88": SYSTEMS["RXNORM"],
+    "2.16.840.1.113883.6.1": SYSTEMS["LOINC"],
+    "2.16.840.1.113883.6.96": SYSTEMS["SNOMED"],
+    "2.16.840.1.113883.6.90": _ICD,
+    "2.16.840.1.113883.6.3": _ICD,
+    "http://hl7.org/fhir/sid/icd-10": _ICD,
+    "2.16.840.1.113883.6.69": "http://hl7.org/fhir/sid/ndc",
+    "2.16.840.1.113883.6.8": "http://unitsofmeasure.org",
+    "2.16.840.1.113883.5.112": SYSTEMS["ROUTE"],
+    "2.16.840.1.113883.5.83": SYSTEMS["OBSINT"],
+}
+
+
+def canonical_system(system: str) -> str:
+    """The canonical URI of a code system written as URI, `urn:oid:` OID or bare OID (trailing `/` ignored)."""
+    key = system.strip()
+    if key.startswith("urn:oid:"):
+        key = key[8:]
+    return SYSTEM_ALIASES.get(key) or SYSTEM_ALIASES.get(key.rstrip("/")) or (
+        key.rstrip("/") if key.endswith("/") and "://" in key else system)
 _CODE_RE = re.compile(r"^\s*([A-Za-z0-9]+|[a-z]+:[^#\s]+)#(\S+)(?:\s+(.*))?$")
 
 
@@ -91,6 +116,7 @@ class ValueSetIndex:
     def members_of_code(self, system: str | None, code: str | None) -> set[str]:
         if not system or not code:
             return set()
+        system = canonical_system(system)
         norm = normalise_code(system, code)
         found = self._lookup(self._exact, self._prefix, system, norm)
         if found:

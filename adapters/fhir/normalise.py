@@ -22,6 +22,9 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
+from protocol_engine.valuesets import canonical_system
+
+from .dates import bounds
 from .records import (
     AdministrationRecord,
     AllergyRecord,
@@ -152,11 +155,17 @@ def _number(value: Any) -> float | None:
 def quantity(q: Any) -> Quantity | None:
     if q is None:
         return None
-    unit = q.code if (q.system == UCUM and q.code) else (q.unit or q.code)
+    ucum = q.system is not None and canonical_system(q.system) == UCUM
+    unit = q.code if (ucum and q.code) else (q.unit or q.code)
     return Quantity(_number(q.value), unit)
 
 
 def _value(holder: Any) -> Quantity:
+    absent = getattr(holder, "dataAbsentReason", None)
+    if absent is not None and getattr(holder, "valueQuantity", None) is None:
+        reason = concept(absent)
+        return Quantity(None, None, absent=(reason.codings[0][1] if reason.codings and reason.codings[0][1]
+                                            else reason.text) or "no reason given")
     if getattr(holder, "valueQuantity", None) is not None:
         return quantity(holder.valueQuantity) or Quantity(None, None)
     if getattr(holder, "valueCodeableConcept", None) is not None:
@@ -173,10 +182,10 @@ def _value(holder: Any) -> Quantity:
 
 def observation(model: Any, ref: str) -> ObservationRecord:
     # G1: effectiveDateTime, else effectivePeriod.end, else effectiveInstant, else issued.
-    time = _aware(model.effectiveDateTime)
-    if time is None and model.effectivePeriod is not None:
-        time = _aware(model.effectivePeriod.end)
-    time = time or _aware(model.effectiveInstant) or _aware(model.issued)
+    when = bounds(model.effectiveDateTime)
+    if when is None and model.effectivePeriod is not None:
+        when = bounds(model.effectivePeriod.end)
+    when = when or bounds(model.effectiveInstant) or bounds(model.issued)
     high = None
     for rr in model.referenceRange or ():
         if rr.high is not None:
@@ -184,7 +193,8 @@ def observation(model: Any, ref: str) -> ObservationRecord:
             break
     interp = concept(model.interpretation[0]) if model.interpretation else None
     components = tuple((concept(c.code), _value(c)) for c in (model.component or ()))
-    return ObservationRecord(ref, concept(model.code), model.status, time, _value(model), components, interp, high)
+    return ObservationRecord(ref, concept(model.code), model.status, when[0] if when else None, _value(model),
+                             components, interp, high, when[1] if when else None)
 
 
 def condition(model: Any, ref: str) -> ConditionRecord:
@@ -192,11 +202,12 @@ def condition(model: Any, ref: str) -> ConditionRecord:
         codes = [c.code for c in (cc.coding or ())] if cc else []
         return codes[0] if codes else None
 
-    onset = _aware(model.onsetDateTime)
+    onset = bounds(model.onsetDateTime)
     if onset is None and model.onsetPeriod is not None:
-        onset = _aware(model.onsetPeriod.start)
+        onset = bounds(model.onsetPeriod.start)
     return ConditionRecord(ref, concept(model.code), status(model.clinicalStatus),
-                           status(model.verificationStatus), onset)
+                           status(model.verificationStatus), onset[0] if onset else None,
+                           onset[1] if onset else None)
 
 
 def _medication_concept(model: Any, raw: dict[str, Any]) -> Concept:
@@ -256,8 +267,11 @@ def allergy(model: Any, ref: str) -> AllergyRecord:
 
 
 def patient(model: Any, ref: str) -> PatientRecord:
-    birth = model.birthDate if isinstance(model.birthDate, dt.date) else None
-    return PatientRecord(ref, birth, model.gender)
+    birth = bounds(model.birthDate)
+    if birth is None:
+        return PatientRecord(ref, None, model.gender)
+    text = model.birthDate.isoformat() if isinstance(model.birthDate, dt.date) else str(model.birthDate)
+    return PatientRecord(ref, birth[0].date(), model.gender, birth[1].date(), text)
 
 
 def encounter(model: Any, ref: str) -> EncounterRecord:
@@ -284,13 +298,13 @@ def appointments(bundle: Any, issues: list[DataIssue]) -> list[AppointmentRecord
     return out
 
 
-def _raw_time(raw: dict[str, Any]) -> dt.datetime | None:
+def _raw_time(raw: dict[str, Any]) -> tuple[dt.datetime, dt.datetime] | None:
     """G1 time precedence on the raw JSON (validation comes later, when the reading is used)."""
     period = raw.get("effectivePeriod")
     for value in (raw.get("effectiveDateTime"), period.get("end") if isinstance(period, dict) else None,
                   raw.get("effectiveInstant"), raw.get("issued")):
         if isinstance(value, str):
-            return _aware(value)
+            return bounds(value)
     return None
 
 
@@ -312,7 +326,9 @@ def lazy_observation(raw: dict[str, Any]) -> LazyObservation:
         return issues[0] if model is None else observation(model, ref)
 
     status = raw.get("status") if isinstance(raw.get("status"), str) else None
-    return LazyObservation(ref, status, _raw_time(raw), _raw_codes(raw), load)
+    when = _raw_time(raw)
+    return LazyObservation(ref, status, when[0] if when else None, _raw_codes(raw), load,
+                           when[1] if when else None)
 
 
 Relevance = Callable[[list[tuple[str | None, str | None]], list[str | None]], bool]

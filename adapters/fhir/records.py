@@ -37,6 +37,7 @@ class Quantity:
     unit: str | None  # the UCUM code when the system is UCUM, else the human unit string
     text: str | None = None  # a non-numeric value (valueString / valueCodeableConcept)
     coded: Concept | None = None
+    absent: str | None = None  # dataAbsentReason (code or text) when the value is absent
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ObservationRecord:
     components: tuple[tuple[Concept, Quantity], ...] = ()
     interpretation: Concept | None = None
     reference_high: Quantity | None = None
+    time_latest: dt.datetime | None = None  # reduced-precision effective time: `time` is the earliest instant
 
 
 class LazyObservation:
@@ -58,12 +60,15 @@ class LazyObservation:
     fhir.resources would cost more than everything else in the request.
     """
 
-    __slots__ = ("ref", "status", "time", "codes", "_load", "_value")
+    __slots__ = ("ref", "status", "time", "codes", "_load", "_value", "time_latest")
 
     def __init__(self, ref: str, status: str | None, time: dt.datetime | None,
                  codes: tuple[tuple[str | None, str | None], ...],
-                 load: Callable[[], ObservationRecord | DataIssue]) -> None:
+                 load: Callable[[], ObservationRecord | DataIssue],
+                 time_latest: dt.datetime | None = None) -> None:
         self.ref, self.status, self.time, self.codes = ref, status, time, codes
+        # Reduced precision (`2026-11-29`): `time` is the earliest instant it covers, this the latest.
+        self.time_latest = time_latest if time_latest is not None else time
         self._load = load
         self._value: ObservationRecord | DataIssue | None = None
 
@@ -79,7 +84,8 @@ class ConditionRecord:
     code: Concept
     clinical_status: str | None
     verification_status: str | None
-    onset: dt.datetime | None
+    onset: dt.datetime | None  # earliest instant of a reduced-precision onset (`2026-08`)
+    onset_latest: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -117,8 +123,10 @@ class AllergyRecord:
 @dataclass(frozen=True)
 class PatientRecord:
     ref: str
-    birth_date: dt.date | None
+    birth_date: dt.date | None  # earliest day of a reduced-precision birthDate (`2009`, `2009-05`)
     gender: str | None
+    birth_latest: dt.date | None = None
+    birth_text: str | None = None  # as written, for the card
 
 
 @dataclass(frozen=True)
