@@ -36,6 +36,8 @@ def _context(finding: Finding, patient_id: str | None) -> dict[str, Any]:
     ctx["evidence"] = finding.evidence
     ctx["patient_id"] = patient_id or ""
     ctx["settings"] = finding.rule.settings
+    ctx["indicator"] = finding.indicator
+    ctx["variant"] = finding.variant is not None  # e.g. G8: every matched medicine is on hold
     ctx.update(finding.rule.settings)
     return ctx
 
@@ -101,9 +103,10 @@ def render(finding: Finding, ruleset: str, patient_id: str | None) -> dict[str, 
                                         "display": rule.category.replace("-", " ")}}
     if rule.citation.url:
         source["url"] = rule.citation.url
+    indicator = finding.indicator
     card: dict[str, Any] = {"uuid": str(uuid.uuid4()), "summary": summary, "detail": detail,
-                            "indicator": tpl.indicator, "source": source}
-    if tpl.indicator in ("warning", "critical") and tpl.override_reasons:
+                            "indicator": indicator, "source": source}
+    if indicator in ("warning", "critical") and tpl.override_reasons:
         card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
                                    for code, display in tpl.override_reasons]
     suggestions = []
@@ -135,5 +138,5 @@ def render(finding: Finding, ruleset: str, patient_id: str | None) -> dict[str, 
 def render_all(findings: list[Finding], ruleset: str, patient_id: str | None) -> list[dict[str, Any]]:
     """Cards for active rules, critical first; draft rules run in shadow and give no card."""
     live = [f for f in settle(findings) if f.rule.status == "active"]
-    live.sort(key=lambda f: (RANK[f.rule.card.indicator], f.rule.id))
+    live.sort(key=lambda f: (RANK[f.indicator], f.rule.id))
     return [render(f, ruleset, patient_id) for f in live]

@@ -364,16 +364,21 @@ class Deriver:
                 yield fact
 
     def _medications(self, chart: Chart) -> Iterable[Fact]:
+        """G8 medicines: active, on hold (rules give the info-level variant), and at order hooks the other
+        unsigned draft orders of the order session (`draft`): signed with the protocol order, they become
+        active at the same moment, so they are interaction context (see README, order-select)."""
+        meds: list[tuple[MedicationRecord, str]] = []
         for med in chart.medications:
             if med.status in self.med_active.get(med.kind, set()):
-                status = "active"
+                meds.append((med, "active"))
             elif med.kind == "request" and med.status in self.med_on_hold:
-                status = "on-hold"
-            else:
-                continue
+                meds.append((med, "on-hold"))
+        meds += [(order, "draft") for order, _ in chart.draft_orders if self.drug_of(order.medication) is None]
+        for med, status in meds:
+            label = "draft, unsigned" if status == "draft" else status
             for vs in sorted(self.index.members(med.medication.pairs(), med.medication.texts())):
                 yield {"t": "medication", "valueset": vs, "status": status, "refs": [med.ref],
-                       "describe": f"{med.medication.label()} ({status}), {med.ref}"}
+                       "describe": f"{med.medication.label()} ({label}), {med.ref}"}
 
     def _allergies(self, chart: Chart) -> Iterable[Fact]:
         for a in chart.allergies:

@@ -10,7 +10,7 @@ from . import yamlsource
 
 ORDER = ("rule", "version", "status", "effective", "category", "title", "hooks", "drugs", "plain", "settings",
          "suppressed_by", "when", "card", "citation", "notes")
-CARD_ORDER = ("indicator", "summary", "detail", "override_reasons", "suggestions", "selection_behavior")
+CARD_ORDER = ("indicator", "variants", "summary", "detail", "override_reasons", "suggestions", "selection_behavior")
 SETTING_ORDER = ("value", "unit", "default", "min", "max", "choices", "source")  # settingspec.SETTING_KEYS
 
 

@@ -31,6 +31,7 @@ from .model import (
     Rule,
     Setting,
     Suggestion,
+    Variant,
 )
 from .protocol import Protocol
 from .templates import TEMPLATE_GLOBALS, environment
@@ -388,10 +389,45 @@ class RuleParser:
         if behavior not in ("at-most-one", "any"):
             self.error(yamlsource.value_pos(node, "selection_behavior"), "schema",
                        "selection_behavior is at-most-one or any")
+        variants = self._variants(node, conjuncts)
         if not isinstance(indicator, str) or self.diags:
             return None
         return CardTemplate(indicator, str(node["summary"]).strip(), str(node["detail"]).strip(),
-                            tuple(reasons), tuple(suggestions), str(behavior))
+                            tuple(reasons), tuple(suggestions), str(behavior), variants)
+
+    def _variants(self, node: Any, conjuncts: list[Conjunct]) -> tuple[Variant, ...]:
+        """`variants: [{when: {BINDING: {FIELD: VALUE}}, indicator: info}]`, checked against the bindings."""
+        items = node.get("variants") or []
+        if not isinstance(items, list):
+            self.error(yamlsource.value_pos(node, "variants"), "schema", "variants must be a list")
+            return ()
+        bound = {p.bind: p.fact for conj in conjuncts for p in conj.positives if p.bind}
+        everywhere = {name for name in bound if all(any(p.bind == name for p in c.positives) for c in conjuncts)}
+        out = []
+        for i, item in enumerate(items):
+            pos = yamlsource.value_pos(items, i)
+            if not isinstance(item, dict) or set(item) != {"when", "indicator"} or not isinstance(item["when"], dict) \
+                    or len(item["when"]) != 1:
+                self.error(pos, "schema", "a variant is {when: {BINDING: {FIELD: VALUE}}, indicator: LEVEL}")
+                continue
+            if item["indicator"] not in INDICATORS:
+                self.error(yamlsource.value_pos(item, "indicator"), "unknown-indicator",
+                           f"indicator '{item['indicator']}' is not one of {', '.join(INDICATORS)}",
+                           did_you_mean(str(item["indicator"]), list(INDICATORS)))
+                continue
+            (name, values), = item["when"].items()
+            if name not in everywhere:
+                self.error(yamlsource.key_pos(item["when"], name), "unknown-binding",
+                           f"variant names '{name}', which is not bound (as:) in every alternative of 'when'",
+                           did_you_mean(str(name), sorted(everywhere)))
+                continue
+            fields = FACTS[bound[name]]
+            if not isinstance(values, dict) or not values or any(f not in fields for f in values):
+                self.error(yamlsource.value_pos(item["when"], name), "unknown-field",
+                           f"variant tests fields of the '{bound[name]}' fact ({', '.join(sorted(fields))})")
+                continue
+            out.append(Variant(str(name), tuple((str(f), v) for f, v in values.items()), str(item["indicator"])))
+        return tuple(out)
 
     def _check_template(self, node: Any, key: str, names: set[str]) -> None:
         pos = yamlsource.value_pos(node, key)

@@ -74,6 +74,15 @@ class Suggestion:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Another indicator for the card when, in every way the rule held, fact `bind` has these field values."""
+
+    bind: str
+    values: tuple[tuple[str, Any], ...]
+    indicator: str
+
+
+@dataclass(frozen=True)
 class CardTemplate:
     indicator: str
     summary: str
@@ -81,6 +90,7 @@ class CardTemplate:
     override_reasons: tuple[tuple[str, str], ...]
     suggestions: tuple[Suggestion, ...]
     selection_behavior: str = "at-most-one"
+    variants: tuple[Variant, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,20 @@ class Finding:
 
     rule: Rule
     matches: tuple[dict[str, Fact], ...]
+
+    @property
+    def variant(self) -> Variant | None:
+        """The first card variant that holds in every way the rule held."""
+        for variant in self.rule.card.variants:
+            if self.matches and all(variant.bind in m and all(m[variant.bind].get(f) == v for f, v in variant.values)
+                                    for m in self.matches):
+                return variant
+        return None
+
+    @property
+    def indicator(self) -> str:
+        variant = self.variant
+        return variant.indicator if variant is not None else self.rule.card.indicator
 
     @property
     def evidence(self) -> list[str]:

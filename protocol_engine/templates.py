@@ -9,7 +9,7 @@ from typing import Any
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-TEMPLATE_GLOBALS = ("matches", "evidence", "patient_id", "settings")
+TEMPLATE_GLOBALS = ("matches", "evidence", "patient_id", "settings", "indicator", "variant")
 
 
 class Span(float):
