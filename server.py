@@ -25,7 +25,7 @@ from protocol_engine.logs import configure_logging
 from protocol_engine.openapi import openapi_document
 from protocol_engine.outcome import operation_outcome
 from protocol_engine.pipeline import discovery, run
-from protocol_engine.registry import Registry
+from protocol_engine.registry import Loaded, Registry
 from protocol_engine.security import AuthError, Verifier, load_clients
 from protocol_engine.store import Store
 
@@ -66,7 +66,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
 
-    registry = Registry(settings.rules)
+    registry = Registry(settings.rules, settings.site, settings.clients)
     reload_interval = float(settings.extra.get("reload_interval", 2.0))
     if reload_interval > 0:
         registry.watch(reload_interval)
@@ -97,6 +97,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                 loaded.revision, len(loaded.all_rules()), ", ".join(sorted(loaded.services)),
                 store.engine.url.render_as_string(hide_password=True))
 
+    def _current() -> Loaded:
+        """The rule set for this caller: its tenant's site settings when the clients file gives it some."""
+        return registry.current.for_tenant((g.get("claims") or {}).get("tenant"))
+
     @app.before_request
     def authenticate() -> Response | None:
         g.started = time.perf_counter()
@@ -125,11 +129,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/cds-services")
     def discover() -> Response:
-        return jsonify(discovery(registry.current.runtimes))
+        return jsonify(discovery(_current().runtimes))
 
     @app.post("/cds-services/<service_id>")
     def invoke(service_id: str) -> Response:
-        current = registry.current
+        current = _current()
         if service_id not in current.runtimes:
             return _outcome(404, "not-found", f"no CDS service with id '{service_id[:64]}'")
         try:
@@ -217,7 +221,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def rules_catalogue() -> Response:
         from protocol_engine.catalogue import catalogue
 
-        return jsonify(catalogue(registry.current.ruleset))
+        return jsonify(catalogue(_current().ruleset))
 
     @app.get("/")
     def index() -> Response:

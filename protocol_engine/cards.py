@@ -6,13 +6,16 @@ import html
 import logging
 import uuid
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import Template
 from jinja2.exceptions import TemplateError
 
 from .model import Finding, Rule
 from .templates import environment
+
+if TYPE_CHECKING:
+    from .site import Site
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,8 @@ def evidence_lines(finding: Finding) -> list[str]:
     return lines
 
 
-def render(finding: Finding, ruleset: str, patient_id: str | None) -> dict[str, Any]:
+def render(finding: Finding, ruleset: str, patient_id: str | None, site: Site | None = None,
+           pack: str = "") -> dict[str, Any]:
     rule: Rule = finding.rule
     tpl = rule.card
     ctx = _context(finding, patient_id)
@@ -132,11 +136,14 @@ def render(finding: Finding, ruleset: str, patient_id: str | None) -> dict[str, 
     card["extension"] = {"protocol-engine": {"rule": rule.id, "ruleVersion": rule.version,
                                              "category": rule.category, "evidence": finding.evidence,
                                              "ruleset": ruleset}}
+    if site is not None:  # which site settings were in force, and those that bear on this rule
+        card["extension"]["protocol-engine"]["site"] = site.for_rule(rule.id, pack)
     return card
 
 
-def render_all(findings: list[Finding], ruleset: str, patient_id: str | None) -> list[dict[str, Any]]:
+def render_all(findings: list[Finding], ruleset: str, patient_id: str | None, site: Site | None = None,
+               pack: str = "") -> list[dict[str, Any]]:
     """Cards for active rules, critical first; draft rules run in shadow and give no card."""
     live = [f for f in settle(findings) if f.rule.status == "active"]
     live.sort(key=lambda f: (RANK[f.indicator], f.rule.id))
-    return [render(f, ruleset, patient_id) for f in live]
+    return [render(f, ruleset, patient_id, site, pack) for f in live]

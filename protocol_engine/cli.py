@@ -45,11 +45,19 @@ def serve(bind: str, workers: int, demo: bool) -> None:
 @click.argument("paths", nargs=-1)
 @click.option("--no-git", is_flag=True, help="Skip the version-bump check against git.")
 @click.option("--base", default="HEAD", show_default=True, help="Git revision the version check compares with.")
-def validate(paths: tuple[str, ...], no_git: bool, base: str) -> None:
-    """Check rule files and value sets; print every problem, compiler style."""
+@click.option("--site", "site_file", default=None, type=click.Path(dir_okay=False),
+              help="Also check a site settings file (default: PROTOCOL_ENGINE_SITE, if set).")
+def validate(paths: tuple[str, ...], no_git: bool, base: str, site_file: str | None) -> None:
+    """Check rule files and value sets (and a site settings file); print every problem, compiler style."""
+    from .site import load_site
     from .validate import validate_paths
 
     ruleset, diags = validate_paths(_paths(paths), None if no_git else base)
+    site_file = site_file or os.environ.get("PROTOCOL_ENGINE_SITE")
+    site = None
+    if site_file and ruleset is not None:
+        site, site_diags = load_site(Path(site_file), ruleset)
+        diags += site_diags
     for d in diags:
         click.echo(d.render(), err=False)
     errors = [d for d in diags if d.severity == "error"]
@@ -59,6 +67,10 @@ def validate(paths: tuple[str, ...], no_git: bool, base: str) -> None:
     assert ruleset is not None
     click.echo(f"ok: {len(ruleset.all_rules())} rules, {sum(len(p.index.valuesets) for p in ruleset.packs)} value "
                f"sets, revision {ruleset.revision}")
+    if site is not None:
+        click.echo(f"ok: site settings '{site.name}': {len(site.overrides)} change(s), revision {site.revision}")
+        for o in site.overrides:
+            click.echo(f"  {o.owner} {o.setting}: {o.shipped} -> {o.value}{' ' + o.unit if o.unit else ''}")
 
 
 @main.command(name="test")

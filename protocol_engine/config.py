@@ -17,6 +17,7 @@ class Settings:
     database_url: str = "sqlite:///var/protocol-engine.db"
     auth: str = "required"  # required | disabled
     clients: Path | None = None
+    site: Path | None = None  # site settings overlay (PROTOCOL_ENGINE_SITE)
     cors_origins: tuple[str, ...] = ()
     max_body: int = 5 * 1024 * 1024
     fhir_timeout: float = 2.0
@@ -33,6 +34,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         "database_url": env.get("PROTOCOL_ENGINE_DATABASE_URL", "sqlite:///var/protocol-engine.db"),
         "auth": env.get("PROTOCOL_ENGINE_AUTH", "required"),
         "clients": Path(env["PROTOCOL_ENGINE_CLIENTS"]) if env.get("PROTOCOL_ENGINE_CLIENTS") else None,
+        "site": Path(env["PROTOCOL_ENGINE_SITE"]) if env.get("PROTOCOL_ENGINE_SITE") else None,
         "cors_origins": tuple(o.strip() for o in env.get("PROTOCOL_ENGINE_CORS_ORIGINS", "").split(",") if o.strip()),
         "max_body": int(env.get("PROTOCOL_ENGINE_MAX_BODY", 5 * 1024 * 1024)),
         "fhir_timeout": float(env.get("PROTOCOL_ENGINE_FHIR_TIMEOUT", 2.0)),
@@ -42,7 +44,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     for key, value in (overrides or {}).items():
         name = key.lower().removeprefix("protocol_engine_")
         if name in values or name in ("jwt_leeway",):
-            if name == "rules" or (name == "clients" and value is not None):
+            if name == "rules" or (name in ("clients", "site") and value is not None):
                 value = Path(value)
             if name == "cors_origins" and isinstance(value, str):
                 value = tuple(o.strip() for o in value.split(",") if o.strip())

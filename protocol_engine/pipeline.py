@@ -19,6 +19,7 @@ from .facts import SOURCES
 from .model import Finding, Rule
 from .protocol import Service
 from .ruleset import Pack, RuleSet
+from .site import Site
 from .valuesets import SYSTEMS
 
 ORDER_HOOKS = ("order-select", "order-sign")
@@ -31,6 +32,7 @@ class ServiceRuntime:
     rules: list[Rule]
     compiled: engine.CompiledRules
     templates: dict[str, str]
+    site: Site | None = None  # the site settings overlay the rules were loaded with
 
 
 @dataclass
@@ -72,7 +74,8 @@ def build_runtime(ruleset: RuleSet) -> dict[str, ServiceRuntime]:
 
                 raise RuleSetError([Diagnostic(pack.protocol.path, 1, 1, "bad-prefetch-template",
                                                f"{service_id} prefetch '{key}': {'; '.join(problems)}")])
-        runtimes[service_id] = ServiceRuntime(service, pack, rules, engine.compile_service(rules), templates)
+        runtimes[service_id] = ServiceRuntime(service, pack, rules, engine.compile_service(rules), templates,
+                                              ruleset.site)
     return runtimes
 
 
@@ -85,7 +88,7 @@ def discovery(runtimes: dict[str, ServiceRuntime]) -> dict[str, Any]:
             "description": rt.service.description,
             "prefetch": rt.templates,
             "usageRequirements": f"Evaluates rules {ids} of the {rt.pack.protocol.title} protocol "
-                                 f"v{rt.pack.protocol.version}.",
+                                 f"v{rt.pack.protocol.version}." + (f" {rt.site.summary()}" if rt.site else ""),
         })
     return {"services": services}
 
@@ -102,6 +105,8 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     trace: dict[str, Any] = {"service": service_id, "hook": rt.service.hook, "hookInstance": request.hook_instance,
                              "ruleset": revision, "now": now.isoformat(), "sources": {}, "timings": timings,
                              "rules": [r.id for r in rt.rules], "fired": [], "cards": [], "shadow": []}
+    if rt.site is not None:
+        trace["site"] = rt.site.describe()
     pack = rt.pack
     service = rt.service
     draft = request.context.get("draftOrders")
@@ -155,7 +160,8 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
             anchor_findings = [f for f in anchor_findings if f.rule.category == "data-quality"]
         timings["evaluate_ms"] += _ms(t)
         t = time.perf_counter()
-        anchor_cards = card_renderer.render_all(anchor_findings, revision, request.patient_id)
+        anchor_cards = card_renderer.render_all(anchor_findings, revision, request.patient_id, rt.site,
+                                                 pack.protocol.name)
         if anchor.kind == "appointment":
             anchor_cards = [anchors.name_session(card, anchor) for card in anchor_cards]
         cards = anchors.merge(cards, anchor_cards)

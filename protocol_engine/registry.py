@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import metrics
 from .errors import Diagnostic, RuleSetError
 from .pipeline import ServiceRuntime, build_runtime
 from .ruleset import RuleSet, load_ruleset
+from .site import Site, load_site, tenant_sites
 
 log = logging.getLogger("protocol_engine.rules")
 
@@ -19,12 +20,17 @@ log = logging.getLogger("protocol_engine.rules")
 class Loaded:
     ruleset: RuleSet
     runtimes: dict[str, ServiceRuntime]
+    tenants: dict[str, Loaded] = field(default_factory=dict)  # tenants with their own site settings
+
+    def for_tenant(self, tenant: object) -> Loaded:
+        """The rule set a call with this `tenant` claim gets (the deployment's when it has no file of its own)."""
+        return self.tenants.get(tenant, self) if isinstance(tenant, str) else self
 
 
-def fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
-    """Cheap change detector: name, size and mtime of every YAML file under the rules root."""
+def fingerprint(root: Path, *extra: Path | None) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detector: name, size and mtime of every YAML file under the rules root (and the site files)."""
     out = []
-    for path in sorted(root.rglob("*.yaml")):
+    for path in [*sorted(root.rglob("*.yaml")), *(p for p in extra if p is not None)]:
         try:
             st = path.stat()
         except OSError:
@@ -33,26 +39,50 @@ def fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
-def load(root: Path) -> Loaded:
-    ruleset, diags = load_ruleset(root)
+def _with(root: Path, base: RuleSet, site: Site | None) -> Loaded:
+    if site is None:
+        return Loaded(base, build_runtime(base))
+    ruleset, diags = load_ruleset(root, site)
     if ruleset is None:
         raise RuleSetError(diags)
     return Loaded(ruleset, build_runtime(ruleset))
 
 
+def load(root: Path, site: Path | None = None, tenants: dict[str, Path] | None = None) -> Loaded:
+    """Load the rules; with site settings, check each file against the pack's declarations, then apply it."""
+    base, diags = load_ruleset(root)
+    if base is None:
+        raise RuleSetError(diags)
+    deployment: Site | None = None
+    if site is not None:
+        deployment, diags = load_site(site, base)
+        if deployment is None:
+            raise RuleSetError(diags)
+    loaded = _with(root, base, deployment)
+    own: dict[str, Loaded] = {}
+    for tenant, path in sorted((tenants or {}).items()):
+        layered, diags = load_site(path, base, deployment, tenant)
+        if layered is None:
+            raise RuleSetError(diags)
+        own[tenant] = _with(root, base, layered)
+    return Loaded(loaded.ruleset, loaded.runtimes, own)
+
+
 class Registry:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, site: Path | None = None, clients: Path | None = None) -> None:
         self.root = root
-        self._print = fingerprint(root)
-        self.current = load(root)
+        self.site = site
+        self.clients = clients
+        self._print = self._fingerprint()
+        self.current = load(root, site, tenant_sites(clients))
         self.last_errors: list[Diagnostic] = []
         self._stop = threading.Event()
 
     def reload(self) -> bool:
         """Validate the files and swap in the new rule set; on any error keep serving the old one."""
-        self._print = fingerprint(self.root)
+        self._print = self._fingerprint()
         try:
-            loaded = load(self.root)
+            loaded = load(self.root, self.site, tenant_sites(self.clients))
         except RuleSetError as exc:
             self.last_errors = exc.diagnostics
             metrics.RELOADS.labels("rejected").inc()
@@ -71,8 +101,11 @@ class Registry:
         log.warning("rules reloaded: revision %s -> %s", old, loaded.ruleset.revision)
         return True
 
+    def _fingerprint(self) -> tuple[tuple[str, int, int], ...]:
+        return fingerprint(self.root, self.site, self.clients, *tenant_sites(self.clients).values())
+
     def changed(self) -> bool:
-        return fingerprint(self.root) != self._print
+        return self._fingerprint() != self._print
 
     def watch(self, interval_s: float) -> None:
         """Poll the rule files from a daemon thread; every worker converges within one interval."""
