@@ -20,6 +20,7 @@ from adapters.fhir.records import (
     LazyObservation,
     MedicationRecord,
     ObservationRecord,
+    OrderIssue,
     Quantity,
 )
 
@@ -317,6 +318,9 @@ class Deriver:
         facts.append(self._course_fact(course, anchor, readings))
         facts.extend(self._orders(chart, hook, governing, course, now))
         facts.extend(self._scores(readings, course))
+        for foreign in chart.foreign:
+            facts.append({"t": "foreign-record", "refs": [foreign.ref], "problem": foreign.problem,
+                          "describe": f"{foreign.ref}: {foreign.problem}"})
         for issue in issues:  # last: readings validated on demand above may have added some
             facts.append({"t": "data-issue", "refs": [issue.ref], "problem": issue.problem,
                           "describe": f"{issue.ref}: {issue.problem}"})
@@ -327,7 +331,10 @@ class Deriver:
     def _patient(self, chart: Chart, now: dt.datetime) -> Fact | None:
         p = chart.patient
         if p is None:
-            return None
+            # No Patient (prefetch `patient: null`, or not this patient's): the age rules cannot run, and DQ-03
+            # says so rather than leaving them silently out.
+            return {"t": "patient", "refs": [], "birthdate_known": False, "sex": "unknown",
+                    "describe": "No Patient record for the patient in context was supplied"}
         fact: Fact = {"t": "patient", "refs": [p.ref], "birthdate_known": p.birth_date is not None,
                       "sex": p.gender or "unknown"}
         if p.birth_date is not None:
@@ -395,11 +402,31 @@ class Deriver:
                        "describe": f"Allergy/intolerance to {label}, {a.ref}"}
 
     def drug_of(self, concept: Concept) -> str | None:
-        members = self.index.members(concept.pairs(), concept.texts())
-        for drug, vs in self.p.drugs.items():
-            if vs in members:
-                return drug
+        """The protocol drug of a medication: by product code, else by ingredient code, else by text."""
+        for codes, texts in concept.tiers():
+            members = self.index.members(codes, texts)
+            for drug, vs in self.p.drugs.items():
+                if vs in members:
+                    return drug
         return None
+
+    def order_in_scope(self, chart: Chart) -> bool:
+        """Whether a draft order in scope is (or may be) a protocol drug; False only when provably none is."""
+        if chart.foreign:
+            return True  # another patient's draft order: reported (DQ-04), never silently dropped
+        if any(selected and self.drug_of(o.medication) for o, selected in chart.draft_orders):
+            return True
+        return any(self._issue_drug(i) != "" for i in chart.order_issues)
+
+    def _issue_drug(self, issue: OrderIssue) -> str | None:
+        """The protocol drug of a draft order that could not be fully read; "" when it is provably none,
+        None when it could not be identified at all."""
+        if issue.medication is None:
+            return None
+        drug = self.drug_of(issue.medication)
+        if drug is not None:
+            return drug
+        return "" if issue.identified else None
 
     def route_of(self, concept: Concept | None) -> str:
         if concept is None:
@@ -481,7 +508,7 @@ class Deriver:
             route = self.route_of(order.route)
             if not draft and route == "unspecified" and course.has_prior and course.drug == drug:
                 route = course.latest_route()
-            fact: Fact = {"t": "order", "drug": drug, "route": route, "draft": draft,
+            fact: Fact = {"t": "order", "drug": drug, "route": route, "draft": draft, "readable": True,
                           "refs": [order.ref], "new_course": course.new_course,
                           "weight_known": weight_kg is not None}
             dose_text = ""
@@ -509,6 +536,13 @@ class Deriver:
             fact["describe"] = (f"{'Draft order' if draft else 'Active order'}: {order.medication.label()}"
                                 f"{dose_text} {fact['route']}, {order.ref}")
             facts.append(fact)
+            if draft:
+                unread = [] if "dose" in fact or "dose_per_kg" in fact else ["dose"]
+                if fact["route"] in ("unspecified", "other"):
+                    unread.append("route")
+                if unread:
+                    facts.append(self._order_issue(order.ref, drug, order.medication,
+                                                   f"the {' and '.join(unread)} could not be read", unread))
         if not facts and hook not in ("order-select", "order-sign") and course.has_prior:
             # No active protocol order: the patient is on treatment through the course itself.
             route = course.latest_route()
@@ -520,7 +554,42 @@ class Deriver:
             if weight_kg:
                 fact["weight"] = weight_kg
             facts.append(fact)
+        if hook in ("order-select", "order-sign"):
+            facts.extend(self._unreadable_orders(chart, course, weight_kg))
         return facts
+
+    def _unreadable_orders(self, chart: Chart, course: Course, weight_kg: float | None) -> list[Fact]:
+        """Draft orders rejected whole (invalid, unresolvable drug). How far they are still evaluated:
+
+        - drug identified from the raw JSON as a protocol drug: an order fact with that drug and nothing
+          else (route "unspecified", no dose), so every check on the patient and the drug still runs
+          (contraindications, interactions, monitoring, timing); the dose and route checks cannot, and the
+          order-issue fact names them;
+        - drug provably not a protocol drug: out of scope, like any other order;
+        - drug not identifiable: no check can be tied to it; the order-issue fact says so.
+        """
+        facts: list[Fact] = []
+        for issue in chart.order_issues:
+            drug = self._issue_drug(issue)
+            if drug == "":
+                continue
+            label = issue.medication.label() if issue.medication is not None else "medication not readable"
+            # An unidentified drug is "unidentified": no drug-scoped rule matches it, the unscoped DQ rules do.
+            facts.append({"t": "order", "drug": drug or "unidentified", "route": "unspecified", "draft": True,
+                          "refs": [issue.ref], "new_course": course.new_course,
+                          "weight_known": weight_kg is not None, "readable": False,
+                          "describe": f"Draft order (not fully readable): {label}, {issue.ref}"})
+            facts.append(self._order_issue(issue.ref, drug, issue.medication, issue.problem,
+                                           ["dose", "route"] if drug else ["drug"]))
+        return facts
+
+    @staticmethod
+    def _order_issue(ref: str, drug: str | None, medication: Concept | None, problem: str,
+                     unread: list[str]) -> Fact:
+        label = medication.label() if medication is not None and medication != Concept() else None
+        what = f"{drug}, {label}" if drug else ("drug not identified" + (f": {label}" if label else ""))
+        return {"t": "order-issue", "refs": [ref], "drug": drug or "unidentified", "problem": problem,
+                "unread": unread, "checks": "", "describe": f"Draft order {ref} ({what}): {problem}"}
 
     def _scores(self, readings: dict[str, Readings], course: Course) -> list[Fact]:
         """Section 3.6: baseline before the first dose of the course, current after the last induction dose."""

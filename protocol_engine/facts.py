@@ -11,8 +11,12 @@ FACTS: dict[str, dict[str, str]] = {
     "order": {
         "drug": "text", "route": "text", "draft": "bool", "new_course": "bool", "dose": "number:mg",
         "dose_per_kg": "number:mg/kg", "weight": "number:kg", "weight_known": "bool",
-        "infusion_time": "duration",
+        "infusion_time": "duration", "readable": "bool",
     },
+    # A draft order in scope that could not be fully read (DQ-05); `checks` names the rules that could not run.
+    "order-issue": {"drug": "text", "problem": "text", "checks": "text"},
+    # A resource that is not the context patient's, set aside unused (DQ-04).
+    "foreign-record": {"problem": "text"},
     "measurement": {
         "measure": "text", "age": "duration", "value": "number:measure", "positive": "bool",
         "uln_ratio": "number", "unit": "text",
@@ -52,6 +56,8 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "future": ("Observation",),
     "data-issue": (),
     "imprecise": (),
+    "order-issue": ("MedicationRequest",),
+    "foreign-record": (),
     "condition": ("Condition",),
     "medication": ("MedicationRequest", "MedicationStatement"),
     "allergy": ("AllergyIntolerance",),

@@ -110,13 +110,15 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     pack = rt.pack
     service = rt.service
     draft = request.context.get("draftOrders")
+    selections = request.context.get("selections") if rt.service.hook == "order-select" else None
     orders = None
     if service.hook in ORDER_HOOKS:
-        orders = normalise.to_chart([], draft, request.context.get("selections")
-                                    if service.hook == "order-select" else None)
-        if not any(selected and pack.deriver.drug_of(o.medication) for o, selected in orders.draft_orders):
+        orders = normalise.to_chart([], draft, selections, patient_id=request.patient_id,
+                                    meds=normalise.medication_index([], draft, request.fhir_server))
+        # Answer [] early only when every draft order in scope was identified as not a protocol drug.
+        if not pack.deriver.order_in_scope(orders):
             timings["total_ms"] = _ms(t0)
-            trace["skipped"] = "no draft order of this protocol's drugs"
+            trace["skipped"] = "every draft order in scope identified; none is of this protocol's drugs"
             return Outcome([], trace)
     booking_issues: list[DataIssue] = []
     sessions: list[Anchor] = []
@@ -131,10 +133,20 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     trace["sources"] = resolved.sources
     timings["prefetch_ms"] = _ms(t)
     t = time.perf_counter()
-    chart = normalise.to_chart(resolved.payloads.values(), None, None, pack.index.has_any)
-    if orders is not None:  # the draft orders were parsed once already, for the quick drug check
-        chart.draft_orders = orders.draft_orders
-        chart.issues = orders.issues + chart.issues
+    payloads = list(resolved.payloads.values())
+    meds = normalise.medication_index(payloads, draft, request.fhir_server)
+    wanted = normalise.references_to_fetch(payloads, draft, meds)
+    if wanted:  # Medications no Bundle of the request holds: read from fhirServer, within the same deadline
+        fetched = prefetch.read_all(wanted, request, client, fhir_timeout, resolved.deadline)
+        meds.add_payloads(fetched)
+        trace["medications"] = {"wanted": len(wanted), "fetched": len(fetched)}
+        timings["medication_fetch_ms"] = _ms(t)
+    if orders is not None and not orders.order_issues and not wanted:
+        # The draft orders were read once already, for the quick drug check, and nothing changed since.
+        chart = normalise.to_chart(payloads, None, None, pack.index.has_any, request.patient_id, meds)
+        chart.draft_orders, chart.foreign = orders.draft_orders, orders.foreign + chart.foreign
+    else:
+        chart = normalise.to_chart(payloads, draft, selections, pack.index.has_any, request.patient_id, meds)
     chart.issues = booking_issues + chart.issues
     timings["parse_ms"] = _ms(t)
     if service.anchor == "appointment":
@@ -153,6 +165,7 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     for anchor, data_quality_only in evaluations:
         t = time.perf_counter()
         anchor_facts = pack.deriver.facts(chart, now, service.hook, request.patient_id, anchor)
+        _name_blocked_checks(anchor_facts, rt.rules)
         timings["derive_ms"] += _ms(t)
         t = time.perf_counter()
         anchor_findings = ranges.evaluate(rt.compiled, anchor_facts)
@@ -180,6 +193,24 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
                        "version": c["extension"]["protocol-engine"]["ruleVersion"],
                        "indicator": c["indicator"]} for c in cards]
     return Outcome(cards, trace, findings, facts)
+
+
+def _name_blocked_checks(facts: list[dict[str, Any]], rules: list[Rule]) -> None:
+    """Fill each order-issue fact with the checks that could not run on that order (never-silent contract)."""
+    for fact in facts:
+        if fact.get("t") != "order-issue":
+            continue
+        checks = [r for r in rules if r.status == "active" and r.drugs and r.category != "data-quality"]
+        if fact.get("drug") == "unidentified":
+            fact["checks"] = f"all {len(checks)} checks of this hook (the drug is not known)"
+            continue
+        unread = set(fact.get("unread") or ())
+        if "dose" in unread:
+            unread |= {"dose_per_kg", "infusion_time"}
+        blocked = [r.id for r in checks if fact.get("drug") in r.drugs and any(
+            p.fact == "order" and any(t.field in unread for t in p.tests)
+            for conj in r.conjuncts for p in (*conj.positives, *conj.negatives))]
+        fact["checks"] = ", ".join(blocked) if blocked else "none of this hook's checks read them"
 
 
 def _ms(start: float) -> float:

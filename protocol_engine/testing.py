@@ -20,7 +20,9 @@ from .valuesets import parse_code
 
 UCUM = "http://unitsofmeasure.org"
 CASE_KEYS = {"name", "given", "expect", "hook", "patient", "order", "todo", "now", "orders", "selections",
-             "appointments", "encounter"}
+             "appointments", "encounter", "draft_orders", "prefetch"}
+# Keys of a `given` entry that place a raw `resource` in its Bundle rather than describe it.
+ENTRY_KEYS = ("fullUrl", "mode", "key")
 
 
 @dataclass
@@ -263,7 +265,9 @@ def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) ->
     """A complete CDS Hooks request with every prefetch key of the service filled."""
     patient_id = "test-patient"
     hook = rt.service.hook
-    resources = [expand(item, now, patient_id, i) for i, item in enumerate(case.get("given") or [])]
+    given = list(case.get("given") or [])
+    resources = [expand(item, now, patient_id, i) for i, item in enumerate(given)]
+    placement = {id(r): item for r, item in zip(resources, given, strict=True)}
     patient_spec = case.get("patient", {})
     patient = None
     if patient_spec is not None:
@@ -276,6 +280,13 @@ def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) ->
     draft = [medication_request(o, f"draft-{i}", patient_id, now, "draft") for i, o in enumerate(orders)]
     context, active = hook_context(hook, patient_id, draft, case.get("selections"), "test", now,
                                    case.get("appointments"), case.get("encounter"))
+    if case.get("draft_orders") is not None and hook in ("order-select", "order-sign"):
+        # Raw FHIR: the draftOrders Bundle exactly as written (vendor shapes, urn:uuid fullUrls, Medications).
+        context["draftOrders"] = case["draft_orders"]
+        if hook == "order-select" and not case.get("selections"):
+            context["selections"] = [f"MedicationRequest/{e['resource']['id']}"
+                                     for e in case["draft_orders"].get("entry") or ()
+                                     if e.get("resource", {}).get("resourceType") == "MedicationRequest"][:1]
     resources += active
     prefetch: dict[str, Any] = {}
     from adapters.fhir.prefetch import TEMPLATES
@@ -289,8 +300,23 @@ def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) ->
         if rtype == "Encounter":  # a read, not a search: the resource itself
             prefetch[key] = next((r for r in resources if r["resourceType"] == "Encounter"), None)
             continue
-        prefetch[key] = {"resourceType": "Bundle", "type": "searchset",
-                         "entry": [{"resource": r} for r in resources if r["resourceType"] == rtype]}
+        entries = []
+        for r in resources:
+            item = placement.get(id(r), {})
+            target = item.get("key") or (TEMPLATES[r["resourceType"]][0] if r["resourceType"] in TEMPLATES else None)
+            if target is None:
+                raise ValueError(f"given {r['resourceType']} needs 'key:' (the prefetch key whose Bundle holds it)")
+            if target != key:
+                continue
+            entry: dict[str, Any] = {"resource": r}
+            if "fullUrl" in item:
+                entry["fullUrl"] = item["fullUrl"]
+            if "mode" in item:
+                entry["search"] = {"mode": item["mode"]}
+            entries.append(entry)
+        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    for key, value in (case.get("prefetch") or {}).items():
+        prefetch[key] = value  # raw FHIR (or null) for this key, exactly as written
     return {"hook": hook, "hookInstance": f"test-{hook}", "context": context, "prefetch": prefetch}
 
 

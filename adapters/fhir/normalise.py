@@ -24,7 +24,9 @@ from pydantic import ValidationError
 
 from protocol_engine.valuesets import canonical_system
 
+from . import identity
 from .dates import bounds
+from .medications import MedicationIndex, Resolution
 from .records import (
     AdministrationRecord,
     AllergyRecord,
@@ -37,6 +39,7 @@ from .records import (
     LazyObservation,
     MedicationRecord,
     ObservationRecord,
+    OrderIssue,
     PatientRecord,
     Quantity,
 )
@@ -210,23 +213,7 @@ def condition(model: Any, ref: str) -> ConditionRecord:
                            onset[1] if onset else None)
 
 
-def _medication_concept(model: Any, raw: dict[str, Any]) -> Concept:
-    if model.medicationCodeableConcept is not None:
-        return concept(model.medicationCodeableConcept)
-    reference = model.medicationReference
-    if reference is not None:
-        target = (reference.reference or "").lstrip("#")
-        for contained in raw.get("contained") or ():
-            if isinstance(contained, dict) and contained.get("id") == target and "code" in contained:
-                code = contained["code"]
-                codings = tuple((c.get("system"), c.get("code"), c.get("display"))
-                                for c in code.get("coding") or () if isinstance(c, dict))
-                return Concept(codings, code.get("text") or reference.display)
-        return Concept((), reference.display)
-    return Concept()
-
-
-def medication_request(model: Any, raw: dict[str, Any], ref: str) -> MedicationRecord:
+def medication_request(model: Any, medication: Concept, ref: str) -> MedicationRecord:
     route = dose = rate = None
     duration_h = None
     if model.dosageInstruction:
@@ -238,20 +225,20 @@ def medication_request(model: Any, raw: dict[str, Any], ref: str) -> MedicationR
         repeat = dosage.timing.repeat if dosage.timing else None
         if repeat is not None and repeat.duration is not None and repeat.durationUnit in _DURATION_H:
             duration_h = float(repeat.duration) * _DURATION_H[repeat.durationUnit]
-    return MedicationRecord(ref, "request", _medication_concept(model, raw), model.status, route, dose,
+    return MedicationRecord(ref, "request", medication, model.status, route, dose,
                             duration_h, rate, _aware(model.authoredOn))
 
 
-def medication_statement(model: Any, raw: dict[str, Any], ref: str) -> MedicationRecord:
-    return MedicationRecord(ref, "statement", _medication_concept(model, raw), model.status)
+def medication_statement(model: Any, medication: Concept, ref: str) -> MedicationRecord:
+    return MedicationRecord(ref, "statement", medication, model.status)
 
 
-def administration(model: Any, raw: dict[str, Any], ref: str) -> AdministrationRecord:
+def administration(model: Any, medication: Concept, ref: str) -> AdministrationRecord:
     start = _aware(model.effectiveDateTime)
     if start is None and model.effectivePeriod is not None:
         start = _aware(model.effectivePeriod.start)
     route = concept(model.dosage.route) if model.dosage is not None and model.dosage.route else None
-    return AdministrationRecord(ref, _medication_concept(model, raw), model.status, start, route)
+    return AdministrationRecord(ref, medication, model.status, start, route)
 
 
 def allergy(model: Any, ref: str) -> AllergyRecord:
@@ -358,7 +345,11 @@ def _concept_keys(raw: dict[str, Any], kind: str) -> ConceptKeys | None:
     return codes, texts
 
 
-def add_resource(chart: Chart, raw: Any, relevant: Relevance | None = None) -> None:
+_MEDICATION_KINDS = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
+
+
+def add_resource(chart: Chart, raw: Any, relevant: Relevance | None = None,
+                 meds: MedicationIndex | None = None) -> None:
     """Validate one resource and file it in the chart; anything unreadable becomes a DataIssue.
 
     With `relevant`, coded resources that belong to no value set of the protocol are skipped before
@@ -373,7 +364,13 @@ def add_resource(chart: Chart, raw: Any, relevant: Relevance | None = None) -> N
     if kind == "Observation":
         chart.observations.append(lazy_observation(raw))
         return
-    if relevant is not None and kind in _CODED:
+    drug: Resolution | None = None
+    if kind in _MEDICATION_KINDS:
+        drug = (meds or MedicationIndex()).resolve(raw)
+        if relevant is not None and kind != "MedicationAdministration" and drug.unresolved is None \
+                and drug.concept is not None and not relevant(drug.concept.pairs(), drug.concept.texts()):
+            return
+    elif relevant is not None and kind in _CODED:
         keys = _concept_keys(raw, kind)
         if keys is not None and not relevant(*keys):
             return
@@ -381,14 +378,22 @@ def add_resource(chart: Chart, raw: Any, relevant: Relevance | None = None) -> N
     if model is None:
         return
     ref = ref_of(raw)
+    medication = Concept()
+    if drug is not None:
+        if drug.unresolved is not None:
+            # Kept under what the EHR displays (if anything), and reported: the checks that need the
+            # product (interactions, prior doses) may be incomplete.
+            chart.issues.append(DataIssue(ref, f"its medicationReference '{drug.unresolved[:120]}' could not be "
+                                               "resolved (not contained, not in the request, not fetchable)"))
+        medication = drug.concept or Concept()
     if kind == "Condition":
         chart.conditions.append(condition(model, ref))
     elif kind == "MedicationRequest":
-        chart.medications.append(medication_request(model, raw, ref))
+        chart.medications.append(medication_request(model, medication, ref))
     elif kind == "MedicationStatement":
-        chart.medications.append(medication_statement(model, raw, ref))
+        chart.medications.append(medication_statement(model, medication, ref))
     elif kind == "MedicationAdministration":
-        chart.administrations.append(administration(model, raw, ref))
+        chart.administrations.append(administration(model, medication, ref))
     elif kind == "AllergyIntolerance":
         chart.allergies.append(allergy(model, ref))
     elif kind == "Patient":
@@ -406,27 +411,106 @@ def resources_in(payload: Any) -> Iterable[Any]:
     return [payload]
 
 
-def to_chart(payloads: Iterable[Any], draft_orders: Any, selections: list[str] | None,
-             relevant: Relevance | None = None) -> Chart:
-    """Build a Chart from prefetch payloads and the hook's draftOrders bundle."""
-    chart = Chart()
-    seen: set[str] = set()
+def _version(raw: dict[str, Any]) -> tuple[int | None, dt.datetime | None]:
+    meta = raw.get("meta")
+    if not isinstance(meta, dict):
+        return None, None
+    version = meta.get("versionId")
+    number = int(version) if isinstance(version, str) and version.isdigit() else None
+    updated = meta.get("lastUpdated")
+    return number, _aware(updated) if isinstance(updated, str) else None
+
+
+def newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether `a` is a newer version of the same resource than `b`: meta.versionId, then meta.lastUpdated.
+
+    versionIds are compared only when both are numbers (servers that use UUIDs give them no order).
+    """
+    (va, ua), (vb, ub) = _version(a), _version(b)
+    if va is not None and vb is not None and va != vb:
+        return va > vb
+    if ua is not None and ub is not None:
+        return ua > ub
+    return False
+
+
+def newest_versions(payloads: Iterable[Any]) -> list[Any]:
+    """Every resource once: a resource id seen twice (two keys, two versions) keeps its newest version."""
+    out: list[Any] = []
+    where: dict[str, int] = {}
     for payload in payloads:
         for raw in resources_in(payload):
-            if isinstance(raw, dict):
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str):
                 ref = ref_of(raw)
-                # The same resource may arrive through two prefetch keys; count it once.
-                if ref in seen and raw.get("id") is not None:
+                if ref in where:
+                    if newer(raw, out[where[ref]]):
+                        out[where[ref]] = raw
                     continue
-                seen.add(ref)
-            add_resource(chart, raw, relevant)
+                where[ref] = len(out)
+            out.append(raw)
+    return out
+
+
+def medication_index(payloads: Iterable[Any], draft_orders: Any, fhir_server: str | None = None,
+                     fetched: Iterable[Any] = ()) -> MedicationIndex:
+    meds = MedicationIndex(fhir_server)
+    meds.add_payloads([draft_orders, *payloads, *fetched])
+    return meds
+
+
+def references_to_fetch(payloads: Iterable[Any], draft_orders: Any, meds: MedicationIndex) -> list[str]:
+    """Medication references no Bundle of the request resolves and that fhirServer can answer."""
+    wanted: list[str] = []
+    for payload in [draft_orders, *payloads]:
+        for raw in resources_in(payload):
+            if not isinstance(raw, dict) or raw.get("resourceType") not in _MEDICATION_KINDS:
+                continue
+            reference = raw.get("medicationReference")
+            ref = reference.get("reference") if isinstance(reference, dict) else None
+            if isinstance(ref, str) and meds.resolve(raw).unresolved is not None:
+                local = meds.fetchable(ref)
+                if local and local not in wanted:
+                    wanted.append(local)
+    return wanted
+
+
+def to_chart(payloads: Iterable[Any], draft_orders: Any, selections: list[str] | None,
+             relevant: Relevance | None = None, patient_id: str | None = None,
+             meds: MedicationIndex | None = None) -> Chart:
+    """Build a Chart from prefetch payloads and the hook's draftOrders bundle.
+
+    With `patient_id`, resources that do not provably belong to that patient are set aside in
+    `chart.foreign` and never used (see identity.py).
+    """
+    payloads = list(payloads)
+    chart = Chart()
+    meds = meds or medication_index(payloads, draft_orders)
+    urls = identity.patient_urls([draft_orders, *payloads]) if patient_id is not None else {}
+    for raw in newest_versions(payloads):
+        if patient_id is not None and isinstance(raw, dict):
+            reason = identity.foreign_reason(raw, patient_id, urls)
+            if reason is not None:
+                chart.foreign.append(DataIssue(ref_of(raw), reason))
+                continue
+        add_resource(chart, raw, relevant, meds)
     for raw in resources_in(draft_orders):
         if not isinstance(raw, dict) or raw.get("resourceType") != "MedicationRequest":
             continue
-        model = _validate(raw, chart.issues)
-        if model is None:
-            continue
         ref = ref_of(raw)
         selected = selections is None or ref in selections
-        chart.draft_orders.append((medication_request(model, raw, ref), selected))
+        reason = identity.foreign_reason(raw, patient_id, urls) if patient_id is not None else None
+        if reason is not None:
+            chart.foreign.append(DataIssue(ref, reason))
+            continue
+        drug = meds.resolve(raw)
+        problems: list[DataIssue] = []
+        model = _validate(raw, problems)
+        if model is None or drug.unresolved is not None:
+            if selected:
+                problem = (problems[0].problem if problems else
+                           f"its medicationReference '{str(drug.unresolved)[:120]}' could not be resolved")
+                chart.order_issues.append(OrderIssue(ref, problem, drug.concept,
+                                                     drug.unresolved is None and drug.concept is not None))
+            continue
+        chart.draft_orders.append((medication_request(model, drug.concept or Concept(), ref), selected))
     return chart

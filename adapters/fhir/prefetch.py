@@ -83,10 +83,25 @@ class Resolved:
     payloads: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)  # key -> prefetch | fetched | null
     fetch_ms: float = 0.0
+    deadline: float = 0.0  # time.monotonic() by which every read for this request must be done
 
 
 def _is_outcome(value: Any) -> bool:
     return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
+
+
+def _error_entry(bundle: dict[str, Any]) -> bool:
+    """A searchset entry that is an OperationOutcome with an error or fatal issue: the search is incomplete.
+
+    (Servers put warnings, e.g. "unknown parameter ignored", in such entries too; those leave the result whole.)
+    """
+    for entry in bundle.get("entry") or ():
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and _is_outcome(resource):
+            for issue in resource.get("issue") or ():
+                if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
+                    return True
+    return False
 
 
 def _next_link(bundle: dict[str, Any]) -> str | None:
@@ -142,7 +157,10 @@ def _fetch(key: str, rtype: str, request: HookRequest, templates: dict[str, str]
     if "?" in templates[key]:
         if data.get("resourceType") != "Bundle":
             raise FetchError("search did not answer a Bundle")
-        return _follow(data, request, client, timeout, deadline)
+        merged = _follow(data, request, client, timeout, deadline)
+        if _error_entry(merged):
+            raise FetchError("search answered with an error OperationOutcome entry (incomplete)")
+        return merged
     return data
 
 
@@ -152,6 +170,7 @@ def resolve(request: HookRequest, templates: dict[str, str], client: FhirClient 
     result = Resolved({})
     missing: list[str] = []
     deadline = time.monotonic() + deadline_s
+    result.deadline = deadline
     key_type = {TEMPLATES[t][0]: t for t in TEMPLATES}
     for key in templates:
         if key in request.prefetch:
@@ -159,8 +178,9 @@ def resolve(request: HookRequest, templates: dict[str, str], client: FhirClient 
             if value is None:
                 result.sources[key] = "null"  # the client has no data of this kind: no fetch, no 412
                 continue
-            if _is_outcome(value) or not isinstance(value, dict):
-                missing.append(key)
+            if _is_outcome(value) or not isinstance(value, dict) or (
+                    value.get("resourceType") == "Bundle" and _error_entry(value)):
+                missing.append(key)  # incomplete: fetch it, else 412
                 continue
             if value.get("resourceType") == "Bundle" and _next_link(value):
                 try:
@@ -169,6 +189,10 @@ def resolve(request: HookRequest, templates: dict[str, str], client: FhirClient 
                     raise PrefetchUnavailable([key], str(exc)) from exc
                 if result.payloads[key] is None:
                     raise PrefetchUnavailable([key], "paginated prefetch and no FHIR client")
+                if _error_entry(result.payloads[key]):
+                    missing.append(key)
+                    del result.payloads[key]
+                    continue
                 result.sources[key] = "prefetch+pages"
                 continue
             result.payloads[key] = value
@@ -201,3 +225,33 @@ def resolve(request: HookRequest, templates: dict[str, str], client: FhirClient 
     if failed:
         raise PrefetchUnavailable(failed, "; ".join(reasons))
     return result
+
+
+def read_all(references: list[str], request: HookRequest, client: FhirClient | None, timeout: float,
+             deadline: float) -> list[dict[str, Any]]:
+    """Read resources (`Medication/x`) from fhirServer in parallel, within the request deadline.
+
+    Best effort: a reference that cannot be read stays unresolved and the caller reports it.
+    """
+    if not references or client is None or request.fhir_server is None:
+        return []
+    base = request.fhir_server.rstrip("/") + "/"
+
+    def read(ref: str) -> dict[str, Any]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchError("out of time")
+        return client.get(base + quote(ref, safe="/"), request.access_token, min(timeout, remaining))
+
+    futures = [_POOL.submit(read, ref) for ref in references]
+    wait(futures, timeout=max(deadline - time.monotonic(), 0))
+    found: list[dict[str, Any]] = []
+    for future in futures:
+        if not future.done():
+            future.cancel()
+            continue
+        try:
+            found.append(future.result())
+        except FetchError:
+            continue
+    return found

@@ -17,18 +17,31 @@ Coding = tuple[str | None, str | None, str | None]  # system, code, display
 class Concept:
     codings: tuple[Coding, ...] = ()
     text: str | None = None
+    # A Medication's ingredients (Medication.ingredient.item[x]); empty for every other concept.
+    ingredients: tuple[Concept, ...] = ()
 
     def pairs(self) -> list[tuple[str | None, str | None]]:
-        return [(s, c) for s, c, _ in self.codings]
+        """Every coding, the ingredients' included: value-set membership reads them all."""
+        return [(s, c) for s, c, _ in self.codings] + [p for i in self.ingredients for p in i.pairs()]
 
     def texts(self) -> list[str | None]:
-        return [self.text, *(d for _, _, d in self.codings)]
+        return [self.text, *(d for _, _, d in self.codings)] + [t for i in self.ingredients for t in i.texts()]
+
+    def tiers(self) -> list[tuple[list[tuple[str | None, str | None]], list[str | None]]]:
+        """Identification order for a medication: product code, then ingredient codes, then text."""
+        return [([(s, c) for s, c, _ in self.codings], []),
+                ([p for i in self.ingredients for p in i.pairs()], []),
+                ([], self.texts())]
 
     def label(self) -> str:
         for _system, code, display in self.codings:
             if code:
                 return f"{code} {display}".strip() if display else code
-        return self.text or "uncoded"
+        if self.text:
+            return self.text
+        if self.ingredients:
+            return " + ".join(i.label() for i in self.ingredients)
+        return "uncoded"
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,20 @@ class DataIssue:
     problem: str
 
 
+@dataclass(frozen=True)
+class OrderIssue:
+    """A draft order in scope that could not be fully read: named on a card, never dropped silently.
+
+    `medication` is what could still be read of its drug (None when nothing could); `identified` means it
+    was read from the order's own medication element or a resolved Medication, not only from a display text.
+    """
+
+    ref: str
+    problem: str
+    medication: Concept | None = None
+    identified: bool = False
+
+
 @dataclass
 class Chart:
     patient: PatientRecord | None = None
@@ -166,3 +193,5 @@ class Chart:
     draft_orders: list[tuple[MedicationRecord, bool]] = field(default_factory=list)  # (order, selected)
     encounters: list[EncounterRecord] = field(default_factory=list)
     issues: list[DataIssue] = field(default_factory=list)
+    foreign: list[DataIssue] = field(default_factory=list)  # resources of another patient, never used
+    order_issues: list[OrderIssue] = field(default_factory=list)  # draft orders in scope not fully read
