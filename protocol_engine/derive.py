@@ -413,7 +413,7 @@ class Deriver:
     def order_in_scope(self, chart: Chart) -> bool:
         """Whether a draft order in scope is (or may be) a protocol drug; False only when provably none is."""
         if chart.foreign:
-            return True  # another patient's draft order: reported (DQ-04), never silently dropped
+            return True  # another patient's draft order: reported (DQ-05), never silently dropped
         if any(selected and self.drug_of(o.medication) for o, selected in chart.draft_orders):
             return True
         return any(self._issue_drug(i) != "" for i in chart.order_issues)

@@ -13,9 +13,9 @@ FACTS: dict[str, dict[str, str]] = {
         "dose_per_kg": "number:mg/kg", "weight": "number:kg", "weight_known": "bool",
         "infusion_time": "duration", "readable": "bool",
     },
-    # A draft order in scope that could not be fully read (DQ-05); `checks` names the rules that could not run.
+    # A draft order in scope that could not be fully read (DQ-06); `checks` names the rules that could not run.
     "order-issue": {"drug": "text", "problem": "text", "checks": "text"},
-    # A resource that is not the context patient's, set aside unused (DQ-04).
+    # A resource that is not the context patient's, set aside unused (DQ-05).
     "foreign-record": {"problem": "text"},
     "measurement": {
         "measure": "text", "age": "duration", "value": "number:measure", "positive": "bool",
