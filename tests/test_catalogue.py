@@ -117,6 +117,7 @@ def test_a_second_protocol_needs_files_alone(tmp_path: Path) -> None:
                      "medicationRequests": None, "medicationAdministrations": None,
                      "observations": {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
                          "resourceType": "Observation", "id": "lvl", "status": "final",
+                         "subject": {"reference": "Patient/p1"},
                          "code": {"coding": [{"system": "http://loinc.org", "code": "14334-7"}]},
                          "effectiveDateTime": (now - dt.timedelta(days=1)).isoformat(),
                          "valueQuantity": {"value": 1.6, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
