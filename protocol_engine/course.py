@@ -39,6 +39,7 @@ class CourseSpec:
     gap_h: float = 60 * _DAY_H
     induction: dict[str, Induction] = field(default_factory=dict)
     post_dose_check: PostDoseCheck | None = None
+    session_h: float = 0.0  # administrations of one drug within this long of a session's first are that session
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def parse_course(node: Any, where: str, drugs: list[str],
         return CourseSpec(), []
     if not isinstance(node, dict):
         return CourseSpec(), [Diagnostic(where, *yamlsource.node_pos(node), "schema", "course must be a mapping")]
-    known = {"gap", "induction", "post_dose_check"}
+    known = {"gap", "induction", "post_dose_check", "session"}
     for key in node:
         if key not in known:
             error(yamlsource.key_pos(node, key), f"course: unknown key '{key}' (known: {', '.join(sorted(known))})")
@@ -135,11 +136,35 @@ def parse_course(node: Any, where: str, drugs: list[str],
             if not diags and bounds[0] >= bounds[1]:
                 error(yamlsource.value_pos(check_node, "to"), "course.post_dose_check: 'to' must be after 'from'")
             check = PostDoseCheck(str(check_node["measure"]), bounds[0], bounds[1])
-    return CourseSpec(gap_h, induction, check), diags
+    session_h = 0.0
+    if "session" in node:
+        hours = parse_hours(node["session"])
+        if hours is None or hours < 0:
+            error(yamlsource.value_pos(node, "session"), f"course.session: '{node['session']}' is not a duration "
+                                                         "(like 30m, 1h)")
+        else:
+            session_h = hours
+    return CourseSpec(gap_h, induction, check, session_h), diags
 
 
 def _hours(a: dt.datetime, b: dt.datetime) -> float:
     return (b - a).total_seconds() / _H
+
+
+def _sessions(ordered: list[Dose], window_h: float) -> list[Dose]:
+    """One dose per session: esketamine is recorded one device (28 mg) at a time, minutes apart, and two or
+    three such administrations of one drug within the session window are one dose, timed at the first."""
+    if window_h <= 0:
+        return ordered
+    out: list[Dose] = []
+    starts: dict[str, dt.datetime] = {}
+    for dose in ordered:
+        start = starts.get(dose.drug)
+        if start is not None and _hours(start, dose.time) <= window_h:
+            continue
+        starts[dose.drug] = dose.time
+        out.append(dose)
+    return out
 
 
 @dataclass(frozen=True)
@@ -157,7 +182,7 @@ class Course:
 
     @classmethod
     def of(cls, spec: CourseSpec, doses: list[Dose], at: dt.datetime) -> Course:
-        ordered = sorted(doses, key=lambda d: (d.time, d.ref))
+        ordered = _sessions(sorted(doses, key=lambda d: (d.time, d.ref)), spec.session_h)
         start = 0
         for i in range(1, len(ordered)):
             if _hours(ordered[i - 1].time, ordered[i].time) > spec.gap_h:

@@ -8,6 +8,7 @@ measure, the course, the order, the score change. Nothing here names a drug or a
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -511,26 +512,7 @@ class Deriver:
             fact: Fact = {"t": "order", "drug": drug, "route": route, "draft": draft, "readable": True,
                           "refs": [order.ref], "new_course": course.new_course,
                           "weight_known": weight_kg is not None}
-            dose_text = ""
-            if order.dose is not None and order.dose.value is not None and order.dose.unit:
-                per_kg = units.factor(order.dose.unit, "mg/kg")
-                mg = units.factor(order.dose.unit, "mg")
-                if mg is not None:
-                    fact["dose"] = round(order.dose.value * mg, 3)
-                    if weight_kg:
-                        fact["dose_per_kg"] = round(fact["dose"] / weight_kg, 4)
-                elif per_kg is not None:
-                    fact["dose_per_kg"] = round(order.dose.value * per_kg, 4)
-                    if weight_kg:
-                        fact["dose"] = round(fact["dose_per_kg"] * weight_kg, 3)
-                dose_text = f" {fmt_num(order.dose.value)} {order.dose.unit}"
-            hours = order.duration_h
-            if hours is None and order.rate is not None and order.rate.value and order.rate.unit and "dose" in fact:
-                per_h = units.factor(order.rate.unit, "mg/h")
-                if per_h:
-                    hours = fact["dose"] / (order.rate.value * per_h)
-            if hours is not None:
-                fact["infusion_time"] = round(hours, 4)
+            dose_text = self._dose(order, drug, weight_kg, fact)
             if weight_kg:
                 fact["weight"] = weight_kg
             fact["describe"] = (f"{'Draft order' if draft else 'Active order'}: {order.medication.label()}"
@@ -538,11 +520,16 @@ class Deriver:
             facts.append(fact)
             if draft:
                 unread = [] if "dose" in fact or "dose_per_kg" in fact else ["dose"]
+                if "infusion_time" not in fact and "rate" in fact.get("dose_problem", ""):
+                    unread.append("infusion_time")
                 if fact["route"] in ("unspecified", "other"):
                     unread.append("route")
                 if unread:
-                    facts.append(self._order_issue(order.ref, drug, order.medication,
-                                                   f"the {' and '.join(unread)} could not be read", unread))
+                    what = " and ".join("infusion time" if u == "infusion_time" else u for u in unread)
+                    problem = f"the {what} could not be read"
+                    if fact.get("dose_problem"):
+                        problem += f" ({fact['dose_problem']})"
+                    facts.append(self._order_issue(order.ref, drug, order.medication, problem, unread))
         if not facts and hook not in ("order-select", "order-sign") and course.has_prior:
             # No active protocol order: the patient is on treatment through the course itself.
             route = course.latest_route()
@@ -591,6 +578,88 @@ class Deriver:
         return {"t": "order-issue", "refs": [ref], "drug": drug or "unidentified", "problem": problem,
                 "unread": unread, "checks": "", "describe": f"Draft order {ref} ({what}): {problem}"}
 
+    def _amount(self, q: Quantity, drug: str, per: str,
+                concentration: Quantity | None) -> tuple[float | None, str | None]:
+        """A dose or rate in mg (per = "") or mg/h (per = "/h"): (value, which of mg or mg/kg it is in).
+
+        Units as ordered are read through the protocol's `units:` table; a count of devices or sprays
+        through the drug's `count_units`; a volume (mL, mL/h) through the product's concentration.
+        """
+        if q.value is None or not q.unit:
+            return None, None
+        unit = self.ucum(q.unit)
+        count = self.p.count_units.get(drug, {}).get(q.unit) or self.p.count_units.get(drug, {}).get(unit)
+        if count is not None and not per:
+            f = units.factor(count[1], "mg")
+            return (q.value * count[0] * f, "mg") if f is not None else (None, None)
+        for target in ("mg" + per, "mg/kg" + per):
+            f = units.factor(unit, target)
+            if f is not None:
+                return q.value * f, target.removesuffix(per)
+        if concentration is not None and concentration.value and concentration.unit:
+            per_volume = units.factor(self.ucum(concentration.unit), "mg/mL")
+            f = units.factor(unit, "mL" + per)
+            if per_volume is not None and f is not None:
+                return q.value * f * concentration.value * per_volume, "mg"
+        return None, None
+
+    def _concentration(self, order: MedicationRecord) -> Quantity | None:
+        """The product's strength: Medication.ingredient.strength, else an RxNorm-style name (`50 MG/ML`)."""
+        if order.concentration is not None:
+            return order.concentration
+        for text in order.medication.texts():
+            found = _STRENGTH.search(text or "")
+            if found:
+                return Quantity(float(found.group(1)), found.group(2).replace("ML", "mL").replace("MG", "mg"))
+        return None
+
+    def _dose(self, order: MedicationRecord, drug: str, weight_kg: float | None, fact: Fact) -> str:
+        """Dose (mg, mg/kg) and infusion time of an order into `fact`; the dose as written, for the card.
+
+        A doseRange is judged by its upper bound (`dose_range` says so on the card). A dose or rate whose
+        unit cannot be read leaves the field out: the dose checks do not run, and the order's data-quality
+        card says so (`dose_problem`).
+        """
+        q = order.dose
+        concentration = self._concentration(order)
+        problems = []
+        if q is not None:
+            value, kind = self._amount(q, drug, "", concentration)
+            if kind == "mg" and value is not None:
+                fact["dose"] = round(value, 3)
+                if weight_kg:
+                    fact["dose_per_kg"] = round(value / weight_kg, 4)
+            elif kind == "mg/kg" and value is not None:
+                fact["dose_per_kg"] = round(value, 4)
+                if weight_kg:
+                    fact["dose"] = round(value * weight_kg, 3)
+            elif q.value is None:
+                problems.append("dose has no upper bound" if order.dose_low is not None else "dose has no value")
+            else:
+                problems.append(f"dose unit '{q.unit}' cannot be read" if q.unit else "dose has no unit")
+        hours = order.duration_h
+        rate = order.rate
+        if hours is None and rate is not None and rate.value:
+            value, kind = self._amount(rate, drug, "/h", concentration)
+            if value and kind == "mg/kg" and weight_kg:
+                value, kind = value * weight_kg, "mg"
+            if value and kind == "mg" and "dose" in fact:
+                hours = fact["dose"] / value
+            elif not value:
+                problems.append(f"infusion rate unit '{rate.unit}' cannot be read" if rate.unit
+                                else "infusion rate has no unit")
+        if hours is not None:
+            fact["infusion_time"] = round(hours, 4)
+        if problems:
+            fact["dose_problem"] = "; ".join(problems)
+        if q is None or q.value is None:
+            return ""
+        text = f" {fmt_num(q.value)} {q.unit or '(no unit)'}"
+        if order.dose_low is not None and order.dose_low.value is not None:
+            text = f" {fmt_num(order.dose_low.value)}-{fmt_num(q.value)} {q.unit or '(no unit)'}"
+            fact["dose_range"] = text.strip()
+        return text
+
     def _scores(self, readings: dict[str, Readings], course: Course) -> list[Fact]:
         """Section 3.6: baseline before the first dose of the course, current after the last induction dose."""
         spec = self.p.scores
@@ -631,6 +700,7 @@ class Deriver:
         return [chosen] if chosen else []
 
 
+_STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(MG/ML|mg/mL|mg/ml)\b")
 OBSERVATION_STATUSES = frozenset({"registered", "preliminary", "final", "amended", "corrected", "cancelled",
                                   "entered-in-error", "unknown"})
 

@@ -11,7 +11,7 @@ FACTS: dict[str, dict[str, str]] = {
     "order": {
         "drug": "text", "route": "text", "draft": "bool", "new_course": "bool", "dose": "number:mg",
         "dose_per_kg": "number:mg/kg", "weight": "number:kg", "weight_known": "bool",
-        "infusion_time": "duration", "readable": "bool",
+        "infusion_time": "duration", "readable": "bool", "dose_range": "text", "dose_problem": "text",
     },
     # A draft order in scope that could not be fully read (DQ-06); `checks` names the rules that could not run.
     "order-issue": {"drug": "text", "problem": "text", "checks": "text"},

@@ -70,6 +70,8 @@ class Protocol:
     presence: dict[str, list[str]]
     fetch: dict[str, float]
     units: dict[str, str] = field(default_factory=dict)  # non-UCUM spelling an EHR sends -> UCUM code
+    # drug -> {count unit as ordered (`{device}`, `spray`) -> (amount, UCUM unit) one of them delivers}
+    count_units: dict[str, dict[str, tuple[float, str]]] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
     settings: dict[str, Setting] = field(default_factory=dict)  # marked values by dotted path: course.gap
 
@@ -80,6 +82,12 @@ class Protocol:
             names |= {n for n in (m.valueset, m.panel) if n}
             names |= {pair[1] for pair in (m.first, m.second) if pair}
         return names
+
+
+def _amount(text: Any) -> tuple[float, str]:
+    """`28 mg` -> (28.0, "mg")."""
+    number, _, unit = str(text).strip().partition(" ")
+    return float(number), unit.strip()
 
 
 def _hours(value: Any, default: float) -> float:
@@ -180,6 +188,19 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
             continue
         services.append(Service(svc["id"], svc["hook"], svc["title"], svc["description"].strip(), anchor,
                                 str(sessions) if sessions else None))
+    count_units: dict[str, dict[str, tuple[float, str]]] = {}
+    for drug, spec in (raw.get("drugs") or {}).items():
+        table = spec.get("count_units") if isinstance(spec, dict) else None
+        if not table:
+            continue
+        count_units[drug] = {}
+        for unit, amount in (table.items() if isinstance(table, dict) else ()):
+            try:
+                count_units[drug][str(unit)] = _amount(amount)
+            except ValueError:
+                line, col = yamlsource.value_pos(data["drugs"][drug]["count_units"], unit)
+                diags.append(Diagnostic(where, line, col, "schema", f"drugs.{drug}.count_units.{unit}: '{amount}' "
+                                                                    "is not an amount with a unit (like 28 mg)"))
     protocol = Protocol(
         name=raw["protocol"],
         version=str(raw["version"]),
@@ -197,5 +218,6 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
         services=services,
         settings=settings,
         units={str(k): str(v) for k, v in (raw.get("units") or {}).items()},
+        count_units=count_units,
     )
     return (None if diags else protocol), diags

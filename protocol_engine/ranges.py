@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import engine
-from .model import Fact, Finding
+from .model import Fact, Finding, Rule
 from .templates import Span
 
 IMPRECISE = "imprecise"
@@ -44,6 +44,25 @@ def _spanned(finding: Finding, ranged: dict[Any, Fact]) -> Finding:
     return Finding(finding.rule, tuple(matches))
 
 
+def _straddles(rule: Rule, fact: Fact) -> bool:
+    """Whether a threshold the rule tests on this fact lies inside one of its ranges."""
+    ranges: dict[str, list[Any]] = fact["ranges"]
+    for conj in rule.conjuncts:
+        for pattern in (*conj.positives, *conj.negatives):
+            if pattern.fact != fact["t"]:
+                continue
+            for test in pattern.tests:
+                if test.field not in ranges or isinstance(test.value, bool) \
+                        or not isinstance(test.value, (int, float)):
+                    continue
+                low, high = ranges[test.field]
+                if test.op in ("lt", "gte") and low < test.value <= high:
+                    return True
+                if test.op in ("lte", "gt") and low <= test.value < high:
+                    return True
+    return False
+
+
 def evaluate(compiled: engine.CompiledRules, facts: list[Fact]) -> list[Finding]:
     ranged = [f for f in facts if f.get("ranges")]
     if not ranged:
@@ -63,6 +82,7 @@ def evaluate(compiled: engine.CompiledRules, facts: list[Fact]) -> list[Finding]
     extra: list[Fact] = []
     for rule in {r.id: r for r in undecided}.values():
         values = [f for f in ranged if f["t"] in rule.facts_read]
+        values = [f for f in values if _straddles(rule, f)] or values
         n += 1
         extra.append({
             "t": IMPRECISE, "rule": rule.id, "title": rule.title, "n": n,

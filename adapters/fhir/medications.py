@@ -39,6 +39,7 @@ def raw_concept(cc: Any) -> Concept:
 class Resolution:
     concept: Concept | None  # None: nothing of the drug could be read
     unresolved: str | None = None  # the reference that could not be resolved, if any
+    medication: dict[str, Any] | None = None  # the Medication resolved to (its ingredient strengths, for doses)
 
 
 class MedicationIndex:
@@ -102,7 +103,7 @@ class MedicationIndex:
         if medication is None:
             # What the EHR displays is kept so that the order can still be named; the caller reports it.
             return Resolution(Concept((), display) if display else None, ref if isinstance(ref, str) else "(none)")
-        return Resolution(self.concept_of(medication, holder, display))
+        return Resolution(self.concept_of(medication, holder, display), medication=medication)
 
     def _find(self, ref: str, holder: dict[str, Any],
               kinds: tuple[str, ...] = ("Medication",)) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.quantity import Quantity as Quantity_model
 from pydantic import ValidationError
 
 from protocol_engine.valuesets import canonical_system
@@ -213,20 +214,60 @@ def condition(model: Any, ref: str) -> ConditionRecord:
                            onset[1] if onset else None)
 
 
-def medication_request(model: Any, medication: Concept, ref: str) -> MedicationRecord:
-    route = dose = rate = None
+def _ratio(numerator: Any, denominator: Any) -> Quantity | None:
+    """A FHIR Ratio (rateRatio, ingredient strength) as one quantity: 35 mg / 40 min -> 0.875 mg/min."""
+    top, bottom = quantity(numerator), quantity(denominator)
+    if top is None or top.value is None or bottom is None or not bottom.value:
+        return None
+    unit = f"{top.unit or ''}/{bottom.unit or ''}" if bottom.unit else top.unit
+    return Quantity(top.value / bottom.value, unit if top.unit else None)
+
+
+def _dose_and_rate(dosage: Any) -> tuple[Quantity | None, Quantity | None, Quantity | None]:
+    """(dose, dose range low, rate) of a Dosage: doseQuantity, or doseRange (dose = its upper bound);
+    rateQuantity, rateRatio (mL per 1 h, mg per 40 min) or rateRange (its upper bound)."""
+    dose = low = rate = None
+    for entry in dosage.doseAndRate or ():
+        if dose is None and entry.doseQuantity is not None:
+            dose = quantity(entry.doseQuantity)
+        elif dose is None and entry.doseRange is not None:
+            low = quantity(entry.doseRange.low)
+            dose = quantity(entry.doseRange.high) or Quantity(None, low.unit if low else None)
+        if rate is None and entry.rateQuantity is not None:
+            rate = quantity(entry.rateQuantity)
+        elif rate is None and entry.rateRatio is not None:
+            rate = _ratio(entry.rateRatio.numerator, entry.rateRatio.denominator)
+        elif rate is None and entry.rateRange is not None:
+            rate = quantity(entry.rateRange.high)
+    return dose, low, rate
+
+
+def strength(medication: dict[str, Any] | None) -> Quantity | None:
+    """The amount per volume of a Medication's first ingredient with a strength (10 mg / 1 mL)."""
+    for ingredient in (medication or {}).get("ingredient") or ():
+        found = ingredient.get("strength") if isinstance(ingredient, dict) else None
+        if isinstance(found, dict):
+            try:
+                return _ratio(Quantity_model.model_validate(found.get("numerator") or {}),
+                              Quantity_model.model_validate(found.get("denominator") or {}))
+            except (ValidationError, ValueError, TypeError):
+                return None
+    return None
+
+
+def medication_request(model: Any, medication: Concept, ref: str,
+                       concentration: Quantity | None = None) -> MedicationRecord:
+    route = dose = rate = low = None
     duration_h = None
     if model.dosageInstruction:
         dosage = model.dosageInstruction[0]
         route = concept(dosage.route) if dosage.route else None
-        if dosage.doseAndRate:
-            dose = quantity(dosage.doseAndRate[0].doseQuantity)
-            rate = quantity(dosage.doseAndRate[0].rateQuantity)
+        dose, low, rate = _dose_and_rate(dosage)
         repeat = dosage.timing.repeat if dosage.timing else None
         if repeat is not None and repeat.duration is not None and repeat.durationUnit in _DURATION_H:
             duration_h = float(repeat.duration) * _DURATION_H[repeat.durationUnit]
     return MedicationRecord(ref, "request", medication, model.status, route, dose,
-                            duration_h, rate, _aware(model.authoredOn))
+                            duration_h, rate, _aware(model.authoredOn), low, concentration)
 
 
 def medication_statement(model: Any, medication: Concept, ref: str) -> MedicationRecord:
@@ -512,5 +553,6 @@ def to_chart(payloads: Iterable[Any], draft_orders: Any, selections: list[str] |
                 chart.order_issues.append(OrderIssue(ref, problem, drug.concept,
                                                      drug.unresolved is None and drug.concept is not None))
             continue
-        chart.draft_orders.append((medication_request(model, drug.concept or Concept(), ref), selected))
+        chart.draft_orders.append((medication_request(model, drug.concept or Concept(), ref,
+                                                      strength(drug.medication)), selected))
     return chart

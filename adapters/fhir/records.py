@@ -114,6 +114,8 @@ class MedicationRecord:
     duration_h: float | None = None
     rate: Quantity | None = None
     authored: dt.datetime | None = None
+    dose_low: Quantity | None = None  # doseRange.low; `dose` then holds doseRange.high (the bound judged)
+    concentration: Quantity | None = None  # amount per volume of the product (Medication.ingredient.strength)
 
 
 @dataclass(frozen=True)
