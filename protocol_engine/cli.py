@@ -269,6 +269,91 @@ def report(since: str | None, until: str | None, fmt_: str, database: str | None
         click.echo("(no cards in this period)")
 
 
+@main.command(name="impact")
+@click.option("--base", "base_rev", default="HEAD", show_default=True,
+              help="Git revision whose rule files are compared with the working tree.")
+@click.option("--site", "site_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Site settings applied to both sides (default: PROTOCOL_ENGINE_SITE, if set).")
+@click.option("--base-site", "base_site_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Site settings for the base side only (compare two site files: --base-site OLD --site NEW).")
+@click.option("--corpus", "corpus_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Directory of CDS Hooks request JSON files (default: tests/corpus, else examples/requests).")
+@click.option("--rules", "rules_dir", default=None, help="Rules directory (default: PROTOCOL_ENGINE_RULES or rules/).")
+@click.option("--now", default=None, help="Evaluation time for samples and the corpus (ISO 8601; default: now).")
+@click.option("--no-cases", is_flag=True, help="Skip the rule cases.")
+@click.option("--no-samples", is_flag=True, help="Skip the sample patients.")
+@click.option("--json", "as_json_", is_flag=True, help="Print the report as JSON (for CI and review bots).")
+def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None, corpus_dir: str | None,
+               rules_dir: str | None, now: str | None, no_cases: bool, no_samples: bool, as_json_: bool) -> None:
+    """Compare the rule set at a git revision with the working tree over every case, sample and corpus request.
+
+    Prints, per rule, the requests whose card appears, disappears or changes indicator, each with a reason.
+    Exit status: 0 nothing changed, 1 something changed, 2 the comparison could not be made.
+    """
+    import time
+
+    from .errors import RuleSetError
+    from .impact import (
+        ImpactError,
+        as_json,
+        case_inputs,
+        checkout,
+        corpus_inputs,
+        describe_rev,
+        impact,
+        render,
+        sample_inputs,
+        temporary_dir,
+    )
+    from .registry import load
+
+    started = time.perf_counter()
+    rules = Path(rules_dir) if rules_dir else _paths(())[0]
+    site = site_file or os.environ.get("PROTOCOL_ENGINE_SITE")
+    when = dt.datetime.fromisoformat(now.replace("Z", "+00:00")) if now else dt.datetime.now(dt.UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    corpus = Path(corpus_dir) if corpus_dir else next(
+        (p for p in (Path("tests/corpus"), Path("examples/requests")) if p.is_dir()), None)
+    with temporary_dir() as tmp:
+        try:
+            base_rules = checkout(rules, base_rev, Path(tmp))
+            base_site = base_site_file or site
+            base = load(base_rules, Path(base_site) if base_site else None)
+        except ImpactError as exc:
+            click.echo(f"impact: {exc}", err=True)
+            sys.exit(2)
+        except RuleSetError as exc:
+            for d in exc.diagnostics:
+                click.echo(d.render(), err=True)
+            click.echo(f"impact: the rule set at {base_rev} (with its site settings) does not load", err=True)
+            sys.exit(2)
+        try:
+            head = load(rules, Path(site) if site else None)
+        except RuleSetError as exc:
+            for d in exc.diagnostics:
+                click.echo(d.render(), err=True)
+            click.echo("impact: the working tree's rule set does not load; run protocol-engine validate", err=True)
+            sys.exit(2)
+        inputs = [] if no_cases else list(case_inputs(head, when))
+        if not no_samples:
+            inputs += list(sample_inputs(head, when))
+        if corpus is not None:
+            inputs += list(corpus_inputs(corpus, when))
+        site_label = f", site {Path(site).name}" if site else ""
+        report = impact(base, head, inputs,
+                        f"rules at {base_rev} ({describe_rev(rules, base_rev)}, {base.ruleset.revision})"
+                        + (f", site {Path(base_site_file).name}" if base_site_file else site_label),
+                        f"working tree ({head.ruleset.revision}){site_label}")
+    if as_json_:
+        click.echo(json.dumps(as_json(report), indent=1))
+        sys.exit(1 if report.changes else 0)
+    for line in render(report):
+        click.echo(line)
+    click.echo(f"total run time {time.perf_counter() - started:.1f} s (loading both rule sets included)"
+               + (f"; corpus {corpus}" if corpus else "; no corpus"))
+    sys.exit(1 if report.changes else 0)
+
+
 def _rate(row: dict[str, Any]) -> str:
     return f"{100 * row['overridden'] / row['fired']:.0f}" if row["fired"] else "-"
 
