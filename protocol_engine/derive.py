@@ -413,8 +413,6 @@ class Deriver:
 
     def order_in_scope(self, chart: Chart) -> bool:
         """Whether a draft order in scope is (or may be) a protocol drug; False only when provably none is."""
-        if chart.foreign:
-            return True  # another patient's draft order: reported (DQ-05), never silently dropped
         if any(selected and self.drug_of(o.medication) for o, selected in chart.draft_orders):
             return True
         return any(self._issue_drug(i) != "" for i in chart.order_issues)
@@ -561,20 +559,26 @@ class Deriver:
             if drug == "":
                 continue
             label = issue.medication.label() if issue.medication is not None else "medication not readable"
+            if issue.foreign:
+                drug = None  # another patient's order: nothing about this patient is judged against it
             # An unidentified drug is "unidentified": no drug-scoped rule matches it, the unscoped DQ rules do.
             facts.append({"t": "order", "drug": drug or "unidentified", "route": "unspecified", "draft": True,
                           "refs": [issue.ref], "new_course": course.new_course,
                           "weight_known": weight_kg is not None, "readable": False,
                           "describe": f"Draft order (not fully readable): {label}, {issue.ref}"})
-            facts.append(self._order_issue(issue.ref, drug, issue.medication, issue.problem,
-                                           ["dose", "route"] if drug else ["drug"]))
+            fact = self._order_issue(issue.ref, drug, issue.medication, issue.problem,
+                                     ["dose", "route"] if drug else ["drug"])
+            if issue.foreign:
+                fact["foreign"] = True
+                fact["describe"] = f"Draft order {issue.ref} ({label}): {issue.problem}"
+            facts.append(fact)
         return facts
 
     @staticmethod
     def _order_issue(ref: str, drug: str | None, medication: Concept | None, problem: str,
                      unread: list[str]) -> Fact:
         label = medication.label() if medication is not None and medication != Concept() else None
-        what = f"{drug}, {label}" if drug else ("drug not identified" + (f": {label}" if label else ""))
+        what = f"{drug}, {label}" if drug else (f"{label}, not identified" if label else "drug not identified")
         return {"t": "order-issue", "refs": [ref], "drug": drug or "unidentified", "problem": problem,
                 "unread": unread, "checks": "", "describe": f"Draft order {ref} ({what}): {problem}"}
 

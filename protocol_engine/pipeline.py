@@ -202,7 +202,8 @@ def _name_blocked_checks(facts: list[dict[str, Any]], rules: list[Rule]) -> None
             continue
         checks = [r for r in rules if r.status == "active" and r.drugs and r.category != "data-quality"]
         if fact.get("drug") == "unidentified":
-            fact["checks"] = f"all {len(checks)} checks of this hook (the drug is not known)"
+            why = "the order is not for this patient" if fact.get("foreign") else "the drug is not known"
+            fact["checks"] = f"all {len(checks)} checks of this hook ({why})"
             continue
         unread = set(fact.get("unread") or ())
         if "dose" in unread:

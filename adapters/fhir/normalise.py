@@ -540,10 +540,13 @@ def to_chart(payloads: Iterable[Any], draft_orders: Any, selections: list[str] |
         ref = ref_of(raw)
         selected = selections is None or ref in selections
         reason = identity.foreign_reason(raw, patient_id, urls) if patient_id is not None else None
+        drug = meds.resolve(raw)
         if reason is not None:
             chart.foreign.append(DataIssue(ref, reason))
+            if selected:
+                chart.order_issues.append(OrderIssue(ref, reason, drug.concept,
+                                                     drug.unresolved is None and drug.concept is not None, True))
             continue
-        drug = meds.resolve(raw)
         problems: list[DataIssue] = []
         model = _validate(raw, problems)
         if model is None or drug.unresolved is not None:

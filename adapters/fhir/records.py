@@ -175,13 +175,15 @@ class OrderIssue:
     """A draft order in scope that could not be fully read: named on a card, never dropped silently.
 
     `medication` is what could still be read of its drug (None when nothing could); `identified` means it
-    was read from the order's own medication element or a resolved Medication, not only from a display text.
+    was read from the order's own medication element or a resolved Medication, not only from a display text;
+    `foreign` means the order is for another patient: named, but no check on this patient is run for it.
     """
 
     ref: str
     problem: str
     medication: Concept | None = None
     identified: bool = False
+    foreign: bool = False
 
 
 @dataclass
