@@ -14,6 +14,7 @@ SYSTEMS = {
     "ROUTE": "http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration",
     "OBSINT": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
     "LOCAL": "urn:protocol-engine:local",
+    "NDC": "http://hl7.org/fhir/sid/ndc",
 }
 _ICD = SYSTEMS["ICD10"]
 # One code system, several names: the HL7 canonical URI and the HL7 v3 OID (with or without `urn:oid:`,
@@ -44,11 +45,19 @@ def canonical_system(system: str) -> str:
 _CODE_RE = re.compile(r"^\s*([A-Za-z0-9]+|[a-z]+:[^#\s]+)#(\S+)(?:\s+(.*))?$")
 
 
+_NDC = "http://hl7.org/fhir/sid/ndc"
+
+
 def normalise_code(system: str, code: str) -> str:
-    """ICD-10-CM compares without dots and upper-cased (protocol G6); other systems compare exactly."""
+    """ICD-10-CM compares without dots and upper-cased (protocol G6); NDCs as 11 digits (5-4-2, the HIPAA form
+    EHRs send, from any hyphenated 10-digit layout: 4-4-2, 5-3-2, 5-4-1); other systems compare exactly."""
     code = code.strip()
     if system == _ICD:
         return code.replace(".", "").upper()
+    if system == _NDC and code.count("-") == 2:
+        labeler, product, package = code.split("-")
+        if labeler.isdigit() and product.isdigit() and package.isdigit():
+            return labeler.zfill(5) + product.zfill(4) + package.zfill(2)
     return code
 
 
