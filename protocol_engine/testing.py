@@ -397,8 +397,29 @@ def find_test_files(paths: list[Path]) -> list[Path]:
     return found
 
 
-def run_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
-             only_rule: str | None = None) -> tuple[list[CaseResult], list[Diagnostic]]:
+@dataclass
+class PreparedCase:
+    """One case of a test file, defaults merged, with its pinned `now` and the service that answers its hook."""
+
+    file: str
+    rule: str
+    name: str
+    case: dict[str, Any]
+    expect: dict[str, Any]
+    now: dt.datetime
+    hook: str
+    service_id: str | None
+    todo: bool = False
+
+    def request(self, runtimes: dict[str, ServiceRuntime]) -> dict[str, Any]:
+        """The CDS Hooks request this case sends (JSON round-tripped, as it arrives over HTTP)."""
+        assert self.service_id is not None
+        return json.loads(json.dumps(build_request(self.case, runtimes[self.service_id], self.now)))
+
+
+def prepare_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
+                 only_rule: str | None = None) -> tuple[list[PreparedCase], list[Diagnostic]]:
+    """The cases of one test file, ready to build (shared by `run_file` and the metamorphic tests)."""
     data, diags = yamlsource.load(path)
     if diags:
         return [], diags
@@ -412,11 +433,11 @@ def run_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
     if pack is None:
         return [], [Diagnostic(str(path), 1, 1, "schema", "test file is not inside a loaded pack")]
     defaults = raw.get("defaults") or {}
-    results = []
+    prepared = []
     for i, case in enumerate(raw["cases"]):
         name = str(case.get("name") or case.get("todo") or f"case {i + 1}")
         if "todo" in case:
-            results.append(CaseResult(str(path), rule_id, name, "SKIP"))
+            prepared.append(PreparedCase(str(path), rule_id, name, case, {}, dt.datetime.now(dt.UTC), "", None, True))
             continue
         unknown = set(case) - CASE_KEYS
         if unknown:
@@ -428,21 +449,32 @@ def run_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
         merged["given"] = list(defaults.get("given") or []) + list(case.get("given") or [])
         now = when(case.get("now", raw.get("now")), dt.datetime.now(dt.UTC))
         hook = merged.get("hook", "order-sign")
-        rt = next((r for r in runtimes.values() if r.pack is pack and r.service.hook == hook), None)
-        result = CaseResult(str(path), rule_id, name, "PASS")
-        expect = case.get("expect") or {}
+        service_id = next((sid for sid, r in runtimes.items() if r.pack is pack and r.service.hook == hook), None)
+        prepared.append(PreparedCase(str(path), rule_id, name, merged, case.get("expect") or {}, now, hook,
+                                     service_id))
+    return prepared, diags
+
+
+def run_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
+             only_rule: str | None = None) -> tuple[list[CaseResult], list[Diagnostic]]:
+    prepared, diags = prepare_file(path, ruleset, runtimes, only_rule)
+    results = []
+    for pc in prepared:
+        rule_id, expect = pc.rule, pc.expect
+        if pc.todo:
+            results.append(CaseResult(pc.file, rule_id, pc.name, "SKIP"))
+            continue
+        result = CaseResult(pc.file, rule_id, pc.name, "PASS")
         result.firing_case = rule_id in (expect.get("fires") or []) or any(
             c.get("rule", rule_id) == rule_id for c in expect.get("cards") or [])
         result.silent_case = rule_id in (expect.get("silent") or []) or expect.get("cards") == [] or bool(
             expect.get("no_cards"))
-        if rt is None:
-            result.status, result.problems = "FAIL", [f"no service of this pack answers hook '{hook}'"]
+        if pc.service_id is None:
+            result.status, result.problems = "FAIL", [f"no service of this pack answers hook '{pc.hook}'"]
             results.append(result)
             continue
         try:
-            request = build_request(merged, rt, now)
-            outcome = run(runtimes, ruleset.revision, next(k for k, v in runtimes.items() if v is rt),
-                          json.loads(json.dumps(request)), now, None)
+            outcome = run(runtimes, ruleset.revision, pc.service_id, pc.request(runtimes), pc.now, None)
         except Exception as exc:  # a case that cannot run is a failure, reported, not a crash
             result.status, result.problems = "FAIL", [f"{type(exc).__name__}: {exc}"]
             results.append(result)
