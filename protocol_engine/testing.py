@@ -414,7 +414,8 @@ class PreparedCase:
     def request(self, runtimes: dict[str, ServiceRuntime]) -> dict[str, Any]:
         """The CDS Hooks request this case sends (JSON round-tripped, as it arrives over HTTP)."""
         assert self.service_id is not None
-        return json.loads(json.dumps(build_request(self.case, runtimes[self.service_id], self.now)))
+        request: dict[str, Any] = json.loads(json.dumps(build_request(self.case, runtimes[self.service_id], self.now)))
+        return request
 
 
 def prepare_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
