@@ -107,7 +107,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         g.now = dt.datetime.now(dt.UTC)
         if request.method == "OPTIONS" or verifier is None:
             return None
-        if request.path in OPEN_PATHS or request.path.startswith(("/static/", "/demo/")):
+        if request.path in OPEN_PATHS or request.path.startswith(("/static/", "/demo/", "/analytics/")):
             return None
         try:
             url = request.base_url
@@ -222,6 +222,32 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         from protocol_engine.catalogue import catalogue
 
         return jsonify(catalogue(_current().ruleset))
+
+    @app.get("/analytics/data")
+    def analytics_data() -> Response:
+        """Override analytics for the protocol's owners; with auth on, behind PROTOCOL_ENGINE_ADMIN_TOKEN
+        (people, not EHRs, read it: CDS client JWTs do not open it)."""
+        import hmac
+
+        from protocol_engine.analytics import activity, period
+
+        if settings.auth == "required":
+            if not settings.admin_token:
+                return _outcome(403, "forbidden", "analytics are off: set PROTOCOL_ENGINE_ADMIN_TOKEN to open them")
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
+                response = _outcome(401, "login", "analytics need the operator token (PROTOCOL_ENGINE_ADMIN_TOKEN)")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="analytics"'
+                return response
+        try:
+            since, until, bucket = period(request.args, g.now)
+            return jsonify(activity(store, registry.current.ruleset, since, until, bucket))
+        except BadRequest as exc:
+            return _outcome(400, "invalid", str(exc), exc.field)
+        except Exception as exc:
+            metrics.DB_ERRORS.labels("analytics").inc()
+            log.error("analytics not read: %s", type(exc).__name__)
+            return _outcome(503, "transient", "the store is unavailable; retry later")
 
     @app.get("/")
     def index() -> Response:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     select,
     text,
@@ -221,6 +222,39 @@ class Store:
                     entry["reasons"][label] = entry["reasons"].get(label, 0) + 1
             return [rows[k] for k in sorted(rows)]
 
+    def rule_activity(self, since: dt.datetime, until: dt.datetime, bucket: str = "day") -> dict[str, Any]:
+        """Per rule and per day (or ISO week, from Monday) of card creation: cards shown, and cards accepted or
+        overridden (each card counted once per outcome, however often its feedback was repeated). UTC days."""
+        day_of = _utc_day(self.engine.dialect.name)
+        fired: dict[tuple[str, str], int] = {}
+        outcomes: dict[tuple[str, str, str], int] = {}
+        in_range = (Card.created_at >= since, Card.created_at < until)
+        with self.session() as s:
+            day = day_of(Card.created_at)
+            for rule, when, n in s.execute(select(Card.rule, day, func.count()).where(*in_range)
+                                           .group_by(Card.rule, day)):
+                key = (rule, _bucket(str(when)[:10], bucket))
+                fired[key] = fired.get(key, 0) + n
+            q = (select(Card.rule, day, Feedback.outcome, func.count(func.distinct(Card.uuid)))
+                 .join(Feedback, Feedback.card_uuid == Card.uuid).where(*in_range)
+                 .group_by(Card.rule, day, Feedback.outcome))
+            for rule, when, outcome, n in s.execute(q):
+                okey = (rule, _bucket(str(when)[:10], bucket), outcome)
+                outcomes[okey] = outcomes.get(okey, 0) + n
+        buckets: list[str] = []
+        start = dt.date.fromisoformat(_bucket(_utc(since).date().isoformat(), bucket))
+        step = dt.timedelta(days=7 if bucket == "week" else 1)
+        last = (_utc(until) - dt.timedelta(microseconds=1)).date()  # `until` is exclusive
+        while start <= last or not buckets:
+            buckets.append(start.isoformat())
+            start += step
+        rules = sorted({r for r, _ in fired} | {r for r, _, _ in outcomes})
+        series = {rule: {"fired": [fired.get((rule, b), 0) for b in buckets],
+                         "accepted": [outcomes.get((rule, b, "accepted"), 0) for b in buckets],
+                         "overridden": [outcomes.get((rule, b, "overridden"), 0) for b in buckets]}
+                  for rule in rules}
+        return {"buckets": buckets, "rules": series}
+
     def decisions(self, hook_instance: str) -> list[Decision]:
         with self.session() as s:
             return list(s.scalars(select(Decision).where(Decision.hook_instance == hook_instance)))
@@ -228,6 +262,20 @@ class Store:
     def feedback_count(self) -> int:
         with self.session() as s:
             return len(list(s.scalars(select(Feedback.id))))
+
+
+def _utc_day(dialect: str) -> Any:
+    """The UTC calendar day of a stored time as SQL: SQLite keeps UTC text, PostgreSQL a timestamptz."""
+    if dialect == "postgresql":
+        return lambda column: func.date(func.timezone("UTC", column))
+    return lambda column: func.date(column)
+
+
+def _bucket(day: str, bucket: str) -> str:
+    if bucket != "week":
+        return day
+    d = dt.date.fromisoformat(day)
+    return (d - dt.timedelta(days=d.weekday())).isoformat()
 
 
 def _sqlite_pragmas(conn: Any, _record: Any) -> None:

@@ -176,6 +176,8 @@ function showTab(name) {
   $("catalogue").hidden = name !== "rules";
   $("tab-try").classList.toggle("active", name === "try");
   $("tab-rules").classList.toggle("active", name === "rules");
+  $("analytics").hidden = name !== "analytics";
+  $("tab-analytics").classList.toggle("active", name === "analytics");
   if (name === "rules") showCatalogue();
 }
 
