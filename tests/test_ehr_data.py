@@ -367,3 +367,25 @@ def test_medication_index_resolves_history_and_server_relative_names() -> None:
     assert index.fetchable("Medication/x") == "Medication/x"
     assert index.fetchable("https://ehr.example.org/fhir/Medication/x/_history/1") == "Medication/x"
     assert index.fetchable("urn:uuid:1") is None and index.fetchable("#x") is None
+
+
+def test_an_unresolved_chart_medication_is_reported_only_when_it_may_matter(client: Any, loaded: Any) -> None:
+    """No fhirServer: a statement whose reference display names a benzodiazepine is used and reported (DQ-02);
+    one whose display names a statin is out of every value set and adds nothing; one with no display is reported."""
+    def with_statement(display: str | None) -> list[str]:
+        body = _severe(loaded)
+        reference: dict[str, Any] = {"reference": "Medication/elsewhere"}
+        if display:
+            reference["display"] = display
+        key = "medicationStatements" if "medicationStatements" in body["prefetch"] else "medicationRequests"
+        statement = {"resourceType": "MedicationStatement" if key == "medicationStatements" else "MedicationRequest",
+                     "id": "home-med", "status": "active", "intent": "order",
+                     "subject": {"reference": "Patient/test-patient"}, "medicationReference": reference}
+        if key == "medicationStatements":
+            statement.pop("intent")
+        body["prefetch"][key]["entry"].append({"resource": statement})
+        return _rules(client.post(SIGN, json=body))
+
+    assert {"DDI-01", "DQ-02"} <= set(with_statement("Lorazepam 1 mg tablet"))
+    assert "DQ-02" not in with_statement("Atorvastatin 20 mg tablet")
+    assert "DQ-02" in with_statement(None)

@@ -408,7 +408,10 @@ def add_resource(chart: Chart, raw: Any, relevant: Relevance | None = None,
     drug: Resolution | None = None
     if kind in _MEDICATION_KINDS:
         drug = (meds or MedicationIndex()).resolve(raw)
-        if relevant is not None and kind != "MedicationAdministration" and drug.unresolved is None \
+        # Skipped unread when no value set of the protocol holds the drug. An unresolved reference is judged
+        # by the EHR's own display ("Atorvastatin 20 mg"): one that names nothing the rules read is not worth
+        # a data-quality card on every chart; one without a display, or naming a protocol class, is reported.
+        if relevant is not None and (kind != "MedicationAdministration" or drug.unresolved is not None) \
                 and drug.concept is not None and not relevant(drug.concept.pairs(), drug.concept.texts()):
             return
     elif relevant is not None and kind in _CODED:
@@ -551,8 +554,10 @@ def to_chart(payloads: Iterable[Any], draft_orders: Any, selections: list[str] |
         model = _validate(raw, problems)
         if model is None or drug.unresolved is not None:
             if selected:
-                problem = (problems[0].problem if problems else
-                           f"its medicationReference '{str(drug.unresolved)[:120]}' could not be resolved")
+                found = [p.problem for p in problems[:1]]
+                if drug.unresolved is not None:
+                    found.append(f"its medicationReference '{drug.unresolved[:120]}' could not be resolved")
+                problem = "; ".join(found)
                 chart.order_issues.append(OrderIssue(ref, problem, drug.concept,
                                                      drug.unresolved is None and drug.concept is not None))
             continue
