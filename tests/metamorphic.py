@@ -349,7 +349,8 @@ def subject_absolute(request: dict[str, Any], case_id: str, now: dt.datetime) ->
 def subject_urn_uuid(request: dict[str, Any], case_id: str, now: dt.datetime) -> Rewritten | None:
     """References to the patient as a `urn:uuid`, resolved by a Patient entry with that fullUrl in each Bundle
     (search.mode include in a searchset, as `_include=...:patient` returns it)."""
-    patient = next((r for r in resources(request) if r.get("resourceType") == "Patient"), None)
+    patient = next((r for r in resources(request) if r.get("resourceType") == "Patient" and r.get("id") == PATIENT),
+                   None)
     if patient is None:
         return None
     out = _clone(request)
@@ -681,8 +682,21 @@ BY_NAME = {r.name: r for r in REWRITES}
 CardKey = tuple[str, str, tuple[str, ...]]
 
 
-def card_keys(cards: list[dict[str, Any]], rewritten: Rewritten | None = None) -> Counter[CardKey]:
-    """Cards as (rule, indicator, evidence mapped back to the original resources)."""
+def anchors(request: dict[str, Any]) -> set[str]:
+    """The resources a hook is about (draft orders, appointments): cards of those hooks may cite them too."""
+    found = set()
+    for key in ("draftOrders", "appointments"):
+        bundle = request["context"].get(key)
+        for entry in bundle.get("entry") or () if isinstance(bundle, dict) else ():
+            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+                found.add(ref(entry["resource"]))
+    return found
+
+
+def card_keys(cards: list[dict[str, Any]], rewritten: Rewritten | None = None,
+              before: frozenset[str] = frozenset()) -> Counter[CardKey]:
+    """Cards as (rule, indicator, evidence mapped back to the original resources); `before`: the original
+    answer's rules."""
     keys: Counter[CardKey] = Counter()
     for card in cards:
         ext = card.get("extension", {}).get("protocol-engine", {})
@@ -690,17 +704,21 @@ def card_keys(cards: list[dict[str, Any]], rewritten: Rewritten | None = None) -
         for item in ext.get("evidence") or ():
             evidence |= rewritten.back.get(item, {item}) if rewritten is not None else {item}
         if rewritten is not None and rewritten.tolerated_dq and ext.get("category") == "data-quality":
-            # Another patient's resources are dropped with a data-quality card naming them (issue 16 item 1).
-            evidence -= rewritten.added
-            if not evidence:
+            # Another patient's resources are set aside with a data-quality card naming them (issue 16 item 1),
+            # possibly also citing the order or appointment the hook is about; it must cite nothing else. A
+            # data-quality card the original answer had already must stay the same, apart from naming them too.
+            if (ext.get("rule") not in before and evidence & rewritten.added
+                    and not evidence - rewritten.added - anchors(rewritten.request)):
                 continue
+            evidence -= rewritten.added
         keys[(str(ext.get("rule")), str(card.get("indicator")), tuple(sorted(evidence)))] += 1
     return keys
 
 
 def difference(before: list[dict[str, Any]], after: list[dict[str, Any]], rewritten: Rewritten) -> str:
     """'' when the cards are the same; otherwise what was lost and what was gained, with summaries."""
-    want, got = card_keys(before), card_keys(after, rewritten)
+    want = card_keys(before)
+    got = card_keys(after, rewritten, frozenset(rule for rule, _, _ in want))
     if want == got:
         return ""
     summaries = {}
