@@ -23,7 +23,7 @@ def _time(value: str, field: str, end: bool) -> dt.datetime:
             start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
             return start + dt.timedelta(days=1) if end else start
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise BadRequest(f"'{field}' is a date (2026-11-30) or an ISO 8601 time; got '{value[:40]}'", field) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
@@ -31,7 +31,10 @@ def _time(value: str, field: str, end: bool) -> dt.datetime:
 def period(args: Mapping[str, str], now: dt.datetime) -> tuple[dt.datetime, dt.datetime, str]:
     """since/until (dates are whole UTC days, both included) and bucket from the query string; default 30 days."""
     until = _time(args["until"], "until", True) if args.get("until") else now
-    since = _time(args["since"], "since", False) if args.get("since") else until - dt.timedelta(days=30)
+    try:
+        since = _time(args["since"], "since", False) if args.get("since") else until - dt.timedelta(days=30)
+    except OverflowError as exc:
+        raise BadRequest("'until' is too early to count 30 days back from it", "until") from exc
     bucket = args.get("bucket") or "day"
     if bucket not in BUCKETS:
         raise BadRequest(f"'bucket' is day or week; got '{bucket[:20]}'", "bucket")

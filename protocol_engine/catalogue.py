@@ -19,7 +19,12 @@ def catalogue(ruleset: RuleSet) -> dict[str, Any]:
                 "citation": {"label": r.citation.label, **({"url": r.citation.url} if r.citation.url else {})},
                 "notes": r.notes, "protocol": pack.protocol.name, "path": r.path,
             })
-    return {"ruleset": ruleset.revision, "rules": rules}
+    return {"ruleset": ruleset.revision, "rules": rules,
+            # protocol.yaml's own settings (course gap, induction, ...) and the site settings in force, for the
+            # rule pages: value, range, source, and the shipped value where a site changed it
+            "protocol_settings": {p.protocol.name: [s.describe() for s in p.protocol.settings.values()]
+                                  for p in ruleset.packs},
+            "site": ruleset.site.describe() if ruleset.site else None}
 
 
 def _sort_key(rule_id: str) -> tuple[str, int, str]:

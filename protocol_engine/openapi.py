@@ -47,6 +47,20 @@ def openapi_document(service_ids: list[str]) -> dict[str, Any]:
                         "stored": {"type": "integer"}, "received": {"type": "integer"}}}}}},
                     "400": errors["400"], "404": errors["404"], "415": errors["415"],
                     "503": {"description": "Store unavailable; retry", **_outcome_ref()}, **unauthorized}}},
+            "/analytics/data": {"get": {
+                "summary": "Override analytics: per rule cards shown, accepted, overridden, reasons, rate over time",
+                "operationId": "analytics",
+                "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"},
+                                "description": d} for n, d in (
+                    ("since", "first day (2026-11-01) or ISO time; default 30 days before until"),
+                    ("until", "last day, included, or ISO time (excluded); default now"),
+                    ("bucket", "day or week"))],
+                "responses": {"200": {"description": "Figures", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["buckets", "rules"]}}}},
+                    "400": errors["400"],
+                    "401": {"description": "Operator token missing or wrong (authentication on)", **_outcome_ref()},
+                    "403": {"description": "No operator token configured (authentication on)", **_outcome_ref()},
+                    "503": {"description": "Store unavailable; retry", **_outcome_ref()}}}},
             "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz", "responses": {
                 "200": {"description": "Alive", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/readyz": {"get": {"summary": "Readiness", "operationId": "readyz", "responses": {
