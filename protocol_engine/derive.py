@@ -322,6 +322,12 @@ class Deriver:
         for foreign in chart.foreign:
             facts.append({"t": "foreign-record", "refs": [foreign.ref], "problem": foreign.problem,
                           "describe": f"{foreign.ref}: {foreign.problem}"})
+        for a in chart.administrations:
+            if a.start is None and a.status in self.admin_status and self.drug_of(a.medication) is not None:
+                # A dose that cannot be placed in time (no effective time, or only a month or year) is not
+                # counted in the course; said, not silently left out.
+                issues.append(DataIssue(a.ref, "dose time missing or less precise than a day: not counted in "
+                                               "the course (timing checks may be incomplete)"))
         for issue in issues:  # last: readings validated on demand above may have added some
             facts.append({"t": "data-issue", "refs": [issue.ref], "problem": issue.problem,
                           "describe": f"{issue.ref}: {issue.problem}"})

@@ -277,7 +277,8 @@ def medication_statement(model: Any, medication: Concept, ref: str) -> Medicatio
 def administration(model: Any, medication: Concept, ref: str) -> AdministrationRecord:
     start = _aware(model.effectiveDateTime)
     if start is None and model.effectivePeriod is not None:
-        start = _aware(model.effectivePeriod.start)
+        # A period with only an end (charted when the infusion stopped) still places the dose.
+        start = _aware(model.effectivePeriod.start) or _aware(model.effectivePeriod.end)
     route = concept(model.dosage.route) if model.dosage is not None and model.dosage.route else None
     return AdministrationRecord(ref, medication, model.status, start, route)
 
