@@ -1,10 +1,20 @@
-"""gunicorn settings: threaded workers (keep-alive for EHR connection reuse), shared metrics."""
+"""gunicorn settings: threaded workers (keep-alive for EHR connection reuse), shared metrics, no shared sockets.
+
+Production runs behind the reverse proxy in deploy/nginx.conf, which buffers whole requests from slow clients
+(gthread workers read a request on a worker thread once its first byte arrives).
+"""
 
 import gc
+import glob
 import os
 import tempfile
 
-from prometheus_client import multiprocess
+# prometheus_client chooses in-memory or file-backed values when it is first imported, and the workers inherit
+# the master's choice: the directory must be in the environment before anything imports prometheus_client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="protocol-engine-metrics-")
+
+from prometheus_client import multiprocess  # noqa: E402 - must follow the environment variable
 
 worker_class = "gthread"
 threads = int(os.environ.get("PROTOCOL_ENGINE_THREADS", "4"))
@@ -13,8 +23,22 @@ timeout = 30
 graceful_timeout = 10
 accesslog = None  # the app logs what it needs; access logs could carry query strings
 
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="protocol-engine-metrics-")
+# gunicorn >= 25 opens a control socket at one per-user default path, so two instances on one machine would
+# share (and take over) each other's. None unless asked for, and then at a path of this instance's own.
+if os.environ.get("PROTOCOL_ENGINE_CONTROL_SOCKET"):
+    control_socket = os.environ["PROTOCOL_ENGINE_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
+
+METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+
+
+def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    # Files left by an earlier run (other pids) would be summed into this run's counters.
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for pattern in METRIC_FILES:
+        for path in glob.glob(os.path.join(directory, pattern)):
+            os.remove(path)
 
 
 def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature

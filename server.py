@@ -12,9 +12,11 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request, send_from_directory
 from flask_cors import CORS
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.sansio.utils import host_is_trusted
 
-from adapters.fhir.client import HttpxFhirClient
+from adapters.fhir.allowlist import AllowList
+from adapters.fhir.client import AllowListedClient, FhirClient, HttpxFhirClient
 from protocol_engine import metrics
 from protocol_engine.audit import AuditWriter
 from protocol_engine.config import Settings, load_settings
@@ -26,6 +28,7 @@ from protocol_engine.openapi import openapi_document
 from protocol_engine.outcome import operation_outcome
 from protocol_engine.pipeline import discovery, run
 from protocol_engine.registry import Loaded, Registry
+from protocol_engine.replay import FailOpenReplay
 from protocol_engine.security import AuthError, Verifier, load_clients
 from protocol_engine.store import Store
 
@@ -42,11 +45,23 @@ def _outcome(status: int, code: str, message: str, field: str | None = None) -> 
     return response
 
 
+def _raw_body() -> bytes:
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and request.environ.get("wsgi.input_terminated"):
+        # A chunked body has no Content-Length for Werkzeug to refuse up front, and its limited stream stops
+        # at the limit without saying so: read one byte past it to tell "exactly the limit" from "cut".
+        raw = request.environ["wsgi.input"].read(limit + 1)
+        if len(raw) > limit:
+            raise RequestEntityTooLarge()
+        return bytes(raw)
+    return request.get_data(cache=False)
+
+
 def _body() -> Any:
     mime = (request.mimetype or "").lower()
     if mime not in JSON_TYPES:
         raise _Unsupported()
-    raw = request.get_data(cache=False)
+    raw = _raw_body()
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -74,21 +89,46 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     store = Store(settings.database_url)
     store.migrate()
     audit = AuditWriter(store)
-    client = settings.extra.get("fhir_client") or HttpxFhirClient()
+    client: FhirClient = settings.extra.get("fhir_client") or HttpxFhirClient(settings.fhir_max_bytes,
+                                                                             settings.fhir_concurrency)
     verifier: Verifier | None = None
     if settings.auth == "required":
         clients = load_clients(settings.clients) if settings.clients else {}
         if not clients:
             log.warning("PROTOCOL_ENGINE_AUTH=required and no trusted clients: every call will get 401")
-        verifier = Verifier(clients, store, settings.jwt_leeway,
-                            allow_http_jwks=bool(settings.extra.get("allow_http_jwks", False)))
+        verifier = Verifier(clients, FailOpenReplay(store), settings.jwt_leeway,
+                            allow_http_jwks=bool(settings.extra.get("allow_http_jwks", False)),
+                            max_lifetime_s=settings.jwt_max_lifetime, refresh_s=settings.jwks_refresh)
+        if not settings.public_url and not all(c.audience for c in clients.values()):
+            log.warning("no PROTOCOL_ENGINE_PUBLIC_URL: JWT aud is checked against the Host header only for "
+                        "trusted hosts (%s); set the public URL EHRs call", ", ".join(settings.trusted_hosts))
     else:
         log.warning("!" * 78)
         log.warning("AUTHENTICATION DISABLED (PROTOCOL_ENGINE_AUTH=disabled): any caller can invoke the "
                     "services. For a local demo only; never expose this service like this.")
         log.warning("!" * 78)
+    # With authentication off, the one allow-list for every caller (tests replace it to trust their loopback server).
+    AllowList(settings.fhir_servers)  # refuse to start on an entry that is not an http(s) base URL
     app.extensions["protocol_engine"] = {"registry": registry, "store": store, "audit": audit,
-                                         "settings": settings, "verifier": verifier}
+                                         "settings": settings, "verifier": verifier,
+                                         "fhir_servers": settings.fhir_servers, "fhir_client": client}
+
+    def fhir_client() -> AllowListedClient:
+        """The fetcher for this call: only the FHIR servers its caller is allowed to name."""
+        if verifier is not None:
+            caller = verifier.clients.get(str(g.claims.get("iss"))) if "claims" in g else None
+            entries = caller.fhir_servers if caller else ()
+        else:
+            entries = app.extensions["protocol_engine"]["fhir_servers"]
+        return AllowListedClient(client, AllowList(entries))
+
+    def expected_url() -> str:
+        """The URL the caller's JWT must name: from configuration, or a Host we were told to trust."""
+        if settings.public_url:
+            return settings.public_url + request.path
+        if not host_is_trusted(request.host, list(settings.trusted_hosts)):
+            raise AuthError(f"Host {request.host[:100]!r} is not trusted and no PROTOCOL_ENGINE_PUBLIC_URL is set")
+        return request.base_url
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), allow_headers=["Authorization", "Content-Type"],
              methods=["GET", "POST", "OPTIONS"], max_age=600)
@@ -110,8 +150,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if request.path in OPEN_PATHS or request.path.startswith(("/static/", "/demo/", "/analytics/")):
             return None
         try:
-            url = request.base_url
-            g.claims = verifier.verify(request.headers.get("Authorization"), url, request.path, g.now)
+            g.claims = verifier.verify(request.headers.get("Authorization"), expected_url(), request.path, g.now)
         except AuthError as exc:
             metrics.AUTH_FAILURES.inc()
             log.warning("401 %s %s: %s", request.method, request.path, exc)
@@ -138,15 +177,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             return _outcome(404, "not-found", f"no CDS service with id '{service_id[:64]}'")
         try:
             body = _body()
-            outcome = run(current.runtimes, current.ruleset.revision, service_id, body, g.now, client,
+            outcome = run(current.runtimes, current.ruleset.revision, service_id, body, g.now, fhir_client(),
                           settings.fhir_timeout, settings.request_deadline)
         except _Unsupported:
             return _outcome(415, "not-supported", "send the request as application/json")
         except PrefetchUnavailable as exc:
             metrics.FETCH_ERRORS.labels(service_id).inc()
-            log.warning("412 %s: %s", service_id, exc)
+            log.warning("412 %s: %s%s", service_id, exc, f" ({exc.detail})" if exc.detail else "")
             return _outcome(412, "processing", f"required data unavailable for prefetch key(s) "
-                                               f"{', '.join(exc.keys)}: {exc}", exc.keys[0])
+                                               f"{', '.join(exc.keys)}: {exc.reason}", exc.keys[0])
         except BadRequest as exc:
             return _outcome(400, "invalid", str(exc), exc.field)
         except EngineError:
@@ -172,26 +211,26 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if service_id not in registry.current.runtimes:
             return _outcome(404, "not-found", f"no CDS service with id '{service_id[:64]}'")
         try:
-            items = parse_feedback(_body(), service_id)
+            items = parse_feedback(_body(), service_id, settings.max_feedback_items)
         except _Unsupported:
             return _outcome(415, "not-supported", "send the feedback as application/json")
         except BadRequest as exc:
-            return _outcome(400, "invalid", str(exc), exc.field)
+            return _outcome(exc.status, exc.code, str(exc), exc.field)
         uuids = [i["card_uuid"] for i in items]
         try:
-            known = store.known_cards(uuids)
-            if len(known) < len(set(uuids)):
-                audit.flush(1.0)  # a card this worker just served may still be in the write queue
-                known = store.known_cards(uuids)
-            unknown = [u for u in uuids if u not in known]
-            if unknown:
-                return _outcome(400, "invalid", f"unknown card uuid(s): {', '.join(unknown[:5])}",
-                                "feedback.card")
+            # Feedback for a card not (yet) on record is stored all the same: its trace may still be in another
+            # worker's write batch, or the database was away when it was served. The report joins feedback to
+            # cards by uuid, so it is reconciled as soon as the card's row lands; an EHR is never told "never".
+            unmatched = len(set(uuids) - store.known_cards(uuids))
             added = store.add_feedback(items, g.now)
         except Exception as exc:
             metrics.DB_ERRORS.labels("feedback").inc()
             log.error("feedback not stored: %s", type(exc).__name__)
-            return _outcome(503, "transient", "feedback could not be stored; retry later")
+            response = _outcome(503, "transient", "feedback could not be stored; retry later")
+            response.headers["Retry-After"] = "5"
+            return response
+        if unmatched:
+            metrics.FEEDBACK_UNMATCHED.inc(unmatched)
         return jsonify({"stored": added, "received": len(items)})
 
     @app.get("/healthz")

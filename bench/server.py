@@ -30,7 +30,7 @@ class Gunicorn:
     """
 
     def __init__(self, workdir: Path, workers: int = 2, env: Mapping[str, str] | None = None,
-                 database_url: str | None = None, log: bool = True) -> None:
+                 database_url: str | None = None, log: bool = True, preset_metrics_dir: bool = True) -> None:
         self.workdir = Path(workdir)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -41,6 +41,8 @@ class Gunicorn:
         self.env = {**os.environ, "PROTOCOL_ENGINE_AUTH": "disabled",
                     "PROTOCOL_ENGINE_DATABASE_URL": database_url or f"sqlite:///{self.workdir}/protocol-engine.db",
                     "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **(env or {})}
+        if not preset_metrics_dir:  # as a user starts it: gunicorn.conf.py picks the directory itself
+            del self.env["PROMETHEUS_MULTIPROC_DIR"]
         self.keep_log = log
         self.proc: subprocess.Popen[bytes] | None = None
 

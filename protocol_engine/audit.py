@@ -1,4 +1,9 @@
-"""Decision traces written off the request path; a database outage never fails a hook call."""
+"""Decision traces written off the request path; a database outage never fails a hook call.
+
+While the database is away the writer keeps the batch it holds and retries it with back-off (0.5 s doubling to
+30 s) instead of dropping it; calls meanwhile queue their traces (up to the queue's capacity, then they are
+dropped, logged and counted). One log line per outage, not one per trace.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import time
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from . import metrics
 from .store import Store
@@ -22,6 +28,9 @@ BATCH = 200
 # moves that cost to one short burst per interval. Feedback and shutdown flush at once.
 GATHER_S = 0.25
 POLL_S = 0.02
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 class AuditWriter:
@@ -31,6 +40,7 @@ class AuditWriter:
         self.store = store
         self.queue: queue.Queue[tuple[dict[str, Any], str, dt.datetime] | None] = queue.Queue(capacity)
         self._hurry = threading.Event()
+        self.failing = False  # the database refused the last write; the writer is retrying it
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
         atexit.register(self.flush, 5.0)  # a graceful worker exit writes what it still holds
@@ -74,27 +84,43 @@ class AuditWriter:
                 return
 
     def _write(self, batch: list[tuple[dict[str, Any], str, dt.datetime]]) -> None:
-        try:
-            self.store.record_decisions(batch)
-            return
-        except (OperationalError, InterfaceError) as exc:  # the database is away: no point retrying each
-            failed, reason = batch, type(exc).__name__
-        except Exception as exc:
-            if len(batch) == 1:
-                failed, reason = batch, type(exc).__name__
-            else:  # one bad trace must not take the others with it
-                failed, reason = [], type(exc).__name__
-                for item in batch:
-                    try:
-                        self.store.record_decisions([item])
-                    except Exception:
-                        failed.append(item)
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                self.store.record_decisions(batch)
+                if self.failing:
+                    log.warning("database answers again; decision traces are being stored")
+                self.failing = False
+                return
+            except UNAVAILABLE as exc:  # the database is away: keep the batch and try again later
+                metrics.DB_ERRORS.labels("decision-retry").inc()
+                if not self.failing:
+                    log.error("decision traces not stored yet (%s): database unavailable; retrying with back-off",
+                              type(exc).__name__)
+                self.failing = True
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+            except Exception as exc:
+                self._write_each(batch, exc)
+                return
+
+    def _write_each(self, batch: list[tuple[dict[str, Any], str, dt.datetime]], exc: Exception) -> None:
+        """The batch was refused for its content: store each trace alone, so one bad trace loses no other."""
+        failed, reason = (batch, type(exc).__name__) if len(batch) == 1 else ([], type(exc).__name__)
+        if len(batch) > 1:
+            for item in batch:
+                try:
+                    self.store.record_decisions([item])
+                except Exception:
+                    failed.append(item)
         for trace, _, _ in failed:
             metrics.DB_ERRORS.labels("decision").inc()
             log.error("decision trace not stored: %s", reason, extra={"hookInstance": trace.get("hookInstance")})
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every queued trace is written (tests, shutdown)."""
+        """Wait until every queued trace is written (tests, shutdown); at once False while the database is away."""
+        if self.failing:
+            return False
         done = threading.Event()
 
         def waiter() -> None:

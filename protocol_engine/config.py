@@ -24,7 +24,22 @@ class Settings:
     request_deadline: float = 3.0
     jwt_leeway: int = 60
     admin_token: str | None = None
+    # The URL EHRs call us at (scheme://host[:port][/prefix]); JWT `aud` is checked against it, never the Host header.
+    public_url: str | None = None
+    # Host names whose Host header may form the expected `aud` when no public URL is configured (loopback by default).
+    trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    # FHIR server base URLs this service may fetch from when authentication is disabled (per client otherwise).
+    fhir_servers: tuple[str, ...] = ()
+    fhir_max_bytes: int = 20 * 1024 * 1024
+    fhir_concurrency: int = 4  # simultaneous fetches per FHIR server, per worker
+    jwt_max_lifetime: int = 300  # seconds a token may live beyond its iat (CDS Hooks: short-lived tokens)
+    jwks_refresh: float = 300.0  # seconds between background JWKS refreshes
+    max_feedback_items: int = 100
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(o.strip() for o in (value or "").split(",") if o.strip())
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -40,14 +55,26 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         "fhir_timeout": float(env.get("PROTOCOL_ENGINE_FHIR_TIMEOUT", 2.0)),
         "request_deadline": float(env.get("PROTOCOL_ENGINE_REQUEST_DEADLINE", 3.0)),
         "admin_token": env.get("PROTOCOL_ENGINE_ADMIN_TOKEN") or None,
+        "public_url": (env.get("PROTOCOL_ENGINE_PUBLIC_URL") or "").rstrip("/") or None,
+        "trusted_hosts": _csv(env.get("PROTOCOL_ENGINE_TRUSTED_HOSTS")) or Settings.trusted_hosts,
+        "fhir_servers": _csv(env.get("PROTOCOL_ENGINE_FHIR_SERVERS")),
+        "fhir_max_bytes": int(env.get("PROTOCOL_ENGINE_FHIR_MAX_BYTES", 20 * 1024 * 1024)),
+        "fhir_concurrency": int(env.get("PROTOCOL_ENGINE_FHIR_CONCURRENCY", 4)),
+        "jwt_max_lifetime": int(env.get("PROTOCOL_ENGINE_JWT_MAX_LIFETIME", 300)),
+        "jwks_refresh": float(env.get("PROTOCOL_ENGINE_JWKS_REFRESH", 300.0)),
+        "max_feedback_items": int(env.get("PROTOCOL_ENGINE_MAX_FEEDBACK_ITEMS", 100)),
     }
     for key, value in (overrides or {}).items():
         name = key.lower().removeprefix("protocol_engine_")
         if name in values or name in ("jwt_leeway",):
             if name == "rules" or (name in ("clients", "site") and value is not None):
                 value = Path(value)
-            if name == "cors_origins" and isinstance(value, str):
-                value = tuple(o.strip() for o in value.split(",") if o.strip())
+            if name in ("cors_origins", "trusted_hosts", "fhir_servers") and isinstance(value, str):
+                value = _csv(value)
+            elif name in ("cors_origins", "trusted_hosts", "fhir_servers"):
+                value = tuple(value)
+            if name == "public_url" and value:
+                value = str(value).rstrip("/")
             values[name] = value
     if values["auth"] not in ("required", "disabled"):
         raise ValueError("PROTOCOL_ENGINE_AUTH must be 'required' or 'disabled'")

@@ -33,9 +33,13 @@ class PrefetchUnavailable(ProtocolEngineError):
     status = 412
     code = "processing"
 
-    def __init__(self, keys: list[str], reason: str) -> None:
+    def __init__(self, keys: list[str], reason: str, detail: str = "") -> None:
         super().__init__(f"prefetch unavailable for {', '.join(keys)}: {reason}")
         self.keys = keys
+        self.reason = reason
+        # What the FHIR server did (status, timeout, size): logged only, so a caller cannot use the answer
+        # to probe which hosts and ports the service can reach.
+        self.detail = detail
 
 
 @dataclass(frozen=True)

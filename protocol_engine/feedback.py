@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 from .errors import BadRequest
@@ -22,17 +23,33 @@ def parse_timestamp(value: Any, where: str) -> dt.datetime:
     return parsed.astimezone(dt.UTC)
 
 
-def parse_feedback(body: Any, service: str) -> list[dict[str, Any]]:
+class TooManyItems(BadRequest):
+    status = 413
+    code = "too-costly"
+
+
+def card_uuid(value: Any, where: str) -> str:
+    """The card's uuid in the form this service issues (lower-case, hyphenated)."""
+    try:
+        if not isinstance(value, str) or len(value) > 45:
+            raise ValueError(value)
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise BadRequest(f"{where}.card must be the uuid of a card this service returned", f"{where}.card") from None
+
+
+def parse_feedback(body: Any, service: str, max_items: int = 100) -> list[dict[str, Any]]:
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) or not body["feedback"]:
         raise BadRequest("body must be {\"feedback\": [ ... ]} with at least one item", "feedback")
+    if len(body["feedback"]) > max_items:
+        raise TooManyItems(f"at most {max_items} feedback items per request; send the rest in further requests",
+                           "feedback")
     items = []
     for i, item in enumerate(body["feedback"]):
         where = f"feedback[{i}]"
         if not isinstance(item, dict):
             raise BadRequest(f"{where} must be an object", where)
-        card = item.get("card")
-        if not isinstance(card, str) or not card or len(card) > 40:
-            raise BadRequest(f"{where}.card must be the card's uuid", f"{where}.card")
+        card = card_uuid(item.get("card"), where)
         outcome = item.get("outcome")
         if outcome not in OUTCOMES:
             raise BadRequest(f"{where}.outcome must be accepted or overridden", f"{where}.outcome")

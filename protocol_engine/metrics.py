@@ -16,6 +16,8 @@ CARDS = Counter("protocol_engine_cards_total", "Cards returned", ["rule", "indic
 FETCH_ERRORS = Counter("protocol_engine_fetch_errors_total", "Prefetch keys the FHIR server could not supply",
                        ["service"])
 DB_ERRORS = Counter("protocol_engine_db_errors_total", "Database writes that failed", ["operation"])
+FEEDBACK_UNMATCHED = Counter("protocol_engine_feedback_unmatched_total",
+                             "Feedback items stored for a card not (yet) on record; reconciled by uuid")
 AUTH_FAILURES = Counter("protocol_engine_auth_failures_total", "Requests refused with 401")
 RELOADS = Counter("protocol_engine_rule_reloads_total", "Rule-set reload attempts", ["result"])
 

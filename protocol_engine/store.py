@@ -7,6 +7,8 @@ Nothing stored here holds a JWT, an access token or free text from the chart (id
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +79,10 @@ class Feedback(Base):
 
 
 class SeenToken(Base):
-    """JWT ids already used, kept until the token would have expired anyway (replay defence)."""
+    """JWT ids already used, kept until the token would have expired anyway (replay defence).
+
+    `jti` holds the SHA-256 of the token's jti (hex): a jti of any length is compared exactly, never truncated.
+    """
 
     __tablename__ = "seen_token"
     iss: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -88,8 +93,32 @@ class SeenToken(Base):
 Index("ix_feedback_received", Feedback.received_at)
 
 
+PURGE_INTERVAL_S = 60.0
+
+
 def _utc(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def jti_key(jti: str) -> str:
+    """The stored form of a jti: exact (a hash of all of it) and of fixed width."""
+    return hashlib.sha256(jti.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def storable(value: Any) -> Any:
+    """The value with every string made encodable as UTF-8: a lone surrogate (legal in JSON's \\u escapes, not
+    in UTF-8) becomes U+FFFD, so a trace is stored whatever the caller sent."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return value
 
 
 class Store:
@@ -106,8 +135,9 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+        self._next_purge = 0.0  # monotonic time of the next purge of expired replay rows
 
-    def migrate(self) -> None:
+    def migrate(self, revision: str = "head") -> None:
         """Bring the schema to the newest Alembic revision (safe to run from every worker)."""
         from alembic import command
         from alembic.config import Config
@@ -124,7 +154,7 @@ class Store:
                 try:
                     with self.engine.begin() as conn:
                         cfg.attributes["connection"] = conn
-                        command.upgrade(cfg, "head")
+                        command.upgrade(cfg, revision)
                 finally:
                     fcntl.flock(lock, fcntl.LOCK_UN)
             return
@@ -132,7 +162,7 @@ class Store:
             if self.engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(472183)"))  # one migrator at a time
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
 
     def ping(self) -> bool:
         try:
@@ -148,6 +178,7 @@ class Store:
         Core inserts rather than ORM objects: this runs on every hook call, and the ORM's unit of work
         cost about twice the CPU (measured, bench/run.py) in the same worker as the requests.
         """
+        items = [(storable(trace), storable(patient), at) for trace, patient, at in items]
         with self.engine.begin() as conn:
             ids = conn.execute(
                 insert(Decision).returning(Decision.id, sort_by_parameter_order=True),
@@ -186,6 +217,7 @@ class Store:
 
     def claim_token(self, iss: str, jti: str, expires_at: dt.datetime, now: dt.datetime) -> bool:
         """True the first time a (iss, jti) is seen; False on a replay."""
+        jti = jti_key(jti)
         try:
             with self.engine.begin() as conn:  # on every authenticated call: a Core insert, no unit of work
                 conn.execute(insert(SeenToken).values(iss=iss, jti=jti, expires_at=expires_at))
@@ -196,10 +228,15 @@ class Store:
                     seen.expires_at = expires_at  # an expired entry may be reused
                     return True
             return False
-        if now.second == 0:  # prune now and then, never on every call
-            with self.session.begin() as s:
-                s.execute(delete(SeenToken).where(SeenToken.expires_at < now))
+        if time.monotonic() >= self._next_purge:  # once a minute per worker, never on every call
+            self._next_purge = time.monotonic() + PURGE_INTERVAL_S
+            self.purge_tokens(now)
         return True
+
+    def purge_tokens(self, now: dt.datetime) -> int:
+        """Delete replay rows whose tokens have expired; returns how many."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(delete(SeenToken).where(SeenToken.expires_at < now)).rowcount or 0)
 
     def rule_report(self, since: dt.datetime, until: dt.datetime) -> list[dict[str, Any]]:
         """Per rule: cards shown, accepted, overridden, and override reasons with counts."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,8 +16,14 @@ class FhirServer:
         self.resources = resources
         self.page_size = page_size
         self.requests: list[dict[str, Any]] = []
-        self.mode = "ok"  # ok | 401 | 404 | 500 | garbage | slow | outcome | hang-page
+        self.mode = "ok"  # ok | 401 | 404 | 500 | garbage | slow | outcome | hang-page | drip | huge
         self.delay = 5.0
+        self.drip_interval = 0.25  # drip: one byte per interval of a body announced as 1 MB
+        self.huge_bytes = 64 * 1024 * 1024  # huge: a valid Bundle this large, streamed as fast as it is read
+        self.sent = 0  # body bytes written in drip/huge mode (how far the reader let the server get)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -24,7 +31,46 @@ class FhirServer:
                 return None
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._get()
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _stream(self, length: int, chunks: Any) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                try:
+                    for chunk in chunks:
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                        server.sent += len(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _get(self) -> None:
                 server.requests.append({"path": self.path, "authorization": self.headers.get("Authorization")})
+                if server.mode == "drip":
+                    def drip() -> Any:
+                        for _ in range(1024 * 1024):
+                            time.sleep(server.drip_interval)
+                            if select.select([self.connection], [], [], 0)[0]:
+                                return  # the reader hung up (EOF is readable): count it as gone at once
+                            yield b" "
+                    self._stream(1024 * 1024, drip())
+                    return
+                if server.mode == "huge":
+                    head, tail = b'{"resourceType": "Bundle", "type": "searchset", "x": "', b'"}'
+                    block = b"x" * 65536
+                    count = (server.huge_bytes - len(head) - len(tail)) // len(block)
+                    self._stream(len(head) + count * len(block) + len(tail),
+                                 [head, *(block for _ in range(count)), tail])
+                    return
                 status, body = server.answer(self.path)
                 if status == -1:
                     time.sleep(server.delay)

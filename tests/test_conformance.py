@@ -206,7 +206,7 @@ def test_a_request_without_any_prefetch_member_is_normal(client: Any, loaded: An
 
 # -- prefetch and the fetch path ----------------------------------------------------------
 @pytest.fixture()
-def fhir(loaded: Any) -> Iterator[FhirServer]:
+def fhir(loaded: Any, app: Any) -> Iterator[FhirServer]:
     body = _severe_request(loaded)
     resources: list[dict[str, Any]] = []
     for value in body["prefetch"].values():
@@ -215,6 +215,7 @@ def fhir(loaded: Any) -> Iterator[FhirServer]:
         elif isinstance(value, dict):
             resources.append(value)
     server = FhirServer(resources, page_size=2)
+    app.extensions["protocol_engine"]["fhir_servers"] = (server.base,)  # PROTOCOL_ENGINE_FHIR_SERVERS
     yield server
     server.close()
 

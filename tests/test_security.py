@@ -128,20 +128,25 @@ def test_auth_2_alg_none_hmac_and_unknown_kid_are_refused(secure_app: Any, keys:
                       "a-shared-secret-of-at-least-32-bytes!!", algorithm="HS256", headers={"kid": "hmac-1"})
     assert _get(secure_app, "/cds-services", hmac).status_code == 401
     assert _get(secure_app, "/cds-services", token(keys, aud, kid="nope")).status_code == 401
-    # A jku-based client: an unknown kid triggers exactly one JWKS refresh, then 401.
+    # A jku-based client: its key set was fetched at start; an unknown kid is refused without any fetch.
+    assert secure_app.extensions["protocol_engine"]["verifier"].refreshed.wait(5)
     before = jwks_server.hits
+    assert before == 1
     tok = token(keys, aud, iss="https://rotating.example.org", kid="ec-9")
     assert _get(secure_app, "/cds-services", tok).status_code == 401
-    assert jwks_server.hits == before + 1
+    assert jwks_server.hits == before
 
 
 def test_auth_2_key_rotation_is_picked_up_from_the_jku(secure_app: Any, keys: Keys, jwks_server: JwksServer) -> None:
     aud = BASE + "/cds-services"
+    verifier = secure_app.extensions["protocol_engine"]["verifier"]
+    assert verifier.refreshed.wait(5)
     first = token(keys, aud, iss="https://rotating.example.org", kid="ec-1")
     assert _get(secure_app, "/cds-services", first).status_code == 200
     jwks_server.rotated = True
-    verifier = secure_app.extensions["protocol_engine"]["verifier"]
-    verifier.clients["https://rotating.example.org"].last_refresh = 0  # the rate limit window has passed
+    rotated = token(keys, aud, iss="https://rotating.example.org", kid="ec-2", key=keys.rotated)
+    assert _get(secure_app, "/cds-services", rotated).status_code == 401  # not before the next refresh
+    verifier.refresh_now()  # what the background thread does every PROTOCOL_ENGINE_JWKS_REFRESH seconds
     rotated = token(keys, aud, iss="https://rotating.example.org", kid="ec-2", key=keys.rotated)
     assert _get(secure_app, "/cds-services", rotated).status_code == 200
 
@@ -166,7 +171,8 @@ def test_auth_4_audience_is_the_exact_url_called(secure_app: Any, keys: Keys, lo
     feedback = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
                               "outcomeTimestamp": "2026-11-21T10:00:00Z"}]}
     assert _post(secure_app, SIGN + "/feedback", token(keys, service), feedback).status_code == 401
-    assert _post(secure_app, SIGN + "/feedback", token(keys, service + "/feedback"), feedback).status_code == 400
+    # A card not on record is stored and reconciled by uuid (its trace may still be in another worker's batch).
+    assert _post(secure_app, SIGN + "/feedback", token(keys, service + "/feedback"), feedback).status_code == 200
 
 
 def test_auth_5_expired_future_and_replayed_tokens(secure_app: Any, keys: Keys) -> None:
@@ -210,6 +216,7 @@ def test_auth_7_logs_and_records_never_hold_tokens_or_free_text(
             "given": [bp(190, 110), {"condition": "ICD10#F20.9 Patient says the voices are back"}]})
         del body["prefetch"]["medicationStatements"]
         access_token = "fhir-access-token-" + uuid.uuid4().hex
+        secure_app.extensions["protocol_engine"]["verifier"].clients[ISS].fhir_servers = (server.base,)
         body.update(fhirServer=server.base, fhirAuthorization={"access_token": access_token, "token_type": "Bearer",
                                                                 "expires_in": 300, "scope": "user/*.read",
                                                                 "subject": "svc"})
@@ -264,3 +271,190 @@ def test_sandbox_client_file_trusts_the_public_sandbox_key() -> None:
     assert "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f" in client.keys
     if shared:
         assert shared["keys"][0]["kid"] in client.keys
+
+
+# -- issue 17: hardening ----------------------------------------------------------------------
+def test_a_foreign_host_header_never_changes_the_accepted_audience(secure_app: Any, keys: Keys) -> None:
+    """Probe: with no audience configured, `aud` was built from the caller's Host header."""
+    foreign = token(keys, "http://other-cds.example/cds-services")
+    response = secure_app.test_client().get("/cds-services", headers={"Authorization": f"Bearer {foreign}",
+                                                                       "Host": "other-cds.example"})
+    assert response.status_code == 401
+    ours = token(keys, BASE + "/cds-services")
+    assert _get(secure_app, "/cds-services", ours).status_code == 200  # loopback Host is trusted by default
+
+
+def test_the_public_url_fixes_the_audience_whatever_the_host(tmp_path: Path, keys: Keys) -> None:
+    from server import create_app
+
+    path = tmp_path / "clients.yaml"
+    path.write_text(json.dumps({"clients": [{"iss": ISS, "jwks": keys.jwks()}]}))
+    app = create_app({"auth": "required", "clients": str(path), "database_url": f"sqlite:///{tmp_path}/pe.db",
+                      "reload_interval": 0, "public_url": "https://cds.example.org/"})
+    try:
+        client = app.test_client()
+        for host in ("cds.example.org", "other-cds.example", "localhost"):
+            good = token(keys, "https://cds.example.org/cds-services", extra={"tenant": None})
+            bad = token(keys, f"http://{host}/cds-services")
+            headers = {"Host": host}
+            assert client.get("/cds-services", headers={**headers, "Authorization": f"Bearer {good}"}).status_code == 200
+            assert client.get("/cds-services", headers={**headers, "Authorization": f"Bearer {bad}"}).status_code == 401
+    finally:
+        app.extensions["protocol_engine"]["audit"].flush()
+
+
+class _FailingJwks:
+    """A JWKS endpoint that answers 500 after `delay` seconds, counting calls."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.hits = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def do_GET(self) -> None:  # noqa: N802
+                outer.hits += 1
+                time.sleep(delay)
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_forged_tokens_cost_no_outbound_request_and_failures_back_off(tmp_path: Path, keys: Keys) -> None:
+    """Probe: every forged token with an unknown kid fetched the JWKS under one process-wide lock, unthrottled."""
+    from server import create_app
+
+    jwks = _FailingJwks(delay=1.0)
+    path = tmp_path / "clients.yaml"
+    path.write_text(json.dumps({"clients": [{"iss": "https://jku.example", "jwks_url": jwks.url},
+                                            {"iss": ISS, "jwks": keys.jwks()}]}))
+    app = create_app({"auth": "required", "clients": str(path), "database_url": f"sqlite:///{tmp_path}/pe.db",
+                      "reload_interval": 0, "allow_http_jwks": True})
+    try:
+        verifier = app.extensions["protocol_engine"]["verifier"]
+        assert verifier.refreshed.wait(5)
+        assert jwks.hits == 1  # fetched at start (and failed)
+        started = time.monotonic()
+        for n in range(20):
+            forged = token(keys, BASE + "/cds-services", iss="https://jku.example", kid=f"forged-{n}")
+            assert _get(app, "/cds-services", forged).status_code == 401
+        assert time.monotonic() - started < 3.0  # no caller waited on the slow JWKS endpoint
+        assert _get(app, "/cds-services", token(keys, BASE + "/cds-services")).status_code == 200
+        assert jwks.hits == 1  # forged tokens cost no outbound request; the next retry waits RETRY_FIRST_S
+        client = verifier.clients["https://jku.example"]
+        assert client.failures == 1 and client.next_refresh - time.monotonic() > 1.0
+    finally:
+        verifier.close()
+        jwks.httpd.shutdown()
+        app.extensions["protocol_engine"]["audit"].flush()
+
+
+def test_an_alg_of_another_key_type_or_an_absurd_exp_is_401_not_500(secure_app: Any, keys: Keys) -> None:
+    aud = BASE + "/cds-services"
+    rs_on_ec = jwt.encode({"iss": ISS, "aud": aud, "exp": int(time.time()) + 60, "iat": int(time.time()),
+                           "jti": str(uuid.uuid4()), "tenant": "hospital-a"}, keys.rsa, algorithm="RS384",
+                          headers={"kid": "ec-1"})
+    assert _get(secure_app, "/cds-services", rs_on_ec).status_code == 401
+    p256 = ec.generate_private_key(ec.SECP256R1())  # an ES256 signature presented for the P-384 key's kid
+    assert _get(secure_app, "/cds-services", token(keys, aud, alg="ES256", key=p256)).status_code == 401
+    year_10000 = token(keys, aud, extra={"exp": 253402300800})
+    assert _get(secure_app, "/cds-services", year_10000).status_code == 401
+    huge = token(keys, aud, extra={"exp": 10**30})
+    assert _get(secure_app, "/cds-services", huge).status_code == 401
+
+
+def test_tokens_living_longer_than_the_maximum_are_refused(secure_app: Any, keys: Keys, tmp_path: Path) -> None:
+    from server import create_app
+
+    aud = BASE + "/cds-services"
+    assert _get(secure_app, "/cds-services", token(keys, aud, exp_in=300)).status_code == 200
+    assert _get(secure_app, "/cds-services", token(keys, aud, exp_in=301)).status_code == 401
+    assert _get(secure_app, "/cds-services", token(keys, aud, exp_in=3 * 365 * 86400)).status_code == 401
+    settings = secure_app.extensions["protocol_engine"]["settings"]
+    longer = create_app({"auth": "required", "clients": str(settings.clients), "reload_interval": 0,
+                         "database_url": f"sqlite:///{tmp_path}/other.db", "jwt_max_lifetime": 3600})
+    assert _get(longer, "/cds-services", token(keys, aud, exp_in=3600)).status_code == 200
+    longer.extensions["protocol_engine"]["audit"].flush()
+
+
+def test_a_long_jti_is_compared_whole(secure_app: Any, keys: Keys) -> None:
+    """Probe: a jti over 255 characters was cut, so two tokens sharing 255 characters collided."""
+    aud = BASE + "/cds-services"
+    stem = "j" * 300
+    assert _get(secure_app, "/cds-services", token(keys, aud, jti=stem + "-1")).status_code == 200
+    assert _get(secure_app, "/cds-services", token(keys, aud, jti=stem + "-2")).status_code == 200
+    replay = token(keys, aud, jti=stem + "-1")
+    assert _get(secure_app, "/cds-services", replay).status_code == 401
+
+
+def test_replay_store_down_fails_open_to_a_per_worker_cache_without_tracebacks(
+        secure_app: Any, keys: Keys, loaded: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Probe: with the database down and authentication on, every call answered 500 with a traceback."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    store = secure_app.extensions["protocol_engine"]["store"]
+    good_engine, good_session = store.engine, store.session
+    broken = create_engine("postgresql+psycopg://nobody:x@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
+    store.engine, store.session = broken, sessionmaker(broken)
+    caplog.set_level(logging.INFO)
+    body = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
+                                                       "given": [bp(190, 110)]})
+    try:
+        once = token(keys, BASE + SIGN)
+        response = _post(secure_app, SIGN, once, body)
+        assert response.status_code == 200 and any(c["indicator"] == "critical" for c in response.json["cards"])
+        assert _post(secure_app, SIGN, once, body).status_code == 401  # this worker remembers it
+        for _ in range(5):
+            assert _post(secure_app, SIGN, token(keys, BASE + SIGN), body).status_code == 200
+    finally:
+        store.engine, store.session = good_engine, good_session
+        broken.dispose()
+    assert not [r for r in caplog.records if r.exc_info], "no traceback per call"
+    assert sum("replay store unavailable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_expired_replay_rows_are_purged_whatever_the_second(tmp_path: Path) -> None:
+    """Probe: replay rows were purged only by calls landing in second :00."""
+    import datetime as dt
+
+    from sqlalchemy import func, select
+
+    from protocol_engine.store import SeenToken, Store
+
+    store = Store(f"sqlite:///{tmp_path}/purge.db")
+    store.migrate()
+    now = dt.datetime(2026, 11, 30, 9, 0, 30, tzinfo=dt.UTC)
+    for n in range(5):
+        assert store.claim_token("iss", f"old-{n}", now - dt.timedelta(minutes=1), now - dt.timedelta(minutes=6))
+    store._next_purge = 0.0
+    assert store.claim_token("iss", "new", now + dt.timedelta(minutes=5), now)
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(SeenToken)) == 1
+    store.engine.dispose()
+
+
+def test_migration_0002_keeps_refusing_tokens_seen_before_the_upgrade(db_url: str) -> None:
+    import datetime as dt
+
+    from sqlalchemy import text
+
+    from protocol_engine.store import Store
+
+    store = Store(db_url)
+    store.migrate("0001")
+    now = dt.datetime.now(dt.UTC)
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO seen_token (iss, jti, expires_at) VALUES (:i, :j, :e)"),
+                     {"i": ISS, "j": "seen-before-upgrade", "e": now + dt.timedelta(minutes=5)})
+    store.migrate()
+    assert not store.claim_token(ISS, "seen-before-upgrade", now + dt.timedelta(minutes=5), now)
+    assert store.claim_token(ISS, "new-one", now + dt.timedelta(minutes=5), now)
+    store.engine.dispose()

@@ -79,7 +79,7 @@ def test_fb_1_feedback_is_stored_several_items_per_call(store_app: Any, loaded: 
     lambda i: i.pop("card"),
     lambda i: i.pop("outcomeTimestamp"),
     lambda i: i.update(outcomeTimestamp="yesterday"),
-    lambda i: i.update(card=str(uuid.uuid4())),              # unknown card
+    lambda i: i.update(card="not-a-uuid"),                   # not a card this service could have issued
 ])
 def test_fb_2_bad_feedback_is_400(store_app: Any, loaded: Any, mutate: Any) -> None:
     cards = _sign(store_app, loaded)

@@ -18,6 +18,7 @@ from urllib.parse import quote, urljoin
 
 from protocol_engine.errors import PrefetchUnavailable
 
+from . import allowlist
 from .client import FetchError, FhirClient
 from .hook_request import HookRequest
 
@@ -37,7 +38,9 @@ TEMPLATES: dict[str, tuple[str, str, str | None]] = {
 _TOKEN = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 ALLOWED_TOKENS = ("userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId")
 MAX_PAGES = 50
-_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fhir-fetch")
+# Every fetch is bounded by its deadline and each server by HttpxFhirClient.per_server, so threads come back soon;
+# the pool is larger than 4 request threads x every key so a fetch never queues behind another request's.
+_POOL = ThreadPoolExecutor(max_workers=48, thread_name_prefix="fhir-fetch")
 
 
 def templates_for(resource_types: set[str], codes: dict[str, list[str]] | None = None) -> dict[str, str]:
@@ -120,10 +123,10 @@ def _follow(bundle: dict[str, Any], request: HookRequest, client: FhirClient, ti
     while url:
         if request.fhir_server is None:
             raise FetchError("bundle is paginated and there is no fhirServer to follow it")
-        if not url.startswith(request.fhir_server):
-            url = urljoin(request.fhir_server + "/", url)
-            if not url.startswith(request.fhir_server):
-                raise FetchError("next link points outside fhirServer")
+        url = urljoin(request.fhir_server + "/", url)
+        base = allowlist.parse(request.fhir_server)
+        if base is None or not allowlist.within(url, base):  # origin + path segments, never a string prefix
+            raise FetchError("next link points outside fhirServer")
         pages += 1
         remaining = deadline - time.monotonic()
         if pages > MAX_PAGES or remaining <= 0:
@@ -186,7 +189,8 @@ def resolve(request: HookRequest, templates: dict[str, str], client: FhirClient 
                 try:
                     result.payloads[key] = _follow(value, request, client, timeout, deadline) if client else None
                 except FetchError as exc:
-                    raise PrefetchUnavailable([key], str(exc)) from exc
+                    raise PrefetchUnavailable([key], "its next pages could not be fetched from fhirServer",
+                                              detail=str(exc)) from exc
                 if result.payloads[key] is None:
                     raise PrefetchUnavailable([key], "paginated prefetch and no FHIR client")
                 if _error_entry(result.payloads[key]):
@@ -223,7 +227,7 @@ def resolve(request: HookRequest, templates: dict[str, str], client: FhirClient 
             reasons.append(f"{key}: {exc}")
     result.fetch_ms = (time.monotonic() - started) * 1000
     if failed:
-        raise PrefetchUnavailable(failed, "; ".join(reasons))
+        raise PrefetchUnavailable(failed, "could not be fetched from fhirServer", detail="; ".join(reasons))
     return result
 
 

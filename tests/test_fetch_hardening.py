@@ -1,0 +1,237 @@
+"""Outbound fetches cannot be turned against the network: allow-lists, byte cap, deadline, per-server bound.
+
+Each test names the probe from issue 17 it answers; all talk to real loopback servers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import ADULT, KETAMINE_ORDER, bp, free_port, request_for
+from fhir_server import FhirServer
+
+from adapters.fhir.allowlist import AllowList
+from adapters.fhir.client import FetchError, HttpxFhirClient
+
+SIGN = "/cds-services/ketamine-order-sign"
+
+
+def _request(loaded: Any) -> dict[str, Any]:
+    return request_for(loaded, "ketamine-order-sign", {
+        "patient": ADULT, "order": KETAMINE_ORDER,
+        "given": [bp(186, 108, id="bp-1"), {"condition": "ICD10#F20.9 Schizophrenia"}]})
+
+
+@pytest.fixture()
+def fhir(loaded: Any, app: Any) -> Iterator[FhirServer]:
+    body = _request(loaded)
+    resources: list[dict[str, Any]] = []
+    for value in body["prefetch"].values():
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+            resources += [e["resource"] for e in value.get("entry", [])]
+        elif isinstance(value, dict):
+            resources.append(value)
+    server = FhirServer(resources, page_size=2)
+    app.extensions["protocol_engine"]["fhir_servers"] = (server.base,)
+    yield server
+    server.close()
+
+
+def _missing(loaded: Any, server: str, *keys: str) -> dict[str, Any]:
+    body = _request(loaded)
+    for key in keys or ("observations",):
+        del body["prefetch"][key]
+    body["fhirServer"] = server
+    body["fhirAuthorization"] = {"access_token": "secret-token", "token_type": "Bearer", "expires_in": 300,
+                                 "scope": "user/*.read", "subject": "svc"}
+    return body
+
+
+# -- allow-list -----------------------------------------------------------------------------
+def test_allow_list_compares_origin_and_path_segments_not_string_prefixes() -> None:
+    allowed = AllowList(["http://127.0.0.1:1842/fhir", "ehr.example.org/R4"])
+    assert allowed.permits("http://127.0.0.1:1842/fhir/Observation?patient=1")
+    assert allowed.permits("http://127.0.0.1:1842/fhir")
+    assert allowed.permits("https://EHR.example.org:443/R4/Patient/1")
+    for url in ("http://127.0.0.1:18421/fhir/Observation",  # the string-prefix probe
+                "http://127.0.0.1:1842/fhir-admin/x", "http://127.0.0.1:1842/", "http://localhost:1842/fhir",
+                "http://[::1]:1842/fhir", "http://2130706433:1842/fhir", "http://0x7f.1:1842/fhir",
+                "https://127.0.0.1:1842/fhir",  # another scheme is another origin
+                "http://ehr.example.org/R4/Patient",  # https-only unless the entry says http
+                "https://ehr.example.org/R4/../admin", "https://ehr.example.org/R4/%2e%2e/admin",
+                "https://user:pw@ehr.example.org/R4", "https://ehr.example.org.evil.example/R4",
+                "file:///etc/passwd", "ftp://ehr.example.org/R4", "", "https:///R4"):
+        assert not allowed.permits(url), url
+    with pytest.raises(ValueError):
+        AllowList(["ftp://x/fhir"])
+
+
+@pytest.mark.parametrize("named", ["other-port", "loopback-v6", "decimal-ip", "string-prefix-port", "path-prefix"])
+def test_a_fhir_server_outside_the_allow_list_is_never_contacted(
+        client: Any, loaded: Any, fhir: FhirServer, named: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Probe: any caller made the service GET any URL it named, and send the access token there."""
+    port = int(fhir.base.split(":")[2].split("/")[0])
+    urls = {"other-port": f"http://127.0.0.1:{free_port()}/fhir", "loopback-v6": f"http://[::1]:{port}/fhir",
+            "decimal-ip": f"http://2130706433:{port}/fhir", "string-prefix-port": f"http://127.0.0.1:{port}1/fhir",
+            "path-prefix": f"http://127.0.0.1:{port}/fhir-internal"}
+    caplog.set_level(logging.WARNING)
+    response = client.post(SIGN, json=_missing(loaded, urls[named]))
+    assert response.status_code == 412
+    assert fhir.requests == []
+    diagnostics = response.json["issue"][0]["diagnostics"]
+    assert diagnostics == "required data unavailable for prefetch key(s) observations: could not be fetched " \
+                          "from fhirServer"
+    assert any("allow-list" in r.getMessage() for r in caplog.records)  # the detail is in the log only
+    assert "secret-token" not in caplog.text
+
+
+def test_the_412_text_does_not_tell_reachable_from_unreachable(client: Any, loaded: Any, fhir: FhirServer) -> None:
+    """Probe: the 412 text told which hosts and ports answered."""
+    texts = set()
+    for mode in ("404", "500", "garbage"):
+        fhir.mode = mode
+        texts.add(client.post(SIGN, json=_missing(loaded, fhir.base)).json["issue"][0]["diagnostics"])
+    fhir.close()  # now nothing listens there
+    texts.add(client.post(SIGN, json=_missing(loaded, fhir.base)).json["issue"][0]["diagnostics"])
+    assert len(texts) == 1
+
+
+def test_an_allow_listed_server_is_fetched_from(client: Any, loaded: Any, fhir: FhirServer) -> None:
+    response = client.post(SIGN, json=_missing(loaded, fhir.base, "observations", "conditions"))
+    assert response.status_code == 200
+    assert {r["path"].split("?")[0] for r in fhir.requests} == {"/fhir/Observation", "/fhir/Condition"}
+
+
+def test_a_paging_link_to_a_port_sharing_the_prefix_is_not_followed(
+        client: Any, loaded: Any, fhir: FhirServer) -> None:
+    """Probe: the next-link check was a string prefix (`http://host:1842` accepted `http://host:18421`)."""
+    decoy = FhirServer([], page_size=2)
+    try:
+        body = _request(loaded)
+        body["fhirServer"] = fhir.base
+        port = fhir.base.split(":")[2].split("/")[0]
+        # a link that string-starts with fhirServer but is another port: ours is 5 digits, so append one
+        body["prefetch"]["conditions"]["link"] = [{"relation": "next",
+                                                   "url": f"http://127.0.0.1:{port}0/fhir/Condition?p=2"}]
+        assert client.post(SIGN, json=body).status_code == 412
+        body["prefetch"]["conditions"]["link"] = [{"relation": "next", "url": f"{decoy.base}/Condition?p=2"}]
+        assert client.post(SIGN, json=body).status_code == 412
+        assert decoy.requests == [] and fhir.requests == []
+        body["prefetch"]["conditions"]["link"] = [{"relation": "next", "url": "Condition?patient=p&_page=1"}]
+        assert client.post(SIGN, json=body).status_code == 200  # relative links resolve against fhirServer
+    finally:
+        decoy.close()
+
+
+def test_with_authentication_each_client_has_its_own_allow_list(tmp_path: Any, loaded: Any) -> None:
+    from protocol_engine.security import load_clients
+
+    path = tmp_path / "clients.yaml"
+    path.write_text("clients:\n  - iss: https://a.example\n    jwks: {keys: []}\n"
+                    "    fhir_servers: [https://fhir.a.example/R4, 'http://127.0.0.1:8080/fhir']\n"
+                    "  - iss: https://b.example\n    jwks: {keys: []}\n")
+    clients = load_clients(path)
+    assert clients["https://a.example"].fhir_servers == ("https://fhir.a.example/R4", "http://127.0.0.1:8080/fhir")
+    assert clients["https://b.example"].fhir_servers == ()
+    path.write_text("clients:\n  - iss: https://a.example\n    jwks: {keys: []}\n    fhir_servers: [gopher://x]\n")
+    with pytest.raises(ValueError, match="allow-list"):
+        load_clients(path)
+
+
+def test_demo_start_allows_no_fhir_server_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from protocol_engine.config import load_settings
+
+    monkeypatch.delenv("PROTOCOL_ENGINE_FHIR_SERVERS", raising=False)
+    assert load_settings({"auth": "disabled"}).fhir_servers == ()
+    monkeypatch.setenv("PROTOCOL_ENGINE_FHIR_SERVERS", "https://a.example/fhir, http://127.0.0.1:9/fhir")
+    assert load_settings().fhir_servers == ("https://a.example/fhir", "http://127.0.0.1:9/fhir")
+
+
+# -- byte cap, deadline, per-server bound ---------------------------------------------------
+def test_a_huge_answer_is_cut_at_the_cap_as_it_streams(loaded: Any) -> None:
+    """Probe: a 400 MiB answer was read whole before the 20 MiB cap was checked (worker 121 -> 922 MiB)."""
+    server = FhirServer([])
+    server.mode, server.huge_bytes = "huge", 200 * 1024 * 1024
+    client = HttpxFhirClient(max_bytes=2 * 1024 * 1024)
+    try:
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="too large"):
+            client.get(server.base + "/Observation?patient=p", None, 10.0)
+        elapsed = time.monotonic() - started
+        time.sleep(0.2)
+        # the server could only push what fits in the cap plus socket buffers, not the 200 MiB
+        assert server.sent < 20 * 1024 * 1024, server.sent
+        print(f"\nbyte cap 2 MiB: refused after {elapsed * 1000:.0f} ms; server got {server.sent / 2**20:.1f} MiB "
+              "of 200 MiB out before the connection closed")
+        server.mode, server.huge_bytes = "huge", 1024 * 1024
+        assert client.get(server.base + "/Observation", None, 10.0)["resourceType"] == "Bundle"  # under the cap
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_dripping_server_is_cut_off_at_the_deadline(loaded: Any) -> None:
+    """Probe: one byte a second defeated the per-read timeout; the fetch held a thread for 45 s."""
+    server = FhirServer([])
+    server.mode, server.drip_interval = "drip", 0.1  # every read is well inside any read timeout
+    client = HttpxFhirClient()
+    try:
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="too slowly|timed out"):
+            client.get(server.base + "/Observation?patient=p", None, 1.0)
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.5, elapsed
+        print(f"\ndrip (1 byte / 100 ms), 1 s budget: cut off after {elapsed * 1000:.0f} ms, {server.sent} bytes read")
+    finally:
+        client.close()
+        server.close()
+
+
+def test_dripping_servers_do_not_starve_honest_requests(app: Any, client: Any, loaded: Any, fhir: FhirServer) -> None:
+    """Probe: twelve drip requests exhausted the shared fetch pool; honest requests got 412 for ~45 s."""
+    drip = FhirServer([])
+    drip.mode, drip.drip_interval = "drip", 0.2
+    app.extensions["protocol_engine"]["fhir_servers"] = (fhir.base, drip.base)
+    try:
+        bad = [threading.Thread(target=lambda: client.post(SIGN, json=_missing(
+            loaded, drip.base, "observations", "conditions", "medicationRequests", "allergies"))) for _ in range(12)]
+        for t in bad:
+            t.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        honest = app.test_client().post(SIGN, json=_missing(loaded, fhir.base, "observations", "conditions"))
+        took = time.monotonic() - started
+        for t in bad:
+            t.join(20)
+        assert honest.status_code == 200
+        settings = app.extensions["protocol_engine"]["settings"]
+        fetcher = app.extensions["protocol_engine"]["fhir_client"]
+        peak = max(n for origin, n in fetcher.peak.items() if origin[2] == drip.httpd.server_address[1])
+        assert peak == settings.fhir_concurrency
+        print(f"\n12 requests to a dripping server in flight: honest request 200 in {took * 1000:.0f} ms; "
+              f"at most {peak} fetches at once to the dripping server")
+    finally:
+        drip.close()
+
+
+def test_fetches_to_one_server_are_bounded(loaded: Any) -> None:
+    server = FhirServer([])
+    server.mode, server.delay = "slow", 0.5
+    client = HttpxFhirClient(per_server=3)
+    try:
+        threads = [threading.Thread(target=lambda: client.get(server.base + "/Patient/x", None, 5.0))
+                   for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert server.max_in_flight == 3 and max(client.peak.values()) == 3
+        assert len(server.requests) == 10  # queued within their budget, not refused
+    finally:
+        client.close()
+        server.close()
