@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,3 +25,114 @@ def test_order_sign_over_real_http(gunicorn_server: str, loaded: Any) -> None:
             assert rules.count("CI-05") == 1
         assert http.get("/readyz").status_code == 200
         assert "protocol_engine_requests_total" in http.get("/metrics").text
+
+
+# -- issue 17 ------------------------------------------------------------------------------
+def _requests_total(text: str, endpoint: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("protocol_engine_requests_total{") and f'endpoint="{endpoint}"' in line \
+                and 'status="200"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _count_calls(base: str, calls: int = 12) -> float:
+    with httpx.Client(base_url=base, timeout=10) as http:
+        for _ in range(calls):  # new connections, so both workers answer some
+            assert httpx.get(base + "/cds-services", timeout=10).status_code == 200
+        text = http.get("/metrics").text
+    return _requests_total(text, "/cds-services")
+
+
+@pytest.mark.timeout(300)
+def test_metrics_count_every_worker_when_gunicorn_is_started_as_a_user_does(tmp_path: Path) -> None:
+    """Probe: gunicorn.conf.py imported prometheus_client before choosing its directory: /metrics was empty."""
+    from conftest import Gunicorn
+
+    with Gunicorn(tmp_path, preset_metrics_dir=False) as server:
+        assert _count_calls(server.base) == 12
+
+
+@pytest.mark.timeout(300)
+def test_a_preset_metrics_directory_is_cleaned_at_start(tmp_path: Path) -> None:
+    from conftest import Gunicorn
+
+    preset = tmp_path / "preset"
+    preset.mkdir()
+    (preset / "counter_4242.db").write_bytes(b"left by an earlier run")  # would be summed (or break /metrics)
+    (preset / "notes.txt").write_text("not ours")
+    with Gunicorn(tmp_path, env={"PROMETHEUS_MULTIPROC_DIR": str(preset)}) as server:
+        assert not (preset / "counter_4242.db").exists() and (preset / "notes.txt").exists()
+        assert _count_calls(server.base, 5) == 5
+
+
+@pytest.mark.timeout(300)
+def test_metrics_under_serve_demo(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["PROTOCOL_ENGINE_DATABASE_URL"] = f"sqlite:///{tmp_path}/demo.db"
+    proc = subprocess.Popen([sys.executable, "-m", "protocol_engine.cli", "serve", "--demo", "--bind",
+                             f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert _count_calls(base, 6) == 6
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(20)
+
+
+@pytest.mark.timeout(300)
+def test_no_shared_control_socket(tmp_path: Path) -> None:
+    """Probe: two gunicorn instances on one machine shared the default control socket path."""
+    from conftest import Gunicorn
+
+    runtime = tmp_path / "xdg"
+    runtime.mkdir()
+    env = {"XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path)}
+    with Gunicorn(tmp_path / "one", env=env), Gunicorn(tmp_path / "two", env=env):
+        assert not (runtime / "gunicorn.ctl").exists()
+        assert not (tmp_path / ".gunicorn").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_chunked_body_over_the_limit_is_413(tmp_path: Path, loaded: Any) -> None:
+    """Probe: chunked bodies over the limit were cut silently instead of answered 413."""
+    import http.client
+    import json
+
+    from conftest import Gunicorn
+
+    body = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
+                                                       "given": [bp(172, 104, id="bp-1")]})
+    raw = json.dumps(body).encode()
+    with Gunicorn(tmp_path, env={"PROTOCOL_ENGINE_MAX_BODY": str(len(raw))}) as server:
+        for payload, expected in ((raw, 200), (raw + b" " * 10, 413), (raw + b" " * 2_000_000, 413)):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+            chunks = (payload[i:i + 8192] for i in range(0, len(payload), 8192))
+            conn.request("POST", "/cds-services/ketamine-order-sign", body=chunks,
+                         headers={"Content-Type": "application/json"}, encode_chunked=True)
+            try:
+                response = conn.getresponse()
+                assert response.status == expected, (len(payload), response.status)
+                if expected == 413:
+                    assert json.loads(response.read())["resourceType"] == "OperationOutcome"
+            except (ConnectionResetError, BrokenPipeError):
+                assert expected == 413  # the server may stop reading an oversized body before we finish
+            finally:
+                conn.close()
