@@ -46,7 +46,7 @@ class Gunicorn:
         self.keep_log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> Gunicorn:
+    def start(self, timeout: float = 180.0) -> Gunicorn:  # worker boot takes long on a busy shared CI machine
         out = self.log_path.open("ab") if self.keep_log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "--workers",

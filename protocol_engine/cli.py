@@ -29,7 +29,11 @@ def main() -> None:
 @click.option("--workers", default=2, show_default=True)
 @click.option("--demo", is_flag=True, help="Local demo: authentication disabled (logged loudly), CORS for the sandbox.")
 def serve(bind: str, workers: int, demo: bool) -> None:
-    """Run the service under gunicorn."""
+    """Run the service under gunicorn.
+
+    In production bind to loopback and put the reverse proxy of `protocol-engine proxy-config` (Debian's nginx)
+    in front: it buffers whole requests, so slow clients cannot hold gunicorn's worker threads.
+    """
     if demo:
         os.environ.setdefault("PROTOCOL_ENGINE_AUTH", "disabled")
         os.environ.setdefault("PROTOCOL_ENGINE_CORS_ORIGINS", "https://sandbox.cds-hooks.org,http://localhost:3000")
@@ -39,6 +43,33 @@ def serve(bind: str, workers: int, demo: bool) -> None:
         args += ["--config", str(conf)]
     args.append("server:create_app()")
     os.execv(sys.executable, args)
+
+
+@main.command(name="proxy-config")
+@click.option("--server-name", default="cds.example.org", show_default=True)
+@click.option("--listen", default="443", show_default=True, help="nginx listen address (TLS).")
+@click.option("--upstream", default="127.0.0.1:8080", show_default=True, help="gunicorn's --bind address.")
+@click.option("--cert", default="/etc/ssl/certs/protocol-engine.pem", show_default=True)
+@click.option("--key", default="/etc/ssl/private/protocol-engine.key", show_default=True)
+@click.option("--per-ip", default=128, show_default=True, help="Connections per client address.")
+def proxy_config(server_name: str, listen: str, upstream: str, cert: str, key: str, per_ip: int) -> None:
+    """Print the nginx site (deploy/nginx-protocol-engine.conf) for the production front end."""
+    from .config import load_settings
+
+    click.echo(render_proxy_config(server_name=server_name, listen=listen, upstream=upstream, cert=cert, key=key,
+                                   per_ip=per_ip, max_body=load_settings().max_body), nl=False)
+
+
+def render_proxy_config(*, server_name: str, listen: str, upstream: str, cert: str, key: str, per_ip: int,
+                        max_body: int) -> str:
+    template = (Path(__file__).resolve().parent.parent / "deploy" / "nginx-protocol-engine.conf").read_text()
+    values = {"SERVER_NAME": server_name, "LISTEN": listen, "UPSTREAM": upstream, "CERT": cert, "KEY": key,
+              "PER_IP": str(per_ip), "MAX_BODY": str(max_body)}
+    for name, value in values.items():
+        if any(c in value for c in ";{}\n\"'"):
+            raise click.BadParameter(f"{name.lower()} must not contain ; {{ }} quotes or newlines")
+        template = template.replace(f"@{name}@", value)
+    return template
 
 
 @main.command()

@@ -1,0 +1,199 @@
+"""The production deployment for real: Debian's nginx with the shipped site in front of gunicorn (2 workers).
+
+Probe (issue 17): sixteen connections sending headers or a body one byte a second stopped every answer of bare
+gunicorn (8 gthread threads). Behind the shipped proxy, 64 such connections are held while other callers are
+answered normally.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import ADULT, KETAMINE_ORDER, Gunicorn, bp, free_port, request_for
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists(),
+                                 reason="nginx not installed (.ci/run installs it)")]
+SIGN = "/cds-services/ketamine-order-sign"
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class Nginx:
+    def __init__(self, workdir: Path, upstream: str, per_ip: int = 128) -> None:
+        from protocol_engine.cli import render_proxy_config
+
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        cert, key = _self_signed(self.dir)
+        site = render_proxy_config(server_name="localhost", listen=f"127.0.0.1:{self.port}", upstream=upstream,
+                                   cert=str(cert), key=str(key), per_ip=per_ip, max_body=5 * 1024 * 1024)
+        (self.dir / "site.conf").write_text(site)
+        temp = "\n".join(f"  {kind}_temp_path {self.dir}/{kind};" for kind in ("client_body", "proxy", "fastcgi",
+                                                                                 "uwsgi", "scgi"))
+        (self.dir / "nginx.conf").write_text(
+            ("user root;\n" if os.geteuid() == 0 else "")
+            + f"worker_processes 1;\npid {self.dir}/nginx.pid;\nerror_log {self.dir}/error.log warn;\n"
+            f"events {{ worker_connections 2048; }}\nhttp {{\n  access_log off;\n{temp}\n"
+            f"  include {self.dir}/site.conf;\n}}\n")
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = subprocess.Popen([binary, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
+                                      "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.base = f"https://localhost:{self.port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.close()
+        raise RuntimeError("nginx did not start: " + (self.dir / "error.log").read_text(errors="replace")[-2000:])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(10)
+
+
+@pytest.fixture()
+def deployment(tmp_path: Path) -> Iterator[tuple[Gunicorn, Nginx]]:
+    server = Gunicorn(tmp_path / "gunicorn").start(timeout=180)  # worker boot is slow on a busy CI machine
+    try:
+        proxy = Nginx(tmp_path / "nginx", f"127.0.0.1:{server.port}")
+        try:
+            yield server, proxy
+        finally:
+            proxy.close()
+    finally:
+        server.close()
+
+
+class SlowClients:
+    """`count` TLS connections: half send their headers one byte a second, half a body one byte a second."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.socks: list[ssl.SSLSocket] = []
+        self.pending: list[bytes] = []
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        for n in range(count):
+            raw = socket.create_connection(("127.0.0.1", port), 10)
+            sock = context.wrap_socket(raw, server_hostname="localhost")
+            if n % 2:  # slow body: complete headers announcing 100 kB, then a byte a second
+                sock.sendall(f"POST {SIGN} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                             "Content-Length: 100000\r\n\r\n".encode())
+                self.pending.append(b"{" + b" " * 99_999)
+            else:  # slow headers
+                self.pending.append(f"GET /cds-services HTTP/1.1\r\nHost: localhost\r\nX-Pad: {'a' * 500}\r\n\r\n"
+                                    .encode())
+            self.socks.append(sock)
+        self.open = count
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drip, daemon=True)
+        self._thread.start()
+
+    def _drip(self) -> None:
+        while not self._stop.wait(1.0):
+            open_now = 0
+            for i, sock in enumerate(self.socks):
+                if not self.pending[i]:
+                    continue
+                try:
+                    sock.send(self.pending[i][:1])
+                    self.pending[i] = self.pending[i][1:]
+                    open_now += 1
+                except OSError:
+                    self.pending[i] = b""
+            self.open = open_now
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sock in self.socks:
+            sock.close()
+
+
+def _latencies(base: str, body: dict[str, Any], calls: int) -> list[float]:
+    out = []
+    with httpx.Client(base_url=base, verify=False, timeout=15) as http:
+        for _ in range(calls):
+            started = time.perf_counter()
+            response = http.post(SIGN, json=body)
+            out.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text[:200]
+    return out
+
+
+def test_64_slow_clients_are_held_while_other_callers_are_answered(
+        deployment: tuple[Gunicorn, Nginx], loaded: Any) -> None:
+    server, proxy = deployment
+    body = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
+                                                       "given": [bp(172, 104, id="bp-1")]})
+    before = _latencies(proxy.base, body, 10)
+    slow = SlowClients(proxy.port, 64)
+    try:
+        time.sleep(2.0)  # every slow connection has started sending
+        during = _latencies(proxy.base, body, 10)
+        held = slow.open
+    finally:
+        slow.close()
+    assert held == 64
+    assert max(during) < 5.0  # answered normally (tests do not assert timings finer than "not stuck")
+    print(f"\n64 slow connections (32 slow headers, 32 slow bodies) held by nginx; order-sign through the proxy: "
+          f"median {statistics.median(before) * 1000:.0f} ms before, {statistics.median(during) * 1000:.0f} ms "
+          f"(max {max(during) * 1000:.0f} ms) during")
+
+
+def test_the_proxy_limits_connections_per_address_and_hides_metrics(tmp_path: Path) -> None:
+    server = Gunicorn(tmp_path / "gunicorn").start(timeout=180)
+    try:
+        proxy = Nginx(tmp_path / "nginx", f"127.0.0.1:{server.port}", per_ip=4)
+        slow = SlowClients(proxy.port, 16)  # 8 of them slow bodies: requests in progress
+        try:
+            time.sleep(1.5)
+            response = httpx.get(proxy.base + "/cds-services", verify=False, timeout=10)
+            assert response.status_code == 429
+        finally:
+            slow.close()
+            time.sleep(0.5)
+        try:
+            assert httpx.get(proxy.base + "/cds-services", verify=False, timeout=10).status_code == 200
+            assert httpx.get(proxy.base + "/metrics", verify=False, timeout=10).status_code == 404
+            assert httpx.get(server.base + "/metrics", timeout=10).status_code == 200  # scraped on loopback
+        finally:
+            proxy.close()
+    finally:
+        server.close()
