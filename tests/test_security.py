@@ -353,6 +353,7 @@ def test_forged_tokens_cost_no_outbound_request_and_failures_back_off(tmp_path: 
     finally:
         verifier.close()
         jwks.httpd.shutdown()
+        jwks.httpd.server_close()
         app.extensions["protocol_engine"]["audit"].flush()
 
 
