@@ -86,10 +86,17 @@ class ValueSet:
         return len(self.codes)
 
 
+# Distinct (system, code) answers remembered per index (so per rule-set load): a 20-Observation call
+# asked the same few codes 158 times. Codes, not patients: a code says nothing about whose chart it
+# came from. The bound only stops a stream of made-up codes from growing a worker without limit.
+CODE_MEMO_MAX = 50_000
+
+
 class ValueSetIndex:
-    """Answers 'which value sets hold this code?' in O(code length)."""
+    """Answers 'which value sets hold this code?' in O(code length), then from memory."""
 
     def __init__(self, valuesets: Iterable[ValueSet]) -> None:
+        self._code_memo: dict[tuple[str, str], frozenset[str]] = {}
         self.valuesets = {vs.name: vs for vs in valuesets}
         self._exact: dict[tuple[str, str], set[str]] = {}
         self._prefix: dict[tuple[str, str], set[str]] = {}
@@ -123,13 +130,23 @@ class ValueSetIndex:
         return found
 
     def members_of_code(self, system: str | None, code: str | None) -> set[str]:
-        if not system or not code:
-            return set()
-        system = canonical_system(system)
-        norm = normalise_code(system, code)
-        found = self._lookup(self._exact, self._prefix, system, norm)
-        if found:
-            found -= self._lookup(self._exclude_exact, self._exclude_prefix, system, norm)
+        return set(self._code_members(system, code))
+
+    def _code_members(self, system: str | None, code: str | None) -> frozenset[str]:
+        if not system or not code or not isinstance(system, str) or not isinstance(code, str):
+            return frozenset()
+        key = (system, code)
+        found = self._code_memo.get(key)
+        if found is None:
+            canonical = canonical_system(system)
+            norm = normalise_code(canonical, code)
+            members = self._lookup(self._exact, self._prefix, canonical, norm)
+            if members:
+                members -= self._lookup(self._exclude_exact, self._exclude_prefix, canonical, norm)
+            found = frozenset(members)
+            if len(self._code_memo) >= CODE_MEMO_MAX:
+                self._code_memo.clear()
+            self._code_memo[key] = found
         return found
 
     def members_of_text(self, text: str | None) -> set[str]:
@@ -148,7 +165,7 @@ class ValueSetIndex:
         """Value sets a concept belongs to: by any coding, else by the text fallback of those sets."""
         found: set[str] = set()
         for system, code in codings:
-            found |= self.members_of_code(system, code)
+            found |= self._code_members(system, code)
         for text in texts:
             found |= self.members_of_text(text)
         return found
