@@ -7,6 +7,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters.fhir import validation
+
 from . import metrics
 from .errors import Diagnostic, RuleSetError
 from .pipeline import ServiceRuntime, build_runtime
@@ -96,6 +98,7 @@ class Registry:
             return False
         old = self.current.ruleset.revision
         self.current = loaded
+        validation.clear()  # patient data held for speed does not outlive the rules it was read for
         self.last_errors = []
         metrics.RELOADS.labels("ok").inc()
         log.warning("rules reloaded: revision %s -> %s", old, loaded.ruleset.revision)

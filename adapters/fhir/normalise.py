@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from protocol_engine.valuesets import canonical_system
 
-from . import identity
+from . import identity, validation
 from .dates import bounds
 from .medications import MedicationIndex, Resolution
 from .records import (
@@ -114,7 +114,7 @@ def _validate(resource: dict[str, Any], issues: list[DataIssue]) -> Any | None:
     if "id" in resource:
         projection["id"] = resource["id"]
     try:
-        return model.model_validate(projection)
+        return validation.validate(model, projection)  # each distinct element validated once per worker
     except (ValidationError, ValueError, TypeError) as exc:
         where = "?"
         if isinstance(exc, ValidationError) and exc.errors():
