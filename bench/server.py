@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -67,6 +68,16 @@ class Gunicorn:
         self.close()
         raise RuntimeError("gunicorn did not start: " + self.log_tail())
 
+    def wait_for_workers(self, timeout: float = 300.0) -> Gunicorn:
+        """Return once every worker has started accepting (its app loaded); needs the log (log=True)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log_path.exists() and self.log_path.read_text(errors="replace").count(
+                    "accepting connections") >= self.workers:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("not every worker started: " + self.log_tail())
+
     def log_tail(self, chars: int = 2000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else "(no log)"
 
@@ -91,6 +102,39 @@ class Gunicorn:
         except OSError:
             pass
         return 0
+
+    def connections_per_worker(self) -> dict[int, int]:
+        """Established client connections each worker process holds on our port (from /proc, Linux)."""
+        inodes: set[str] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == self.port:  # ESTABLISHED
+                    inodes.add(fields[9])
+        out = {}
+        for pid in self.worker_pids():
+            count = 0
+            try:
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        count += os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes
+            except OSError:
+                pass
+            out[pid] = count
+        return out
+
+    @staticmethod
+    def cpu_seconds(pid: int) -> float:
+        """User + system CPU time a process has used (/proc/<pid>/stat fields 14 and 15)."""
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def worker_rss_kib(self) -> int:
         return sum(self.rss_kib(pid) for pid in self.worker_pids())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from protocol_engine import valuesets
 from protocol_engine.valuesets import SYSTEMS, ValueSet, ValueSetIndex
 
@@ -237,3 +239,63 @@ def test_a_rule_reload_forgets_every_validated_element(tmp_path: Any) -> None:
     assert validation.MEMORY.entries
     assert registry.reload()
     assert not validation.MEMORY.entries
+
+
+# -- keep-alive connections spread over the gunicorn workers -----------------------------------------
+
+
+def _open(port: int, count: int) -> list[Any]:
+    import http.client
+
+    conns = []
+    for _ in range(count):  # one after another, as a connection pool fills
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/readyz")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        conns.append(conn)
+    return conns
+
+
+@pytest.mark.slow
+def test_eight_keep_alive_connections_land_four_on_each_of_two_workers(tmp_path: Any) -> None:
+    import time
+
+    from bench.server import Gunicorn
+
+    server = Gunicorn(tmp_path, workers=2).start(timeout=300).wait_for_workers()
+    try:
+        for _ in range(3):
+            conns = _open(server.port, 8)
+            time.sleep(0.2)
+            spread = server.connections_per_worker()
+            assert sorted(spread.values()) == [4, 4], spread
+            for conn in conns:
+                conn.close()
+            deadline = time.monotonic() + 30
+            while any(server.connections_per_worker().values()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_does_not_hold_connections_back(tmp_path: Any) -> None:
+    """The survivor takes every new connection while the master replaces the dead worker."""
+    import os
+    import signal
+
+    from bench.server import Gunicorn
+
+    server = Gunicorn(tmp_path, workers=2).start(timeout=300).wait_for_workers()
+    try:
+        conns = _open(server.port, 2)
+        victim, survivor = sorted(server.connections_per_worker())
+        os.kill(victim, signal.SIGKILL)
+        conns += _open(server.port, 6)  # none waits for the dead worker (each has a 30 s timeout)
+        assert server.connections_per_worker().get(survivor, 0) >= 6
+        for conn in conns:
+            conn.close()
+    finally:
+        server.close()
