@@ -178,8 +178,9 @@ def test_an_included_medication_in_a_prefetch_searchset_is_used(client: Any, loa
 
 
 @pytest.fixture()
-def medication_server() -> Iterator[FhirServer]:
+def medication_server(app: Any) -> Iterator[FhirServer]:
     server = FhirServer([copy.deepcopy(KETAMINE_SCD)])
+    app.extensions["protocol_engine"]["fhir_servers"] = (server.base,)  # PROTOCOL_ENGINE_FHIR_SERVERS (issue 17)
     yield server
     server.close()
 
@@ -252,13 +253,14 @@ def test_order_select_only_judges_the_selected_order(client: Any, loaded: Any) -
 
 
 # -- Bundles ---------------------------------------------------------------------------------
-def test_an_error_outcome_entry_makes_the_key_incomplete(client: Any, loaded: Any) -> None:
+def test_an_error_outcome_entry_makes_the_key_incomplete(app: Any, client: Any, loaded: Any) -> None:
     body = _severe(loaded, given=[bp(190, 110), {"condition": "SNOMED#58214004 Schizophrenia", "id": "scz"}])
     outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "too-costly"}]}
     body["prefetch"]["conditions"]["entry"].append({"resource": outcome, "search": {"mode": "outcome"}})
     response = client.post(SIGN, json=body)
     assert response.status_code == 412 and response.json["issue"][0]["expression"] == ["conditions"]
     server = FhirServer([e["resource"] for e in body["prefetch"]["conditions"]["entry"][:-1]])
+    app.extensions["protocol_engine"]["fhir_servers"] = (server.base,)
     try:
         body["fhirServer"] = server.base
         assert "CI-10" in _rules(client.post(SIGN, json=body))
