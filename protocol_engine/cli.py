@@ -300,6 +300,57 @@ def report(since: str | None, until: str | None, fmt_: str, database: str | None
         click.echo("(no cards in this period)")
 
 
+@main.command(name="settings")
+@click.option("--site", "site_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Show the values with this site settings file applied (default: PROTOCOL_ENGINE_SITE, if set).")
+@click.option("--all", "show_all", is_flag=True, help="Also list the settings fixed by the protocol.")
+@click.option("--rules", "rules_dir", default=None)
+def settings_cmd(site_file: str | None, show_all: bool, rules_dir: str | None) -> None:
+    """The service defaults a site may change ([D]): where, value, allowed range, source."""
+    from .errors import RuleSetError
+    from .model import Setting
+    from .registry import load
+
+    site = site_file or os.environ.get("PROTOCOL_ENGINE_SITE")
+    try:
+        loaded = load(Path(rules_dir) if rules_dir else _paths(())[0], Path(site) if site else None)
+    except RuleSetError as exc:
+        for d in exc.diagnostics:
+            click.echo(d.render())
+        sys.exit(1)
+    if loaded.ruleset.site:
+        click.echo(f"# site settings '{loaded.ruleset.site.name}' (revision {loaded.ruleset.site.revision})")
+    # Printed in the site file's own shape: copy the lines to change into a site settings file.
+    def line(s: Setting) -> str:
+        value = json.dumps(s.value) if isinstance(s.value, list) else str(s.value)
+        notes = [f"shipped {s.shipped}"] if s.overridden else []
+        if s.unit:
+            notes.append(f"in {s.unit}")
+        if s.minimum is not None or s.maximum is not None:
+            notes.append(f"range {s.minimum}..{s.maximum}")
+        if s.choices:
+            notes.append("one of " + ", ".join(str(c) for c in s.choices))
+        if not s.adjustable:
+            notes.append("fixed by the protocol")
+        if s.source:
+            notes.append(s.source)
+        return f"{s.name}: {value}".ljust(44) + (f"  # {'; '.join(notes)}" if notes else "")
+
+    click.echo("protocols:")
+    for pack in loaded.ruleset.packs:
+        click.echo(f"  {pack.protocol.name}:")
+        for s in pack.protocol.settings.values():
+            click.echo(f"    {line(s)}")
+    click.echo("rules:")
+    for pack in loaded.ruleset.packs:
+        for rule in sorted(pack.rules, key=lambda r: r.id):
+            shown = [s for s in rule.setting_specs if s.adjustable or show_all]
+            if shown:
+                click.echo(f"  {rule.id}:")
+                for s in shown:
+                    click.echo(f"    {line(s)}")
+
+
 @main.command(name="impact")
 @click.option("--base", "base_rev", default="HEAD", show_default=True,
               help="Git revision whose rule files are compared with the working tree.")

@@ -259,3 +259,16 @@ def test_discovery_cards_and_trace_over_http_and_per_tenant(tmp_path: Path) -> N
         assert spec["value"] == 0.6 and spec["site"] == {"shipped": 1.0}
     finally:
         app.extensions["protocol_engine"]["audit"].flush()
+
+
+def test_settings_lists_what_a_site_may_change_in_the_site_file_shape(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["settings", "--site", str(_site(tmp_path, GOOD)), "--rules",
+                                       str(ROOT / "rules")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("# site settings 'Example Clinic") and "protocols:" in lines and "rules:" in lines
+    assert any(line.strip().startswith("lookback: 12h") and "shipped 24h; range 1h..72h" in line for line in lines)
+    assert any(line.strip().startswith("course.gap: 45d") for line in lines)
+    assert not any("systolic_limit" in line for line in lines)  # fixed settings only with --all
+    full = CliRunner().invoke(main, ["settings", "--all", "--rules", str(ROOT / "rules")]).output
+    assert any("systolic_limit: 180" in line and "fixed by the protocol" in line for line in full.splitlines())
