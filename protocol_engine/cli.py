@@ -358,14 +358,15 @@ def settings_cmd(site_file: str | None, show_all: bool, rules_dir: str | None) -
               help="Site settings applied to both sides (default: PROTOCOL_ENGINE_SITE, if set).")
 @click.option("--base-site", "base_site_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Site settings for the base side only (compare two site files: --base-site OLD --site NEW).")
-@click.option("--corpus", "corpus_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Directory of CDS Hooks request JSON files (default: tests/corpus, else examples/requests).")
+@click.option("--corpus", "corpus_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Directory of CDS Hooks requests and FHIR chart Bundles (*.json); repeatable "
+                   "(default: tests/corpus and examples/requests, those that exist).")
 @click.option("--rules", "rules_dir", default=None, help="Rules directory (default: PROTOCOL_ENGINE_RULES or rules/).")
 @click.option("--now", default=None, help="Evaluation time for samples and the corpus (ISO 8601; default: now).")
 @click.option("--no-cases", is_flag=True, help="Skip the rule cases.")
 @click.option("--no-samples", is_flag=True, help="Skip the sample patients.")
 @click.option("--json", "as_json_", is_flag=True, help="Print the report as JSON (for CI and review bots).")
-def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None, corpus_dir: str | None,
+def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None, corpus_dirs: tuple[str, ...],
                rules_dir: str | None, now: str | None, no_cases: bool, no_samples: bool, as_json_: bool) -> None:
     """Compare the rule set at a git revision with the working tree over every case, sample and corpus request.
 
@@ -394,8 +395,9 @@ def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None,
     site = site_file or os.environ.get("PROTOCOL_ENGINE_SITE")
     when = dt.datetime.fromisoformat(now.replace("Z", "+00:00")) if now else dt.datetime.now(dt.UTC)
     when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-    corpus = Path(corpus_dir) if corpus_dir else next(
-        (p for p in (Path("tests/corpus"), Path("examples/requests")) if p.is_dir()), None)
+    here = Path(__file__).resolve().parent.parent
+    corpora = [Path(c) for c in corpus_dirs] or [p for p in (here / "tests" / "corpus", here / "examples" / "requests")
+                                                 if p.is_dir()]
     with temporary_dir() as tmp:
         try:
             base_rules = checkout(rules, base_rev, Path(tmp))
@@ -419,7 +421,7 @@ def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None,
         inputs = [] if no_cases else list(case_inputs(head, when))
         if not no_samples:
             inputs += list(sample_inputs(head, when))
-        if corpus is not None:
+        for corpus in corpora:
             inputs += list(corpus_inputs(corpus, when))
         site_label = f", site {Path(site).name}" if site else ""
         report = impact(base, head, inputs,
@@ -432,7 +434,7 @@ def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None,
     for line in render(report):
         click.echo(line)
     click.echo(f"total run time {time.perf_counter() - started:.1f} s (loading both rule sets included)"
-               + (f"; corpus {corpus}" if corpus else "; no corpus"))
+               + (f"; corpus {', '.join(str(c) for c in corpora)}" if corpora else "; no corpus"))
     sys.exit(1 if report.changes else 0)
 
 

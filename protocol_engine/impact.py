@@ -23,7 +23,7 @@ from typing import Any
 from . import settingspec, yamlsource
 from .engine import EngineError
 from .errors import ProtocolEngineError
-from .model import Rule
+from .model import HOOKS, Rule
 from .pipeline import ServiceRuntime, run
 from .registry import Loaded
 from .ruleset import Pack
@@ -165,20 +165,44 @@ def sample_inputs(head: Loaded, now: dt.datetime) -> Iterator[Input]:
 
 
 def corpus_inputs(corpus: Path, now: dt.datetime) -> Iterator[Input]:
-    """Each *.json CDS Hooks request under the corpus directory, sent to the service of its hook."""
+    """Under the corpus directory: each *.json CDS Hooks request, sent to the service of its hook; and each
+    FHIR Bundle holding a Patient (a chart, e.g. from a synthetic-EHR generator), sent to every service of the
+    pack that can take it (order hooks only when the Bundle holds a draft MedicationRequest)."""
+    from adapters.fhir.prefetch import TEMPLATES
+
+    from .samples import bundle_request
+
+    by_key = {key: rtype for rtype, (key, _, _) in TEMPLATES.items()}
     for path in sorted(corpus.rglob("*.json")):
         try:
             body = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not isinstance(body, dict) or not isinstance(body.get("hook"), str):
-            continue  # not a CDS Hooks request (a FHIR resource, a fixture of another kind)
+        name = f"corpus {path.relative_to(corpus)}"
+        if isinstance(body, dict) and isinstance(body.get("hook"), str):
+            def request_for(loaded: Loaded, body: dict[str, Any] = body) -> tuple[str, dict[str, Any]] | None:
+                sid = next((s for s, rt in sorted(loaded.runtimes.items()) if rt.service.hook == body["hook"]), None)
+                return (sid, json.loads(json.dumps(body))) if sid else None
 
-        def request_for(loaded: Loaded, body: dict[str, Any] = body) -> tuple[str, dict[str, Any]] | None:
-            sid = next((s for s, rt in sorted(loaded.runtimes.items()) if rt.service.hook == body["hook"]), None)
-            return (sid, json.loads(json.dumps(body))) if sid else None
+            yield Input("corpus", name, request_for, now)
+        elif isinstance(body, dict) and body.get("resourceType") == "Bundle" and any(
+                isinstance(e, dict) and isinstance(e.get("resource"), dict)
+                and e["resource"].get("resourceType") == "Patient" for e in body.get("entry") or []):
+            drafts = any(isinstance(e, dict) and isinstance(e.get("resource"), dict)
+                         and e["resource"].get("resourceType") == "MedicationRequest"
+                         and e["resource"].get("status") == "draft" for e in body.get("entry") or [])
+            for hook in (h for h in HOOKS if drafts or h not in ("order-select", "order-sign")):
+                def chart_for(loaded: Loaded, bundle: dict[str, Any] = body, hook: str = hook,
+                              label: str = path.stem) -> tuple[str, dict[str, Any]] | None:
+                    found = next(((s, rt) for s, rt in sorted(loaded.runtimes.items()) if rt.service.hook == hook),
+                                 None)
+                    if found is None:
+                        return None
+                    built = bundle_request(bundle, label, hook, now,
+                                           {k: by_key[k] for k in found[1].templates if k in by_key})
+                    return (found[0], built) if built is not None else None
 
-        yield Input("corpus", f"corpus {path.relative_to(corpus)}", request_for, now)
+                yield Input("corpus", f"{name} at {hook}", chart_for, now)
 
 
 # -- evaluation and comparison ---------------------------------------------------------------------------------

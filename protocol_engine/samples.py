@@ -71,15 +71,27 @@ def hook_request(name: str, hook: str, now: dt.datetime | None = None, prefetch_
     bundle = sample(name, now)
     if bundle is None:
         return None
-    resources = [e["resource"] for e in bundle["entry"]]
-    patient = next(r for r in resources if r["resourceType"] == "Patient")
-    draft = next(r for r in resources if r["resourceType"] == "MedicationRequest" and r.get("status") == "draft")
-    if order_override:
+    return bundle_request(bundle, name, hook, now, prefetch_keys, order_override)
+
+
+def bundle_request(bundle: dict[str, Any], name: str, hook: str, now: dt.datetime | None = None,
+                   prefetch_keys: dict[str, str] | None = None,
+                   order_override: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """A CDS Hooks request from a chart Bundle (a Patient, its records and, for order hooks, a draft
+    MedicationRequest); None when the Bundle has no Patient, or no draft order for an order hook."""
+    resources = [e["resource"] for e in bundle.get("entry") or [] if isinstance(e, dict) and
+                 isinstance(e.get("resource"), dict)]
+    patient = next((r for r in resources if r.get("resourceType") == "Patient" and r.get("id")), None)
+    draft = next((r for r in resources if r.get("resourceType") == "MedicationRequest" and r.get("status") == "draft"),
+                 None)
+    if patient is None or (draft is None and hook in ("order-select", "order-sign")):
+        return None
+    if draft is not None and order_override:
         draft = {**draft, **order_override}
-    chart = [r for r in resources if r is not draft and r["resourceType"] != "Patient"]
+    chart = [r for r in resources if r is not draft and r.get("resourceType") != "Patient"]
     from .testing import DEFAULT_SESSION, hook_context
 
-    context, active = hook_context(hook, patient["id"], [draft], None, "demo", now,
+    context, active = hook_context(hook, patient["id"], [draft] if draft else [], None, "demo", now,
                                    [{**DEFAULT_SESSION, "start": "+7d"}] if hook == "appointment-book" else None)
     chart += active
     prefetch: dict[str, Any] = {}
@@ -87,8 +99,8 @@ def hook_request(name: str, hook: str, now: dt.datetime | None = None, prefetch_
         if rtype == "Patient":
             prefetch[key] = patient
         elif rtype == "Encounter":
-            prefetch[key] = next((r for r in chart if r["resourceType"] == "Encounter"), None)
+            prefetch[key] = next((r for r in chart if r.get("resourceType") == "Encounter"), None)
         else:
             prefetch[key] = {"resourceType": "Bundle", "type": "searchset",
-                             "entry": [{"resource": r} for r in chart if r["resourceType"] == rtype]}
+                             "entry": [{"resource": r} for r in chart if r.get("resourceType") == rtype]}
     return {"hook": hook, "hookInstance": f"demo-{name}-{hook}", "context": context, "prefetch": prefetch}

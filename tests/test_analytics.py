@@ -135,6 +135,7 @@ def test_with_authentication_on_only_the_operator_token_opens_it(tmp_path: Path)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_the_analytics_page_in_chromium(tmp_path: Path, loaded: Any) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")

@@ -18,6 +18,8 @@ from protocol_engine.cli import main
 from protocol_engine.registry import load
 from protocol_engine.testing import find_test_files, run_file
 
+# Each comparison loads two rule sets and evaluates ~500 requests twice: minutes on a busy 2-core machine.
+pytestmark = pytest.mark.timeout(1800)
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)  # the captured sandbox request's BP is from 07:13 that day
 CI05 = "ketamine/contraindications/CI-05-severe-hypertension.rule.yaml"
@@ -62,7 +64,23 @@ def _corpus(tmp: Path) -> Path:
     (corpus / "sandbox-bp-175-85.json").write_text(json.dumps(_captured_with_bp(175, 85)))
     (corpus / "sandbox-bp-184-106.json").write_text(json.dumps(_captured_with_bp(184, 106)))
     (corpus / "not-a-request.json").write_text(json.dumps({"resourceType": "Patient", "id": "x"}))
+    (corpus / "chart-175-85.json").write_text(json.dumps(_chart(175, 85)))
+    (corpus / "chart-120-80.json").write_text(json.dumps(_chart(120, 80)))
     return corpus
+
+
+def _chart(systolic: int, diastolic: int) -> dict[str, Any]:
+    """A chart Bundle (a sample patient, re-dated to NOW) with its BP panel rewritten."""
+    from protocol_engine.samples import sample
+
+    bundle = sample("severe-hypertension", NOW)
+    assert bundle is not None
+    for entry in bundle["entry"]:
+        for comp in entry["resource"].get("component", []):
+            code = comp["code"]["coding"][0]["code"]
+            if code in ("8480-6", "8462-4"):
+                comp["valueQuantity"]["value"] = systolic if code == "8480-6" else diastolic
+    return bundle
 
 
 def _case_cards(rules: Path, strict: bool) -> dict[str, dict[str, str]]:
@@ -86,10 +104,10 @@ def _impact(repo: Path, *args: str) -> tuple[int, dict[str, Any]]:
 
 
 def test_no_change_exits_0(repo: Path, tmp_path: Path) -> None:
-    code, report = _impact(repo, "--corpus", str(_corpus(tmp_path)))
+    code, report = _impact(repo, "--corpus", str(_corpus(tmp_path)), "--no-cases")
     assert code == 0 and report["changes"] == [] and report["declared"] == []
-    assert report["evaluated"]["corpus"] == 8 and report["evaluated"]["sample"] >= 30
-    assert report["evaluated"]["case"] >= 400
+    assert report["evaluated"]["corpus"] == 8 + 2 * 5  # 8 requests; 2 charts with a draft order x 5 hooks
+    assert report["evaluated"]["sample"] >= 30 and "case" not in report["evaluated"]
 
 
 def test_a_threshold_change_lists_exactly_the_affected_requests(repo: Path, tmp_path: Path) -> None:
@@ -106,7 +124,7 @@ def test_a_threshold_change_lists_exactly_the_affected_requests(repo: Path, tmp_
         code, report = _impact(repo, "--corpus", str(corpus))
     finally:
         rule.write_text(original)
-    assert code == 1
+    assert code == 1 and report["evaluated"]["case"] >= 400
     assert report["declared"] == ["CI-05: version 1.0.0 -> 1.1.0; systolic_limit 180 mm[Hg] -> 170 mm[Hg]"]
     listed = {(c["rule"], c["change"], c["request"].split('"')[0].strip()) for c in report["changes"]}
     # The corpus: a systolic in [170, 180) with a diastolic under 100 now gives CI-05, and CI-06 yields to it.
@@ -119,7 +137,11 @@ def test_a_threshold_change_lists_exactly_the_affected_requests(repo: Path, tmp_
     listed_cases = {c["request"].split('"')[0].strip().removeprefix("case ") for c in report["changes"]
                     if c["kind"] == "case"}
     assert listed_cases == expected_cases
-    listed_requests = {c["request"].split('"')[0].strip() for c in report["changes"]}
+    # A chart Bundle goes to every service: the one whose BP crosses the new threshold changes at order-sign.
+    assert ("CI-05", "appears", "corpus chart-175-85.json at order-sign") in listed
+    assert not any("chart-120-80" in request for _, _, request in listed)
+    listed_requests = {c["request"].split('"')[0].strip() for c in report["changes"]
+                       if not c["request"].startswith("corpus chart-")}
     assert listed_requests == {f"corpus {n}" for n in ("bp-175-85.json", "bp-170-85.json", "sandbox-bp-175-85.json")} \
         | {f"case {n}" for n in expected_cases} | {r for r in listed_requests if r.startswith("sample ")}
     for c in report["changes"]:

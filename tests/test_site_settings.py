@@ -173,6 +173,7 @@ def test_a_fixed_setting_cannot_be_reached_through_the_protocol_section(tmp_path
     assert site is None and diags[0].code == "unknown-setting" and "site-adjustable:" in diags[0].message
 
 
+@pytest.mark.timeout(600)
 def test_reload_applies_a_good_site_file_and_keeps_the_last_good_one_on_a_bad_one(tmp_path: Path) -> None:
     path = _site(tmp_path, GOOD)
     registry = Registry(ROOT / "rules", path)
@@ -215,6 +216,7 @@ def test_a_service_refuses_to_start_on_a_bad_site_file(tmp_path: Path) -> None:
     assert info.value.diagnostics[0].code == "setting-type"
 
 
+@pytest.mark.timeout(600)  # three rule sets compiled (shipped, deployment, tenant)
 def test_discovery_cards_and_trace_over_http_and_per_tenant(tmp_path: Path) -> None:
     import jwt
     from cryptography.hazmat.primitives.asymmetric import ec
