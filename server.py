@@ -288,6 +288,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             log.error("analytics not read: %s", type(exc).__name__)
             return _outcome(503, "transient", "the store is unavailable; retry later")
 
+    @app.get("/rules/<rule_id>")
+    def rule_page(rule_id: str) -> Response:
+        """The rule's page for clinical reviewers, generated from its files (HTML)."""
+        from protocol_engine import rulepage
+
+        current = registry.current
+        found = rulepage.find(current.ruleset, rule_id)
+        if found is None:
+            return _outcome(404, "not-found", "no such rule")
+        page = rulepage.build(current.ruleset, current.runtimes, *found)
+        return Response(rulepage.to_html(page), mimetype="text/html")
+
     @app.get("/")
     def index() -> Response:
         return send_from_directory(STATIC, "index.html")

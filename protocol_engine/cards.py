@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import logging
+import re
 import uuid
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -11,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Template
 from jinja2.exceptions import TemplateError
 
-from .model import Finding, Rule
-from .templates import environment
+from . import display
+from .model import Citation, Finding, Rule
+from .templates import NOW_KEY, UNITS_KEY, environment
 
 if TYPE_CHECKING:
     from .site import Site
@@ -31,17 +34,27 @@ def settle(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if not (set(f.rule.suppressed_by) & held)]
 
 
-def _context(finding: Finding, patient_id: str | None) -> dict[str, Any]:
+def _context(finding: Finding, patient_id: str | None, now: dt.datetime | None = None) -> dict[str, Any]:
     first = finding.matches[0] if finding.matches else {}
     ctx: dict[str, Any] = {name: _escaped(fact) for name, fact in first.items() if not name.startswith("_")}
+    for match in finding.matches[1:]:  # a name bound only by another way the rule held is still shown
+        for name, fact in match.items():
+            if not name.startswith("_"):
+                ctx.setdefault(name, _escaped(fact))
     ctx.setdefault("order", _escaped(first.get("_scope", {})))
     ctx["matches"] = [{k: _escaped(v) for k, v in m.items() if not k.startswith("_")} for m in finding.matches]
     ctx["evidence"] = finding.evidence
     ctx["patient_id"] = patient_id or ""
-    ctx["settings"] = finding.rule.settings
     ctx["indicator"] = finding.indicator
     ctx["variant"] = finding.variant is not None  # e.g. G8: every matched medicine is on hold
-    ctx.update(finding.rule.settings)
+    # Which named `any` alternatives held (in the first match, then the others): `{% if 'reading' in held %}`.
+    ctx["held"] = list(dict.fromkeys(n for names in finding.held for n in names))
+    settings = display.with_units(finding.rule.settings, finding.rule.setting_units)
+    ctx["settings"] = settings
+    ctx.update(settings)
+    ctx["protocol"] = finding.rule.protocol_values
+    ctx[UNITS_KEY] = finding.rule.display_units
+    ctx[NOW_KEY] = now
     return ctx
 
 
@@ -55,8 +68,12 @@ def _compiled(template: str) -> Template:
     return environment().from_string(template)
 
 
+_BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+
+
 def _render(template: str, ctx: dict[str, Any]) -> str:
-    return _compiled(template).render(ctx).strip()
+    # Block tags on lines of their own leave blank lines behind: fold runs of them into one paragraph break.
+    return _BLANK_RUNS.sub("\n\n", _compiled(template).render(ctx)).strip()
 
 
 def _render_value(value: Any, ctx: dict[str, Any]) -> Any:
@@ -83,11 +100,16 @@ def evidence_lines(finding: Finding) -> list[str]:
     return lines
 
 
+def _link(c: Citation) -> str:
+    label = html.escape(c.label, quote=False).replace("[", "\\[").replace("]", "\\]")
+    return f"[{label}]({c.url})" if c.url else label
+
+
 def render(finding: Finding, ruleset: str, patient_id: str | None, site: Site | None = None,
-           pack: str = "") -> dict[str, Any]:
+           pack: str = "", now: dt.datetime | None = None) -> dict[str, Any]:
     rule: Rule = finding.rule
     tpl = rule.card
-    ctx = _context(finding, patient_id)
+    ctx = _context(finding, patient_id, now)
     try:
         summary = _render(tpl.summary, ctx)
         detail = _render(tpl.detail, ctx)
@@ -101,7 +123,10 @@ def render(finding: Finding, ruleset: str, patient_id: str | None, site: Site | 
     lines = evidence_lines(finding)
     if lines:
         detail += "\n\n**Evidence**\n\n" + "\n".join(f"- {line}" for line in lines)
-    detail += f"\n\n_Rule {rule.id} v{rule.version}; source: {html.escape(rule.citation.label, quote=False)}_"
+    further = (rule.citations or (rule.citation,))[1:]  # the first is the card's `source`
+    if further:
+        detail += "\n\n**Further sources**\n\n" + "\n".join(f"- {_link(c)}" for c in further)
+    detail += f"\n\n_Rule {rule.id} v{rule.version} ({rule.title})._"
     source: dict[str, Any] = {"label": rule.citation.label,
                               "topic": {"system": TOPIC_SYSTEM, "code": rule.category,
                                         "display": rule.category.replace("-", " ")}}
@@ -111,8 +136,8 @@ def render(finding: Finding, ruleset: str, patient_id: str | None, site: Site | 
     card: dict[str, Any] = {"uuid": str(uuid.uuid4()), "summary": summary, "detail": detail,
                             "indicator": indicator, "source": source}
     if indicator in ("warning", "critical") and tpl.override_reasons:
-        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
-                                   for code, display in tpl.override_reasons]
+        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": code, "display": shown}
+                                   for code, shown in tpl.override_reasons]
     suggestions = []
     for s in tpl.suggestions:
         actions = []
@@ -142,8 +167,9 @@ def render(finding: Finding, ruleset: str, patient_id: str | None, site: Site | 
 
 
 def render_all(findings: list[Finding], ruleset: str, patient_id: str | None, site: Site | None = None,
-               pack: str = "") -> list[dict[str, Any]]:
-    """Cards for active rules, critical first; draft rules run in shadow and give no card."""
-    live = [f for f in settle(findings) if f.rule.status == "active"]
+               pack: str = "", now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Cards for live rules, critical first; draft rules, and rules before their `effective` date, run in
+    shadow and give no card."""
+    live = [f for f in settle(findings) if f.rule.live(now)]
     live.sort(key=lambda f: (RANK[f.indicator], f.rule.id))
-    return [render(f, ruleset, patient_id, site, pack) for f in live]
+    return [render(f, ruleset, patient_id, site, pack, now) for f in live]

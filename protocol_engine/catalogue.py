@@ -17,6 +17,8 @@ def catalogue(ruleset: RuleSet) -> dict[str, Any]:
                 "when": r.when_text, "then": r.then_text, "settings": r.settings,
                 "setting_specs": [s.describe() for s in r.setting_specs],
                 "citation": {"label": r.citation.label, **({"url": r.citation.url} if r.citation.url else {})},
+                "citations": [{"label": c.label, **({"url": c.url} if c.url else {})} for c in r.citations],
+                "effective": r.effective.isoformat() if r.effective else None, "page": f"/rules/{r.id}",
                 "notes": r.notes, "protocol": pack.protocol.name, "path": r.path,
             })
     return {"ruleset": ruleset.revision, "rules": rules,

@@ -217,6 +217,29 @@ def list_cmd(status: str | None, rules_dir: str | None) -> None:
 
 
 @main.command()
+@click.option("--rules", "rules_dir", default=None, help="Rules directory (default: the configured one).")
+@click.option("--out", "out_dir", default="docs/rules", show_default=True, help="Where the pages go.")
+def docs(rules_dir: str | None, out_dir: str) -> None:
+    """A Markdown page per rule for clinical reviewers (plain words, settings, codes, sources, test cases)."""
+    from .pipeline import build_runtime
+    from .rulepage import index_markdown, pages, to_markdown
+    from .ruleset import load_ruleset
+
+    ruleset, diags = load_ruleset(Path(rules_dir) if rules_dir else _paths(())[0])
+    if ruleset is None:
+        for d in diags:
+            click.echo(d.render())
+        sys.exit(1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    generated = pages(ruleset, build_runtime(ruleset))
+    for page in generated:
+        (out / f"{page.rule.id}.md").write_text(to_markdown(page), encoding="utf-8")
+    (out / "README.md").write_text(index_markdown(generated), encoding="utf-8")
+    click.echo(f"{len(generated)} rule pages written to {out}")
+
+
+@main.command()
 @click.argument("paths", nargs=-1)
 @click.option("--check", is_flag=True, help="Exit 1 if a file is not in canonical form; change nothing.")
 def fmt(paths: tuple[str, ...], check: bool) -> None:

@@ -76,6 +76,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
             if name == "public_url" and value:
                 value = str(value).rstrip("/")
             values[name] = value
+    from .display import ZONE_ENV, zone_problem
+
+    problem = zone_problem(env.get(ZONE_ENV, "").strip() or "UTC")
+    if problem:  # cards would show times in a zone nobody asked for: refuse to start
+        raise ValueError(f"{ZONE_ENV}: {problem}")
     if values["auth"] not in ("required", "disabled"):
         raise ValueError("PROTOCOL_ENGINE_AUTH must be 'required' or 'disabled'")
     return Settings(**values, extra={k: v for k, v in (overrides or {}).items()})

@@ -25,7 +25,7 @@ from adapters.fhir.records import (
     Quantity,
 )
 
-from . import units
+from . import display, units
 from .anchors import Anchor
 from .course import Course, Dose
 from .durations import parse_hours
@@ -37,7 +37,8 @@ _H = 3600.0
 
 
 def fmt_time(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    """For people: the deployment's zone with its offset, 'today'/'yesterday' against the call's `now`."""
+    return display.when(t)
 
 
 def fmt_num(x: float) -> str:
@@ -116,7 +117,7 @@ class Deriver:
         target = m.unit or unit
         f = units.factor(unit, target)
         if f is None:
-            return None, f"unit '{q.unit}' is not convertible to {target}"
+            return None, f"unit '{q.unit}' is not convertible to {display.unit(target, self.p.display_units)}"
         return q.value * f, ""
 
     def _presence(self, m: Measure, q: Quantity, interp: Concept | None) -> bool | None:
@@ -256,7 +257,8 @@ class Deriver:
         return best, unreadable
 
     def describe_reading(self, m: Measure, r: Reading) -> str:
-        unit = f" {m.unit}" if m.unit else ""
+        shown = display.unit(m.unit, self.p.display_units)
+        unit = ("" if shown.startswith(("%", "/")) else " ") + shown if shown else ""
         if m.kind == "pair" and m.first and m.second:
             a = r.values.get(m.first[0])
             b = r.values.get(m.second[0])
@@ -267,12 +269,13 @@ class Deriver:
                 value += f" ({fmt_num(r.values['value'])})"
         else:
             value = fmt_num(r.values["value"]) + unit if "value" in r.values else "?"
-        return f"{m.label} {value} at {fmt_time(r.time)}, {', '.join(r.refs)}"
+        return f"{m.label} {value}, {fmt_time(r.time)}, {', '.join(r.refs)}"
 
     # -- the whole fact set -------------------------------------------------------------
     def facts(self, chart: Chart, now: dt.datetime, hook: str, patient_id: str | None,
               anchor: Anchor | None = None) -> list[Fact]:
         anchor = anchor or Anchor("now", now)
+        display.NOW.set(now)  # the describe texts say "today 07:13" against this call's time
         facts: list[Fact] = []
         issues = list(chart.issues)
         readings, future = self.readings(chart, now, issues)
@@ -300,7 +303,7 @@ class Deriver:
                 fact = {"t": "unreadable", "measure": name, "age": age, "partial": bad.readable,
                         "in_read_window": window is None or _age_h(now, bad.latest or bad.time) <= window,
                         "at": bad.time.isoformat(), "refs": bad.refs, "problem": bad.problem,
-                        "describe": f"{m.label} at {fmt_time(bad.time)} cannot be interpreted "
+                        "describe": f"{m.label} of {fmt_time(bad.time)} cannot be interpreted "
                                     f"({bad.problem}), {', '.join(bad.refs)}"}
                 _elapsed_range(fact, "age", now, bad.time, bad.latest)
                 facts.append(fact)
@@ -392,6 +395,7 @@ class Deriver:
             label = "draft, unsigned" if status == "draft" else status
             for vs in sorted(self.index.members(med.medication.pairs(), med.medication.texts())):
                 yield {"t": "medication", "valueset": vs, "status": status, "refs": [med.ref],
+                       "name": _name(med.medication),  # what a clinician calls it, for card text
                        "describe": f"{med.medication.label()} ({label}), {med.ref}"}
 
     def _allergies(self, chart: Chart) -> Iterable[Fact]:
@@ -664,9 +668,10 @@ class Deriver:
             fact["dose_problem"] = "; ".join(problems)
         if q is None or q.value is None:
             return ""
-        text = f" {fmt_num(q.value)} {q.unit or '(no unit)'}"
+        shown = display.unit(q.unit, self.p.display_units) if q.unit else "(no unit)"
+        text = f" {fmt_num(q.value)} {shown}"
         if order.dose_low is not None and order.dose_low.value is not None:
-            text = f" {fmt_num(order.dose_low.value)}-{fmt_num(q.value)} {q.unit or '(no unit)'}"
+            text = f" {fmt_num(order.dose_low.value)}-{fmt_num(q.value)} {shown}"
             fact["dose_range"] = text.strip()
         return text
 
@@ -691,13 +696,13 @@ class Deriver:
             if base is not None:
                 fact["baseline"] = base.values["value"]
                 fact["refs"] += base.refs
-                parts.append(f"baseline {fmt_num(base.values['value'])} at {fmt_time(base.time)} "
-                             f"({', '.join(base.refs)})")
+                parts.append(f"baseline {fmt_num(base.values['value'])} ({fmt_time(base.time)}, "
+                             f"{', '.join(base.refs)})")
             if current is not None:
                 fact["current"] = current.values["value"]
                 fact["refs"] += current.refs
-                parts.append(f"current {fmt_num(current.values['value'])} at {fmt_time(current.time)} "
-                             f"({', '.join(current.refs)})")
+                parts.append(f"current {fmt_num(current.values['value'])} ({fmt_time(current.time)}, "
+                             f"{', '.join(current.refs)})")
             if base is not None and current is not None:
                 b, cur = base.values["value"], current.values["value"]
                 fact["rise"] = cur - b
@@ -868,3 +873,11 @@ class Readings:
         # As for a panel: a readable half is used, the unreadable one reported.
         reading.readable, reading.problem = bool(reading.values), "; ".join(problems)
         return reading
+
+
+def _name(concept: Concept) -> str:
+    """The medicine's name without its code: the first display, else the text, else the code."""
+    for _system, _code, shown in concept.codings:
+        if shown:
+            return shown
+    return concept.text or concept.label()

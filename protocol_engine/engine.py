@@ -132,16 +132,20 @@ def evaluate(compiled: CompiledRules, facts: list[Fact]) -> list[Finding]:
                 with contextlib.suppress(Exception):  # a failed cleanup must not mask the answer
                     durable.delete_state(shard.handle, sid)
     grouped: dict[str, list[dict[str, Fact]]] = {}
+    held: dict[str, list[tuple[str, ...]]] = {}  # per match: the named `any` alternatives it went through
     for message in fired:
         for key, match in message.items():
-            rule_id = key.split("#", 1)[0]
+            rule_id, _, alt = key.partition("#")  # "CI-05#1": rule, alternative
             if rule_id not in compiled.rules:  # a catch-all (see compiler.py)
                 continue
             bindings = {name: by_n[f["n"]] for name, f in match.items()
                         if isinstance(f, dict) and f.get("t") != GO and f.get("n") in by_n}
             if bindings not in grouped.setdefault(rule_id, []):
                 grouped[rule_id].append(bindings)
-    return [Finding(compiled.rules[rid], tuple(ms)) for rid, ms in grouped.items()]
+                conjuncts = compiled.rules[rule_id].conjuncts
+                held.setdefault(rule_id, []).append(
+                    conjuncts[int(alt)].names if alt.isdigit() and int(alt) < len(conjuncts) else ())
+    return [Finding(compiled.rules[rid], tuple(ms), tuple(held.get(rid, ()))) for rid, ms in grouped.items()]
 
 
 def _run(shard: Shard, result: tuple[int, int], fired: list[dict[str, Any]]) -> None:
@@ -171,6 +175,6 @@ def _run(shard: Shard, result: tuple[int, int], fired: list[dict[str, Any]]) -> 
 def _for_engine(fact: Fact, sid: str) -> dict[str, Any]:
     # durable_rules compares 84.0 and 84 as different values; whole numbers go in as integers.
     out = {k: (int(v) if isinstance(v, float) and v.is_integer() else v)
-           for k, v in fact.items() if k not in ("describe", "refs", "at")}
+           for k, v in fact.items() if k not in ("describe", "refs", "at", "name")}
     out["sid"] = sid
     return out

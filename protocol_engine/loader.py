@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import re
 from collections.abc import Mapping
@@ -10,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import meta, nodes
-from jinja2.exceptions import TemplateSyntaxError
+from jinja2.exceptions import TemplateError, TemplateSyntaxError
 
-from . import settingspec, yamlsource
+from . import display, restated, settingspec, yamlsource
 from .durations import parse_hours
 from .errors import Diagnostic
 from .facts import FACTS
@@ -34,7 +35,7 @@ from .model import (
     Variant,
 )
 from .protocol import Protocol
-from .templates import TEMPLATE_GLOBALS, environment
+from .templates import TEMPLATE_GLOBALS, UNITS_KEY, environment
 
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 RULE_KEYS = {"rule", "version", "status", "category", "title", "hooks", "drugs", "plain", "settings", "when",
@@ -84,7 +85,7 @@ class RuleParser:
                 self.error(yamlsource.key_pos(data, key), "unknown-key", f"unknown key '{key}'",
                            did_you_mean(str(key), sorted(RULE_KEYS)), len(str(key)))
         for key in ("rule", "version", "status", "category", "title", "hooks", "when", "card", "citation"):
-            if key not in data:
+            if key not in data and key not in self.protocol.defaults:
                 code = "missing-citation" if key == "citation" else "schema"
                 self.error(yamlsource.node_pos(data), code, f"missing required key '{key}'")
         if self.diags:
@@ -95,33 +96,44 @@ class RuleParser:
             self.error(yamlsource.value_pos(data, "version"), "schema", f"version '{version}' is not semver (1.2.3)")
         self._enum(data, "status", STATUSES)
         self._enum(data, "category", CATEGORIES)
-        hooks = self._list_of(data, "hooks", HOOKS)
-        drugs = self._list_of(data, "drugs", tuple(self.protocol.drugs)) if "drugs" in data else ()
+        # `drugs` and `hooks` come from the pack's `defaults` unless the rule says otherwise; `drugs: []`
+        # opts a rule out of the drug scope (it applies whatever is ordered).
+        defaults = self.protocol.defaults
+        hooks = self._list_of(data if "hooks" in data else defaults, "hooks", HOOKS)
+        if "drugs" in data and data["drugs"] == []:
+            drugs: list[str] = []
+        elif "drugs" in data:
+            drugs = self._list_of(data, "drugs", tuple(self.protocol.drugs))
+        else:
+            drugs = [str(d) for d in defaults.get("drugs") or []]
+        effective = self._effective(data)
         self._settings(data.get("settings"), data, rule_id)
-        conjuncts = self._when(data["when"], data, bool(data.get("drugs")))
+        conjuncts = self._when(data["when"], data, bool(drugs))
         card = self._card(data["card"], data, conjuncts)
-        citation = self._citation(data["citation"], data)
+        citations = self._citations(data["citation"], data)
         plain = data.get("plain") or {}
         if not isinstance(plain, dict) or not plain.get("when") or not plain.get("then"):
             self.error(yamlsource.key_pos(data, "plain") if "plain" in data else yamlsource.node_pos(data),
                        "missing-plain-words", "a rule needs plain-words 'plain: {when: ..., then: ...}'")
             plain = {}
+        plain_text = {k: self._plain_words(plain, k) for k in ("when", "then") if k in plain}
         suppressed = data.get("suppressed_by") or []
         if not isinstance(suppressed, list):
             self.error(yamlsource.value_pos(data, "suppressed_by"), "schema", "suppressed_by must be a list of ids")
             suppressed = []
-        if self.diags or card is None or citation is None:
+        if self.diags or card is None or not citations:
             return None, self.diags
         facts_read = frozenset(p.fact for c in conjuncts for p in (*c.positives, *c.negatives))
         rule = Rule(
             id=rule_id, version=version, status=str(data["status"]), category=str(data["category"]),
             title=str(data["title"]), hooks=tuple(hooks), drugs=tuple(drugs),
-            when_text=" ".join(str(plain.get("when", "")).split()),
-            then_text=" ".join(str(plain.get("then", "")).split()),
-            settings=dict(self.settings), conjuncts=tuple(conjuncts), card=card, citation=citation,
+            when_text=plain_text.get("when", ""), then_text=plain_text.get("then", ""),
+            settings=dict(self.settings), conjuncts=tuple(conjuncts), card=card, citation=citations[0],
             suppressed_by=tuple(str(s) for s in suppressed), path=self.where,
             notes=" ".join(str(data.get("notes", "")).split()), facts_read=facts_read | {"order"},
-            setting_specs=tuple(self.specs.values()),
+            setting_specs=tuple(self.specs.values()), citations=tuple(citations), effective=effective,
+            setting_units=dict(self.setting_units), display_units=self.protocol.display_units,
+            protocol_values=self.protocol.values,
         )
         return rule, self.diags
 
@@ -210,6 +222,26 @@ class RuleParser:
             if combinator not in node:
                 continue
             items = node[combinator]
+            labels: list[str] = []
+            if combinator == "any" and isinstance(items, dict) and items:
+                # Named alternatives: `any: {reading: {...}, diagnosis: {...}}`; templates get `held`.
+                for name in items:
+                    if not isinstance(name, str) or not re.match(r"^[a-z][a-z0-9_-]*$", name):
+                        self.error(yamlsource.key_pos(items, name), "schema",
+                                   "an alternative's name is lower-case letters, digits, - and _")
+                        ok = False
+                labels = [str(n) for n in items]
+                named_items = items
+                items = [items[n] for n in items]
+                subs = [self._dnf(named_items[n], named_items, n) for n in named_items]
+                if any(sub is None for sub in subs):
+                    ok = False
+                    continue
+                alternatives = [Conjunct(c.positives, c.negatives, (label, *c.names))
+                                for label, sub in zip(labels, subs, strict=True) for c in (sub or [])]
+                result = [Conjunct(a.positives + b.positives, a.negatives + b.negatives, a.names + b.names)
+                          for a, b in product(result, alternatives)]
+                continue
             if not isinstance(items, list) or not items:
                 self.error(yamlsource.value_pos(node, combinator), "schema", f"'{combinator}' needs a non-empty list")
                 ok = False
@@ -228,7 +260,7 @@ class RuleParser:
                     pattern = self._pattern(item, items, i)
                     if pattern:
                         negatives.append(pattern)
-                result = [Conjunct(c.positives, c.negatives + tuple(negatives)) for c in result]
+                result = [Conjunct(c.positives, c.negatives + tuple(negatives), c.names) for c in result]
                 continue
             subs = [self._dnf(item, items, i) for i, item in enumerate(items)]
             if any(s is None for s in subs):
@@ -236,11 +268,11 @@ class RuleParser:
                 continue
             if combinator == "all":
                 for sub in subs:
-                    result = [Conjunct(a.positives + b.positives, a.negatives + b.negatives)
+                    result = [Conjunct(a.positives + b.positives, a.negatives + b.negatives, a.names + b.names)
                               for a, b in product(result, sub or [])]
             else:
                 alternatives = [c for sub in subs for c in (sub or [])]
-                result = [Conjunct(a.positives + b.positives, a.negatives + b.negatives)
+                result = [Conjunct(a.positives + b.positives, a.negatives + b.negatives, a.names + b.names)
                           for a, b in product(result, alternatives)]
         return result if ok else None
 
@@ -370,6 +402,19 @@ class RuleParser:
                            f"card needs a '{key}' template")
                 continue
             self._check_template(node, key, names)
+            self._check_restated(node, key, str(node[key]))
+            self._check_internal(node, key, str(node[key]))
+        for item in node.get("override_reasons") or []:
+            if isinstance(item, dict) and isinstance(item.get("display"), str):
+                self._check_restated(item, "display", item["display"])
+        for item in node.get("suggestions") or []:
+            if isinstance(item, dict):
+                if isinstance(item.get("label"), str):
+                    self._check_restated(item, "label", item["label"])
+                for a in item.get("actions") or []:
+                    if isinstance(a, dict) and isinstance(a.get("description"), str):
+                        self._check_restated(a, "description", a["description"])
+        self._check_held(node, conjuncts)
         reasons = []
         for i, item in enumerate(node.get("override_reasons") or []):
             if not isinstance(item, dict) or not item.get("code") or not item.get("display"):
@@ -453,6 +498,41 @@ class RuleParser:
             self.error(pos, "template-undefined-var", f"the {key} template uses '{var}', which is not bound",
                        did_you_mean(var, sorted(names)), len(var))
 
+    def _check_internal(self, node: Any, key: str, source: str) -> None:
+        for text in restated.texts(source):
+            internal = INTERNAL.search(text)
+            if internal:
+                line, col = self._locate(yamlsource.value_pos(node, key), internal.group(0))
+                self.error((line, col), "internal-label",
+                           f"the {key} shows '{internal.group(0)}', an internal mark clinicians do not know",
+                           "say it in words (the pack README names the semantics); keep [D]/[U]/[S] in notes",
+                           len(internal.group(0)))
+                return
+
+    def _check_held(self, node: Any, conjuncts: list[Conjunct]) -> None:
+        """`'name' in held` must name an `any` alternative of this rule."""
+        declared = sorted({n for c in conjuncts for n in c.names})
+        for key in ("summary", "detail"):
+            source = node.get(key)
+            if not isinstance(source, str):
+                continue
+            try:
+                ast = environment().parse(source)
+            except TemplateSyntaxError:
+                continue
+            for cmp in ast.find_all(nodes.Compare):
+                if not (isinstance(cmp.expr, nodes.Const) and isinstance(cmp.expr.value, str)):
+                    continue
+                if not any(isinstance(op.expr, nodes.Name) and op.expr.name == "held" for op in cmp.ops):
+                    continue
+                name = cmp.expr.value
+                if name not in declared:
+                    line, col = self._locate(yamlsource.value_pos(node, key), f"'{name}'")
+                    self.error((line, col), "unknown-alternative",
+                               f"'{name}' is not the name of an 'any' alternative of this rule"
+                               + (f" ({', '.join(declared)})" if declared else " (it names none)"),
+                               did_you_mean(name, declared), len(name) + 2)
+
     def _suggestion(self, item: Any, parent: Any, i: int) -> Suggestion | None:
         pos = yamlsource.value_pos(parent, i)
         if not isinstance(item, dict) or not item.get("label") or not isinstance(item.get("actions"), list):
@@ -475,19 +555,90 @@ class RuleParser:
                                   a.get("resource_id")))
         return Suggestion(str(item["label"]), tuple(actions), bool(item.get("recommended", False)))
 
-    def _citation(self, node: Any, data: Any) -> Citation | None:
-        if isinstance(node, list) and node:
-            node = node[0]
-        if not isinstance(node, dict) or not node.get("label"):
-            self.error(yamlsource.value_pos(data, "citation"), "missing-citation", "citation needs a 'label'")
+    def _citations(self, node: Any, data: Any) -> list[Citation]:
+        """Every source, in order: the first is the card's `source`, the others are listed in its detail."""
+        items = node if isinstance(node, list) else [node]
+        if not items:
+            self.error(yamlsource.value_pos(data, "citation"), "missing-citation", "citation needs a source")
+        out: list[Citation] = []
+        for i, item in enumerate(items):
+            pos = yamlsource.value_pos(node, i) if isinstance(node, list) else yamlsource.value_pos(data, "citation")
+            if not isinstance(item, dict) or not item.get("label"):
+                self.error(pos, "missing-citation", "a citation needs a 'label' (what a clinician would recognise)")
+                continue
+            label = str(item["label"])
+            internal = INTERNAL.search(label)
+            if internal:
+                lpos = self._locate(yamlsource.value_pos(item, "label"), internal.group(0))
+                self.error(lpos, "internal-label",
+                           f"the citation label shows '{internal.group(0)}', an internal mark clinicians do not "
+                           "know", "name the source as published; say [D]/[U]/[S] in notes", len(internal.group(0)))
+            url = item.get("url")
+            if not url and data.get("status") != "draft":  # a draft (shadow) rule may still be finding its source
+                self.error(yamlsource.key_pos(item, "label"), "citation-without-url",
+                           f"citation '{label[:40]}' has no url", "link the primary source (label, DOI, registry)")
+            elif url and not re.match(r"^https?://", str(url)):
+                self.error(yamlsource.value_pos(item, "url"), "schema", "citation url must be absolute (http/https)")
+            out.append(Citation(label, str(url) if url else None))
+        return out
+
+    def _effective(self, data: Any) -> dt.datetime | None:
+        if "effective" not in data:
             return None
-        url = node.get("url")
-        if url is not None and not re.match(r"^https?://", str(url)):
-            self.error(yamlsource.value_pos(node, "url"), "schema", "citation url must be absolute (http/https)")
-        return Citation(str(node["label"]), str(url) if url else None)
+        raw = yamlsource.plain(data["effective"])
+        try:
+            when = dt.datetime.fromisoformat(str(raw))
+        except ValueError:
+            self.error(yamlsource.value_pos(data, "effective"), "bad-effective",
+                       f"effective '{raw}' is not a date or date-time", "write 2026-12-01 or 2026-12-01T08:00:00+01:00",
+                       len(str(raw)))
+            return None
+        # A bare date means midnight where the service runs (PROTOCOL_ENGINE_TIMEZONE), when clinics go live.
+        return when if when.tzinfo else when.replace(tzinfo=display.zone())
+
+    def _plain_words(self, plain: Any, key: str) -> str:
+        """The plain words, with settings printed through the same filters as cards (no restated numbers)."""
+        source = " ".join(str(plain.get(key, "")).split())
+        self._check_restated(plain, key, source)
+        if "{{" not in source and "{%" not in source:
+            return source
+        try:
+            ctx: dict[str, Any] = {UNITS_KEY: self.protocol.display_units, "protocol": self.protocol.values,
+                                   **display.with_units(self.settings, self.setting_units)}
+            return environment().from_string(source).render(ctx)
+        except TemplateError as exc:
+            self.error(yamlsource.value_pos(plain, key), "template-syntax",
+                       f"plain.{key}: {getattr(exc, 'message', None) or exc} (plain words see settings only)")
+            return source
+
+    def _check_restated(self, node: Any, key: Any, source: str) -> None:
+        for hit in restated.find(source, self.settings, self.protocol.values):
+            line, col = self._locate(yamlsource.value_pos(node, key), hit.literal)
+            self.error((line, col), "restated-setting",
+                       f"'{hit.literal}' restates the setting '{hit.setting}' as a literal: the text keeps the old "
+                       "value when the setting changes",
+                       f"did you mean '{{{{ {hit.setting}|qty }}}}'?", len(hit.literal))
+
+    def _locate(self, start: tuple[int, int], literal: str) -> tuple[int, int]:
+        """The line and column of `literal` in the file, searching from the template's first line."""
+        if not hasattr(self, "_lines"):
+            try:
+                self._lines = self.path.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                self._lines = []
+        first = literal.split()[0] if literal.split() else literal  # "40\nminutes" spans lines: find the number
+        pattern = re.compile(r"(?<![\w.\-\[#])" + re.escape(first) + r"(?![\w.]*\d)")
+        for i in range(start[0] - 1, min(len(self._lines), start[0] + 200)):
+            found = pattern.search(self._lines[i], start[1] - 1 if i == start[0] - 1 else 0)
+            if found:
+                return i + 1, found.start() + 1
+        return start
 
 
 _BAD = object()
+# Marks and ids the team uses internally; a clinician reading a card knows none of them.
+# (Q28.2 and G93.6 are ICD-10 codes from the chart, not seed quotes or global-semantics numbers.)
+INTERNAL = re.compile(r"\[(?:D|U|S|V)(?:[ ,][^\]]*)?\]|\bSeed\b|\bS00\d\b|\b[QG]\d{1,2}\b(?![.\d])")
 
 
 def parse_rule(path: Path, protocol: Protocol, valuesets: set[str],

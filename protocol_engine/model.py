@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,10 +53,13 @@ class Pattern:
 
 @dataclass(frozen=True)
 class Conjunct:
-    """One way for a rule to hold: every positive pattern matches and no negative pattern does."""
+    """One way for a rule to hold: every positive pattern matches and no negative pattern does.
+
+    `names` are the names of the `any` alternatives this way goes through (templates receive them as `held`)."""
 
     positives: tuple[Pattern, ...]
     negatives: tuple[Pattern, ...]
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,17 @@ class Rule:
     notes: str = ""
     facts_read: frozenset[str] = field(default_factory=frozenset)
     setting_specs: tuple[Setting, ...] = ()
+    citations: tuple[Citation, ...] = ()  # all of them; `citation` is the first (the card's source)
+    effective: dt.datetime | None = None  # before this instant the rule runs in shadow (traced, no card)
+    setting_units: dict[str, str] = field(default_factory=dict)
+    display_units: dict[str, str] = field(default_factory=dict)  # the pack's table (UCUM -> conventional)
+    protocol_values: dict[str, Any] = field(default_factory=dict)  # templates' `protocol` (course, scores, order)
+
+    def live(self, now: dt.datetime | None) -> bool:
+        """Gives cards: active, and effective (when it says from when) at `now`."""
+        if self.status != "active":
+            return False
+        return self.effective is None or now is None or now >= self.effective
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,7 @@ class Finding:
 
     rule: Rule
     matches: tuple[dict[str, Fact], ...]
+    held: tuple[tuple[str, ...], ...] = ()  # per match: the named `any` alternatives it went through
 
     @property
     def variant(self) -> Variant | None:

@@ -174,7 +174,7 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
         timings["evaluate_ms"] += _ms(t)
         t = time.perf_counter()
         anchor_cards = card_renderer.render_all(anchor_findings, revision, request.patient_id, rt.site,
-                                                 pack.protocol.name)
+                                                 pack.protocol.name, now)
         if anchor.kind == "appointment":
             anchor_cards = [anchors.name_session(card, anchor) for card in anchor_cards]
         cards = anchors.merge(cards, anchor_cards)
@@ -183,7 +183,7 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
             entry = {"rule": f.rule.id, "version": f.rule.version, "evidence": f.evidence}
             if anchor.ref:
                 entry["anchor"] = anchor.ref
-            (trace["fired"] if f.rule.status == "active" else trace["shadow"]).append(entry)
+            (trace["fired"] if f.rule.live(now) else trace["shadow"]).append(entry)
         facts += anchor_facts
         findings += anchor_findings
     if len(evaluations) > 1:  # cards of several sessions: critical first, as render_all orders one evaluation

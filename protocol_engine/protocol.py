@@ -74,6 +74,9 @@ class Protocol:
     count_units: dict[str, dict[str, tuple[float, str]]] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
     settings: dict[str, Setting] = field(default_factory=dict)  # marked values by dotted path: course.gap
+    display_units: dict[str, str] = field(default_factory=dict)  # UCUM code -> what people read
+    values: dict[str, Any] = field(default_factory=dict)  # course, scores, order as written: templates' `protocol`
+    defaults: dict[str, Any] = field(default_factory=dict)  # rule keys every rule inherits (drugs, hooks)
 
     def valuesets_used(self) -> set[str]:
         names = set(self.drugs.values()) | set(self.routes.values()) | set(self.presence.get("valuesets", []))
@@ -219,5 +222,47 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
         settings=settings,
         units={str(k): str(v) for k, v in (raw.get("units") or {}).items()},
         count_units=count_units,
+        display_units={str(k): str(v) for k, v in (raw.get("display_units") or {}).items()},
+        values={**{k: _plain_values(raw[k]) for k in ("course", "scores", "order") if isinstance(raw.get(k), dict)},
+                "labels": {name: m.label for name, m in measures.items()}},  # `{{ protocol.labels[score.instrument] }}`
+        defaults=dict(raw.get("defaults") or {}),
     )
+    diags.extend(_check_defaults(data, protocol, where))
     return (None if diags else protocol), diags
+
+
+def _plain_values(node: Any) -> Any:
+    """Declared values as templates print them: a marked value (`{value: 60d, default: true, ...}`) is its value."""
+    if isinstance(node, dict):
+        if "value" in node and "measure" not in node:
+            return node["value"]
+        return {k: _plain_values(v) for k, v in node.items()}
+    return node
+
+
+DEFAULTABLE = ("drugs", "hooks")  # what a pack may declare once for every rule (a rule may still override)
+
+
+def _check_defaults(data: Any, protocol: Protocol, where: str) -> list[Diagnostic]:
+    from .model import HOOKS  # model imports nothing from here; local import keeps the module order free
+
+    node = data.get("defaults")
+    if node is None:
+        return []
+    if not isinstance(node, dict):
+        return [Diagnostic(where, *yamlsource.value_pos(data, "defaults"), "schema", "defaults must be a mapping")]
+    out: list[Diagnostic] = []
+    for key, value in node.items():
+        if key not in DEFAULTABLE:
+            out.append(Diagnostic(where, *yamlsource.key_pos(node, key), "unknown-key",
+                                  f"'{key}' cannot be a pack default (one of {', '.join(DEFAULTABLE)})"))
+            continue
+        allowed = tuple(protocol.drugs) if key == "drugs" else HOOKS
+        if not isinstance(value, list) or not value:
+            out.append(Diagnostic(where, *yamlsource.value_pos(node, key), "schema", f"defaults.{key} is a list"))
+            continue
+        for i, item in enumerate(value):
+            if item not in allowed:
+                out.append(Diagnostic(where, *yamlsource.value_pos(value, i), f"unknown-{key.rstrip('s')}",
+                                      f"'{item}' is not one of {', '.join(allowed)}"))
+    return out

@@ -8,16 +8,14 @@ from pathlib import Path
 from .model import CATEGORIES
 from .ruleset import pack_roots
 
-RULE = """# When: {title} (describe the triggering facts in plain words).
-# Then: what the clinician should do.
-rule: {rule_id}
+RULE = """rule: {rule_id}
 version: 0.1.0
 status: draft
 category: {category}
 title: {title}
 hooks: [order-sign]
 plain:
-  when: Describe, in plain words, when this rule fires.
+  when: "Describe, in plain words, when this rule fires; print thresholds as settings ({{{{ lookback|duration }}}})."
   then: Describe the card the clinician sees.
 settings:
   lookback: 24h
@@ -32,8 +30,8 @@ card:
   summary: "{title}: {{{{ reading.describe }}}}"
   detail: |
     Explain the finding and the action, naming the source.
-citation:
-  label: "Cite the source of this rule"
+citation:  # a list when there are several; the first is the card's source. Every source needs a url to go active.
+  label: "Cite the source of this rule as a clinician knows it (label and section)"
 notes: Draft scaffold; replace every placeholder before setting status to active.
 """
 

@@ -1,15 +1,25 @@
-"""The sandboxed Jinja2 environment card templates render in (undefined names are errors)."""
+"""The sandboxed Jinja2 environment card templates render in (undefined names are errors).
+
+Filters show values for people (see display.py): `time` (zone, offset, "today"), `num`, `span`/`duration`
+(hours or a rule duration: "7 days", "30 minutes"), `qty` (a setting or value with its conventional unit:
+"180 mmHg"), `pair` ("180/100 mmHg") and `unit` (UCUM code -> conventional unit).
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, pass_context
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
-TEMPLATE_GLOBALS = ("matches", "evidence", "patient_id", "settings", "indicator", "variant")
+from . import display
+from .durations import parse_hours
+
+TEMPLATE_GLOBALS = ("matches", "evidence", "patient_id", "settings", "indicator", "variant", "held", "protocol")
+UNITS_KEY = "_display_units"  # the pack's display table, put in every render context by the card renderer
+NOW_KEY = "_now"
 
 
 class Span(float):
@@ -26,39 +36,65 @@ class Span(float):
         return f"{_num(float(self))}-{_num(self.high)}"
 
 
-def _time(value: Any) -> str:
-    try:
-        when = dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        return str(value)
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _units(ctx: Context) -> dict[str, str]:
+    table = ctx.get(UNITS_KEY)
+    return table if isinstance(table, dict) else {}
 
 
 def _num(value: Any) -> str:
     if isinstance(value, Span):
         return str(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    text = f"{number:.1f}"
-    return text[:-2] if text.endswith(".0") else text
+    return display.number(value)
 
 
 def _span(hours: Any) -> str:
     if isinstance(hours, Span):
-        low, high = float(hours), hours.high
-        if high >= 48:
-            return f"{_num(round(low / 24, 1))}-{_num(round(high / 24, 1))} days"
-        return f"{_num(round(low, 1))}-{_num(round(high, 1))} h"
-    h = float(hours)
-    return f"{_num(round(h, 1))} h" if h < 48 else f"{_num(round(h / 24, 1))} days"
+        low, high = display.duration(float(hours)), display.duration(hours.high)
+        low_n, _, low_unit = low.partition(" ")
+        high_n, _, high_unit = high.partition(" ")
+        if low_unit == high_unit and " " not in low_unit:
+            return f"{low_n}-{high_n} {high_unit}"
+        return f"{low} to {high}"
+    return display.duration(hours)
+
+
+@pass_context
+def _time(ctx: Context, value: Any) -> str:
+    return display.when(value, ctx.get(NOW_KEY))
+
+
+@pass_context
+def _unit(ctx: Context, code: Any) -> str:
+    return display.unit(str(code) if code else None, _units(ctx))
+
+
+@pass_context
+def _qty(ctx: Context, value: Any, code: str | None = None) -> str:
+    if isinstance(value, str) and parse_hours(value) is not None:
+        return display.duration(value)
+    if isinstance(value, Span):
+        shown = display.unit(code, _units(ctx))
+        return f"{value} {shown}".strip()
+    return display.quantity(value, code or getattr(value, "unit", None), _units(ctx))
+
+
+@pass_context
+def _pair(ctx: Context, first: Any, second: Any, code: str | None = None) -> str:
+    code = code or getattr(first, "unit", None) or getattr(second, "unit", None)
+    shown = display.unit(code, _units(ctx))
+    return f"{_num(first)}/{_num(second)}" + (f" {shown}" if shown else "")
 
 
 @lru_cache(maxsize=1)
 def environment() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
+    # No trim_blocks: under it a line ending in `{% endif %}` lost its newline and glued two sentences
+    # ("...is **positive**.Esketamine"). The card renderer folds the blank lines block tags leave.
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, lstrip_blocks=True)
     env.filters["time"] = _time
     env.filters["num"] = _num
     env.filters["span"] = _span
+    env.filters["duration"] = _span
+    env.filters["qty"] = _qty
+    env.filters["pair"] = _pair
+    env.filters["unit"] = _unit
     return env

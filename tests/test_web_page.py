@@ -40,13 +40,33 @@ def test_severe_hypertension_patient_shows_a_critical_ci05_card(page: Any) -> No
     page.click("#send")
     card = page.wait_for_selector("article.card[data-rule='CI-05']")
     assert card.get_attribute("data-indicator") == "critical"
-    assert "184/106 mm[Hg]" in card.inner_text()
+    assert "184/106 mmHg" in card.inner_text()
     assert page.locator("article.card[data-rule='CI-05'] .detail strong").count() >= 1  # Markdown rendered
     assert page.locator("article.card[data-rule='CI-05'] .overrides li").count() >= 2
     assert page.locator("article.card[data-rule='CI-05'] .suggestions button").count() >= 1
     assert page.locator("#trace tr[data-rule='CI-05'] .fired").count() == 1
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "severe-hypertension.png"), full_page=True)
+
+
+def test_three_cards_as_the_page_shows_them(page: Any) -> None:
+    """A critical, a warning and an info card in the real page: conventional units, zoned times, linked sources.
+    The element screenshots are the ones kept in docs/ (card-critical.png, card-warning.png, card-info.png)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    for patient, rule, indicator in (("severe-hypertension", "CI-05", "critical"),
+                                     ("psychosis-history", "CI-11", "warning"),
+                                     ("esketamine", "MON-07", "info")):
+        page.wait_for_selector(f"#patient option[value='{patient}']", state="attached")
+        page.select_option("#patient", patient)
+        page.select_option("#service", "ketamine-order-sign")
+        page.click("#send")
+        card = page.wait_for_selector(f"article.card[data-rule='{rule}']")
+        assert card.get_attribute("data-indicator") == indicator
+        text = card.inner_text()
+        assert "mm[Hg]" not in text and "[S]" not in text and "Seed" not in text, text
+        link = page.locator(f"article.card[data-rule='{rule}'] .meta a").first
+        assert (link.get_attribute("href") or "").startswith("https://")
+        card.screenshot(path=str(ARTIFACTS / f"card-{indicator}.png"))
 
 
 def test_healthy_patient_and_order_editing(page: Any) -> None:

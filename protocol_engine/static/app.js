@@ -165,7 +165,9 @@ async function showCatalogue() {
     else cite.textContent = r.citation.label;
     if (r.notes) cite.append(el("div", { class: "muted" }, r.notes));
     const settings = Object.entries(r.settings).map(([k, v]) => `${k} = ${Array.isArray(v) ? v.join(", ") : v}`).join("; ");
-    row.append(el("td", {}, r.id), el("td", {}, r.version), el("td", {}, r.category), el("td", {}, r.indicator), rule,
+    const id = el("td");
+    id.append(el("a", { href: r.page, target: "_blank", title: "Rule page for clinical reviewers" }, r.id));
+    row.append(id, el("td", {}, r.version), el("td", {}, r.category), el("td", {}, r.indicator), rule,
       el("td", {}, settings), cite);
     tbody.append(row);
   }

@@ -1,0 +1,148 @@
+"""How card text shows times, units, durations and quantities to people.
+
+UCUM codes (`mm[Hg]`, `[IU]/L`) stay in data and rule logic; people read conventional units from the pack's
+`display_units` table. Times are shown in the deployment's zone (`PROTOCOL_ENGINE_TIMEZONE`, default UTC) with
+the offset, relative to the evaluation time ("today 07:13 UTC+01:00"), because a clinician reading "2026-11-21
+06:13 UTC" in Zurich has to do arithmetic to know whether the reading is from this morning.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .durations import parse_hours
+
+ZONE_ENV = "PROTOCOL_ENGINE_TIMEZONE"
+# The evaluation time of the call being rendered (per thread/task), so "today" means the request's day.
+NOW: ContextVar[dt.datetime | None] = ContextVar("protocol_engine_now", default=None)
+
+
+def zone_problem(name: str) -> str | None:
+    """Why `name` is not a usable IANA time zone, or None."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        return f"unknown time zone '{name}' ({type(exc).__name__}); use an IANA name such as Europe/Zurich"
+    return None
+
+
+@lru_cache(maxsize=8)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def zone() -> ZoneInfo:
+    name = os.environ.get(ZONE_ENV, "").strip() or "UTC"
+    try:
+        return _zone(name)
+    except (ZoneInfoNotFoundError, ValueError):  # refused at start (config); never fail a card over it
+        return _zone("UTC")
+
+
+def offset(local: dt.datetime) -> str:
+    delta = local.utcoffset() or dt.timedelta(0)
+    if not delta:
+        return "UTC"
+    minutes = int(delta.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def when(value: Any, now: dt.datetime | None = None) -> str:
+    """'today 07:13 UTC+01:00', 'yesterday 18:40 UTC', '21 Nov 2026 07:13 UTC' in the configured zone."""
+    if isinstance(value, dt.datetime):
+        t = value
+    else:
+        try:
+            t = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            return str(value)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    z = zone()
+    local = t.astimezone(z)
+    ref = now or NOW.get()
+    day = f"{local.day} {local:%b %Y}"
+    if ref is not None:
+        ref_day = (ref if ref.tzinfo else ref.replace(tzinfo=dt.UTC)).astimezone(z).date()
+        day = {0: "today", -1: "yesterday", 1: "tomorrow"}.get((local.date() - ref_day).days, day)
+    return f"{day} {local:%H:%M} {offset(local)}"
+
+
+def number(value: Any) -> str:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    text = f"{x:.2f}".rstrip("0").rstrip(".") if abs(x) < 10 and x != int(x) else f"{x:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _plural(n: float, word: str) -> str:
+    return f"{number(n)} {word}{'' if n == 1 else 's'}"
+
+
+def duration(value: Any) -> str:
+    """Hours (a number) or a rule duration ('156h', '30d') for people: '30 minutes', '24 h', '6 days 12 h'."""
+    hours = parse_hours(value) if isinstance(value, str) else None
+    if hours is None:
+        try:
+            hours = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+    minutes = round(hours * 60)
+    if minutes < 60:
+        return _plural(minutes, "minute")
+    if hours < 72:  # clinicians count the first days in hours ("48 h" between induction doses)
+        h, m = divmod(minutes, 60)
+        return f"{h} h" + (f" {m} min" if m else "")
+    days, rest_h = divmod(round(hours), 24)
+    if rest_h == 0 and days % 365 == 0 and days >= 365:
+        return _plural(days // 365, "year")
+    if rest_h == 0 and days % 7 == 0 and days >= 14 and days < 365:
+        return _plural(days // 7, "week")
+    return _plural(days, "day") + (f" {rest_h} h" if rest_h else "")
+
+
+def unit(code: str | None, table: Mapping[str, str]) -> str:
+    """The conventional unit people read for a UCUM code (the code itself when the table has none)."""
+    if not code:
+        return ""
+    return table.get(code, code)
+
+
+def quantity(value: Any, code: str | None, table: Mapping[str, str]) -> str:
+    shown = unit(code, table)
+    if not shown:
+        return number(value)
+    # '%' and '/min' attach to the number as people write them (92%, 50/min); words take a space.
+    glue = "" if shown.startswith(("%", "/")) else " "
+    return f"{number(value)}{glue}{shown}"
+
+
+class Measured(float):
+    """A numeric setting with its UCUM unit, as card templates see it: compares as a number,
+    prints as one, and the `qty` filter shows it with its conventional unit."""
+
+    unit: str
+
+    def __new__(cls, value: float, unit: str) -> Measured:
+        obj = super().__new__(cls, value)
+        obj.unit = unit
+        return obj
+
+    def __str__(self) -> str:
+        return number(float(self))
+
+
+def with_units(settings: Mapping[str, Any], units: Mapping[str, str]) -> dict[str, Any]:
+    """Settings as templates see them: numbers with a unit carry it, so `qty` shows "180 mmHg"."""
+    return {name: Measured(float(value), units[name])
+            if name in units and isinstance(value, (int, float)) and not isinstance(value, bool)
+            else value for name, value in settings.items()}

@@ -1,0 +1,228 @@
+"""Cards a clinician can trust: every rule's cards rendered for its own cases, read as text.
+
+No UCUM code or internal label in what a clinician reads, no sentence glued to the next, every source with a
+URL; times in the configured zone; settings are the only source of numbers (a changed setting changes the
+text); named `any` alternatives reach templates; `effective` rules run in shadow until their date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ADULT, KETAMINE_ORDER, ROOT, bp
+
+from protocol_engine import display, rulepage
+from protocol_engine.loader import INTERNAL
+from protocol_engine.pipeline import build_runtime, run
+from protocol_engine.ruleset import load_ruleset
+from protocol_engine.testing import build_request, find_test_files, run_file
+
+PACKS = [ROOT / "rules", ROOT / "tests" / "packs"]
+# UCUM spellings people do not write: bracketed atoms (mm[Hg], [IU]/L, [lb_av]) and curly annotations ({score}).
+UCUM = re.compile(r"\w*\[(?:Hg|IU|lb_av|in_i|degF|iU)\]|\{(?:score|beats|breaths|Score)\}")
+# A sentence end glued to the next sentence: "positive**.Esketamine", "mmHg.Re-check".
+GLUED = re.compile(r"[a-z0-9)\]*_][.!?;:](?:\*\*|_)?[A-Z][a-z]")
+UNRENDERED = re.compile(r"\{\{|\{%|%\}|\}\}")
+
+
+def _all_cards() -> tuple[list[tuple[str, str, dict[str, Any]]], set[str]]:
+    cards: list[tuple[str, str, dict[str, Any]]] = []
+    rules: set[str] = set()
+    for root in PACKS:
+        ruleset, diags = load_ruleset(root)
+        assert ruleset is not None, [d.render() for d in diags]
+        rules |= {r.id for r in ruleset.all_rules() if r.status == "active"}
+        runtimes = build_runtime(ruleset)
+        for path in find_test_files([root]):
+            results, _ = run_file(path, ruleset, runtimes)
+            for result in results:
+                cards += [(result.rule, result.name, c) for c in result.cards]
+    return cards, rules
+
+
+CARDS, RULES = _all_cards()
+
+
+def test_every_active_rule_renders_a_card_in_its_own_cases() -> None:
+    rendered = {c["extension"]["protocol-engine"]["rule"] for _, _, c in CARDS}
+    assert not RULES - rendered, sorted(RULES - rendered)
+
+
+@pytest.mark.parametrize("field", ["summary", "detail", "source"])
+def test_no_ucum_code_internal_label_or_template_residue_in_what_clinicians_read(field: str) -> None:
+    problems = []
+    for rule, case, card in CARDS:
+        text = card["source"]["label"] if field == "source" else card[field]
+        for name, pattern in (("UCUM code", UCUM), ("internal label", INTERNAL), ("template residue", UNRENDERED)):
+            found = pattern.search(text)
+            if found:
+                problems.append(f"{card['extension']['protocol-engine']['rule']} ({rule}: {case}): {name} "
+                                f"{found.group(0)!r} in {field}: {text[:160]!r}")
+    assert not problems, "\n".join(sorted(set(problems))[:30])
+
+
+def test_no_sentence_is_glued_to_the_next() -> None:
+    problems = []
+    for rule, case, card in CARDS:
+        for field in ("summary", "detail"):
+            # links are data, not prose: a URL may hold "x.Y"
+            text = re.sub(r"\(https?://[^)]*\)", "()", card[field])
+            found = GLUED.search(text)
+            if found:
+                problems.append(f"{card['extension']['protocol-engine']['rule']} ({rule}: {case}) {field}: "
+                                f"...{text[max(found.start() - 40, 0): found.end() + 20]!r}")
+    assert not problems, "\n".join(sorted(set(problems))[:30])
+
+
+def test_every_source_has_a_label_and_a_url_and_further_sources_are_listed() -> None:
+    for _, _, card in CARDS:
+        source = card["source"]
+        assert source["label"] and re.match(r"^https://", source.get("url", "")), source
+    ruleset, _ = load_ruleset(ROOT / "rules")
+    assert ruleset is not None
+    multi = [r for r in ruleset.all_rules() if len(r.citations) > 1]
+    assert len(multi) >= 20
+    for r in multi:
+        assert all(c.url for c in r.citations), r.id
+    ci05 = next(c for _, _, c in CARDS if c["extension"]["protocol-engine"]["rule"] == "CI-05")
+    assert "**Further sources**" in ci05["detail"] and "dailymed.nlm.nih.gov" in ci05["detail"]
+
+
+def test_times_are_shown_in_the_configured_zone_with_the_offset(monkeypatch: pytest.MonkeyPatch,
+                                                                 loaded: Any) -> None:
+    now = dt.datetime(2026, 7, 1, 10, 0, tzinfo=dt.UTC)
+    assert display.when(dt.datetime(2026, 7, 1, 6, 13, tzinfo=dt.UTC), now) == "today 06:13 UTC"
+    monkeypatch.setenv(display.ZONE_ENV, "Europe/Zurich")
+    assert display.when(dt.datetime(2026, 7, 1, 6, 13, tzinfo=dt.UTC), now) == "today 08:13 UTC+02:00"
+    assert display.when("2026-06-30T21:30:00+00:00", now) == "yesterday 23:30 UTC+02:00"
+    assert display.when("2026-01-15T12:00:00Z", now) == "15 Jan 2026 13:00 UTC+01:00"
+    monkeypatch.setenv(display.ZONE_ENV, "America/New_York")
+    rt = loaded.runtimes["ketamine-order-sign"]
+    body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": [bp(186, 104, at="-30m")]}, rt, now)
+    out = run(loaded.runtimes, "r", "ketamine-order-sign", body, now, None)
+    ci05 = next(c for c in out.cards if c["extension"]["protocol-engine"]["rule"] == "CI-05")
+    assert "BP 186/104 mmHg today 05:30 UTC-04:00" in ci05["summary"], ci05["summary"]
+    assert "mm[Hg]" not in ci05["detail"] and "today 05:30 UTC-04:00" in ci05["detail"]
+
+
+def test_display_forms() -> None:
+    table = {"mm[Hg]": "mmHg", "[IU]/L": "IU/L", "%": "%", "/min": "/min"}
+    assert display.duration("156h") == "6 days 12 h"
+    assert display.duration("48h") == "48 h"
+    assert display.duration("30m") == "30 minutes"
+    assert display.duration("7d") == "7 days"
+    assert display.duration("14d") == "2 weeks"
+    assert display.duration("365d") == "1 year"
+    assert display.duration(0.5) == "30 minutes"
+    assert display.quantity(180, "mm[Hg]", table) == "180 mmHg"
+    assert display.quantity(25, "[IU]/L", table) == "25 IU/L"
+    assert display.quantity(92, "%", table) == "92%"
+    assert display.quantity(0.5, "mg/kg", table) == "0.5 mg/kg"
+    assert str(display.Measured(180.0, "mm[Hg]")) == "180"
+
+
+def _copy_rules(tmp_path: Path) -> Path:
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    return rules
+
+
+def _ci05(rules: Path, now: dt.datetime, given: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    ruleset, diags = load_ruleset(rules)
+    assert ruleset is not None, [d.render() for d in diags]
+    runtimes = build_runtime(ruleset)
+    body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": given},
+                         runtimes["ketamine-order-sign"], now)
+    out = run(runtimes, ruleset.revision, "ketamine-order-sign", body, now, None)
+    return [c for c in out.cards if c["extension"]["protocol-engine"]["rule"] == "CI-05"], out.trace
+
+
+def test_a_changed_setting_changes_the_card_text_and_the_plain_words(tmp_path: Path) -> None:
+    rules = _copy_rules(tmp_path)
+    path = next(rules.rglob("CI-05-*.rule.yaml"))
+    text = path.read_text()
+    assert re.search(r"systolic_limit: \{value: 180", text)
+    path.write_text(re.sub(r"systolic_limit: \{value: 180", "systolic_limit: {value: 170", text))
+    now = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC)
+    cards, _ = _ci05(rules, now, [bp(172, 84)])
+    assert len(cards) == 1
+    assert "(limit 170/100 mmHg)" in cards[0]["summary"] and "180" not in cards[0]["summary"]
+    assert "170/100 mmHg" in cards[0]["detail"] and "180" not in cards[0]["detail"].split("**Evidence**")[0]
+    ruleset, _ = load_ruleset(rules)
+    assert ruleset is not None
+    rule = next(r for r in ruleset.all_rules() if r.id == "CI-05")
+    assert "170 mmHg systolic" in rule.when_text and "24 h" in rule.when_text
+
+
+def test_named_alternatives_tell_the_template_which_one_held(loaded: Any) -> None:
+    now = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC)
+    rt = loaded.runtimes["ketamine-order-sign"]
+    crisis = {"condition": "ICD10#I16.1 Hypertensive emergency", "id": "htn"}
+    for given, words in (([bp(190, 95)], "BP 190/95 mmHg"), ([crisis], "active hypertensive crisis diagnosis")):
+        body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": given}, rt, now)
+        out = run(loaded.runtimes, "r", "ketamine-order-sign", body, now, None)
+        ci05 = next(c for c in out.cards if c["extension"]["protocol-engine"]["rule"] == "CI-05")
+        assert words in ci05["summary"], ci05["summary"]
+        finding = next(f for f in out.findings if f.rule.id == "CI-05")
+        assert finding.held and set(finding.held[0]) <= {"reading", "diagnosis"}
+
+
+def test_a_rule_runs_in_shadow_until_its_effective_date(tmp_path: Path) -> None:
+    rules = _copy_rules(tmp_path)
+    path = next(rules.rglob("CI-05-*.rule.yaml"))
+    path.write_text(path.read_text().replace("status: active\n", "status: active\neffective: 2026-12-01\n"))
+    before = dt.datetime(2026, 11, 30, 23, 0, tzinfo=dt.UTC)
+    cards, trace = _ci05(rules, before, [bp(190, 110)])
+    assert cards == []
+    assert "CI-05" in [s["rule"] for s in trace["shadow"]] and "CI-05" not in [f["rule"] for f in trace["fired"]]
+    after = dt.datetime(2026, 12, 1, 0, 30, tzinfo=dt.UTC)
+    cards, trace = _ci05(rules, after, [bp(190, 110)])
+    assert len(cards) == 1 and "CI-05" in [f["rule"] for f in trace["fired"]]
+
+
+def test_pack_defaults_are_inherited_and_may_be_overridden(tmp_path: Path) -> None:
+    ruleset, _ = load_ruleset(ROOT / "rules")
+    assert ruleset is not None
+    rules = {r.id: r for r in ruleset.all_rules()}
+    assert rules["CI-05"].drugs == ("ketamine", "esketamine")
+    assert rules["CI-05"].hooks == ("order-select", "order-sign", "patient-view", "encounter-start")
+    assert rules["TIM-01"].hooks == ("order-select", "order-sign", "appointment-book")  # its own
+    texts = [p.read_text() for p in (ROOT / "rules").rglob("*.rule.yaml")]
+    assert sum("drugs: [ketamine, esketamine]" in t for t in texts) == 0
+    assert not any(re.search(r"^# (When|Then):", t, re.M) for t in texts)
+
+
+def test_rule_pages_show_plain_words_settings_codes_sources_and_cases(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from protocol_engine.cli import main
+
+    out = tmp_path / "pages"
+    result = CliRunner().invoke(main, ["docs", "--rules", str(ROOT / "rules"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = (out / "CI-05.md").read_text()
+    assert "## When" in page and "180 mmHg systolic" in page
+    assert "| `systolic_limit` | 180 mmHg |" in page
+    assert "`ICD10#I16.1" in page or "I16.1" in page
+    assert "https://ch.oddb.org" in page and "dailymed.nlm.nih.gov" in page
+    assert "| fires on a 172/104 panel taken 30 minutes ago" in page and "critical: Hold ketamine" in page
+    assert len(list(out.glob("*.md"))) == 68
+    ruleset, _ = load_ruleset(ROOT / "rules")
+    assert ruleset is not None
+    found = rulepage.find(ruleset, "TIM-01")
+    assert found is not None
+    html_page = rulepage.to_html(rulepage.build(ruleset, build_runtime(ruleset), *found))
+    assert "<h2>Test cases</h2>" in html_page and "FAIL" not in html_page
+
+
+def test_rule_page_is_served(client: Any) -> None:
+    page = client.get("/rules/CI-11")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    body = page.get_data(as_text=True)
+    assert "History of psychosis" in body and "doi.org/10.1001/jamapsychiatry.2017.0080" in body
+    assert client.get("/rules/XX-99").status_code == 404
