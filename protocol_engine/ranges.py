@@ -41,7 +41,7 @@ def _spanned(finding: Finding, ranged: dict[Any, Fact]) -> Finding:
                 fact = {**fact, **{k: Span(lo, hi) for k, (lo, hi) in original["ranges"].items()}}
             bound[name] = fact
         matches.append(bound)
-    return Finding(finding.rule, tuple(matches))
+    return Finding(finding.rule, tuple(matches), finding.held)
 
 
 def _straddles(rule: Rule, fact: Fact) -> bool:
