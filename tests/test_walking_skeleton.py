@@ -26,7 +26,7 @@ def test_severe_bp_gives_one_critical_ci05_card_citing_the_observation(client: A
     assert len(ci05) == 1
     card = ci05[0]
     assert card["indicator"] == "critical"
-    assert "172/104 mm[Hg]" in card["summary"] and len(card["summary"]) <= 139
+    assert "172/104 mmHg" in card["summary"] and len(card["summary"]) <= 139
     assert "Observation/bp-1" in card["detail"]
     ext = card["extension"]["protocol-engine"]
     assert ext["evidence"] == ["Observation/bp-1"]
