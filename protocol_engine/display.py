@@ -102,6 +102,8 @@ def duration(value: Any) -> str:
     if hours < 72:  # clinicians count the first days in hours ("48 h" between induction doses)
         h, m = divmod(minutes, 60)
         return f"{h} h" + (f" {m} min" if m else "")
+    if hours >= 168 and round(hours) % 24:  # beyond a week the hours are noise: 173.4 days
+        return f"{number(round(hours / 24, 1))} days"
     days, rest_h = divmod(round(hours), 24)
     if rest_h == 0 and days % 365 == 0 and days >= 365:
         return _plural(days // 365, "year")
