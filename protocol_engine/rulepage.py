@@ -177,6 +177,10 @@ def find(ruleset: RuleSet, rule_id: str) -> tuple[Pack, Rule] | None:
 
 
 # -- Markdown ------------------------------------------------------------------------------------
+def _codes(n: int) -> str:
+    return f"{n} code{'' if n == 1 else 's'}"
+
+
 def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -204,7 +208,7 @@ def to_markdown(page: RulePage) -> str:
         out.append("None: the rule has no thresholds.")
     out += ["", "## Value sets", ""]
     for name, title, codes in page.valuesets:
-        out += [f"**{name}**" + (f": {title}" if title else "") + f" ({len(codes)} codes)", "",
+        out += [f"**{name}**" + (f": {title}" if title else "") + f" ({_codes(len(codes))})", "",
                 ", ".join(f"`{c}`" for c in codes) or "(none)", ""]
     if not page.valuesets:
         out += ["None.", ""]
@@ -237,7 +241,7 @@ def to_html(page: RulePage) -> str:
     rows = "".join(f"<tr><td><code>{_e(s.name)}</code></td><td>{_e(s.value)}</td>"
                    f"<td>{'yes' if s.site_changeable else 'no'}</td><td>{_e(s.range)}</td><td>{_e(s.source)}</td></tr>"
                    for s in page.settings) or '<tr><td colspan="5">None: the rule has no thresholds.</td></tr>'
-    vsets = "".join(f"<h3>{_e(n)}{(': ' + _e(t)) if t else ''} <small>({len(c)} codes)</small></h3>"
+    vsets = "".join(f"<h3>{_e(n)}{(': ' + _e(t)) if t else ''} <small>({_codes(len(c))})</small></h3>"
                     f"<p class=codes>{', '.join('<code>' + _e(x) + '</code>' for x in c)}</p>"
                     for n, t, c in page.valuesets) or "<p>None.</p>"
     sources = "".join(f'<li><a href="{_e(c.url)}" rel="noopener noreferrer">{_e(c.label)}</a></li>' if c.url
