@@ -656,6 +656,8 @@ REWRITES: list[Rewrite] = [
             _timezone("Z")),
     Rewrite("timezone-+05:30", "equivalent", "every dateTime moved to +05:30 (same instant)",
             _timezone("+05:30")),
+    Rewrite("timezone--08:00", "equivalent", "every dateTime moved to -08:00 (same instant, the date often earlier)",
+            _timezone("-08:00")),
     Rewrite("date-day", "equivalent", "Condition.onsetDateTime -> date only", _reduce("day")),
     Rewrite("date-month", "equivalent", "birthDate and onsetDateTime -> YYYY-MM", _reduce("month")),
     Rewrite("date-year", "equivalent", "birthDate and onsetDateTime -> YYYY", _reduce("year")),

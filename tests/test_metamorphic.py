@@ -64,11 +64,10 @@ def _known() -> dict[tuple[str, str], str]:
 
 
 def _params() -> list[Any]:
-    _, runtimes = _loaded()
     known = _known()
     params = []
     for key, pc in _cases().items():
-        request = pc.request(runtimes)
+        request = _request(key)
         for rewrite in REWRITES:
             if rewrite.apply(request, key, pc.now) is None:
                 continue  # nothing to rewrite in this case (no panel, no medication, ...)
@@ -88,16 +87,26 @@ def _answer(pc: PreparedCase, request: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @cache
+def _request_text(key: str) -> str:
+    return json.dumps(_cases()[key].request(_loaded()[1]))
+
+
+def _request(key: str) -> dict[str, Any]:
+    """The case's request, built once per session (a fresh copy each time: rewrites and the service may not share)."""
+    request: dict[str, Any] = json.loads(_request_text(key))
+    return request
+
+
+@cache
 def _baseline(key: str) -> list[dict[str, Any]]:
-    pc = _cases()[key]
-    return _answer(pc, pc.request(_loaded()[1]))
+    return _answer(_cases()[key], _request(key))
 
 
 @pytest.mark.parametrize(("case", "rewrite"), _params())
 def test_rewrite_keeps_the_cards(case: str, rewrite: str) -> None:
     pc = _cases()[case]
     spec = BY_NAME[rewrite]
-    rewritten = spec.apply(pc.request(_loaded()[1]), case, pc.now)
+    rewritten = spec.apply(_request(case), case, pc.now)
     assert rewritten is not None
     before = _baseline(case)
     where = f"case:    {Path(pc.file).relative_to(ROOT)} :: {pc.name!r} ({pc.hook})\nrewrite: {rewrite} - " \
