@@ -148,7 +148,7 @@ def with_jwt(n: int, runs: int) -> dict[str, float]:
             raw = json.dumps(request(20, dt.datetime.now(dt.UTC))).encode()
             issued = int(time.time())
             tokens = [jwt.encode({"iss": "https://ehr.bench", "sub": "bench", "aud": server.base + SERVICE,
-                                  "iat": issued, "exp": issued + 600, "jti": uuid.uuid4().hex}, key,
+                                  "iat": issued, "exp": issued + 300, "jti": uuid.uuid4().hex}, key,
                                  algorithm="ES384", headers={"kid": "bench"}) for _ in range(n * runs + min(n, 50))]
             conn = Connection(server.base)
             try:

@@ -10,6 +10,7 @@ from conftest import ROOT
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(700)  # three gunicorn starts: minutes on a busy shared CI machine
 def test_benchmark_smoke_runs_and_prints_a_table() -> None:
     result = subprocess.run([sys.executable, "-m", "bench.run", "--smoke"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
