@@ -190,9 +190,10 @@ def medication_request(spec: dict[str, Any], default_id: str, patient_id: str, n
 def appointment(spec: dict[str, Any], default_id: str, patient_id: str, now: dt.datetime) -> dict[str, Any]:
     """A proposed Appointment as appointment-book's `appointments` Bundle carries it.
 
-    Shorthand: `start`/`end` (relative like `+7d` or ISO), `type` (appointmentType), `service` (serviceType),
-    `reason` (reasonCode), each a code (`SYSTEM#code display`) or text; `status` (default proposed). Or a raw
-    FHIR Appointment under `resource`.
+    Shorthand: `start`/`end` (relative like `+7d` or ISO; `start: null` for none), `type` (appointmentType),
+    `service` (serviceType), `reason` (reasonCode), each a code (`SYSTEM#code display`) or text (with none of
+    the three, a "Ketamine treatment session" type); `status` (default proposed). Or a raw FHIR Appointment
+    under `resource`.
     """
     if "resource" in spec:
         return dict(spec["resource"])
@@ -205,6 +206,8 @@ def appointment(spec: dict[str, Any], default_id: str, patient_id: str, now: dt.
         res["start"] = start.isoformat()
         end = when(spec["end"], now) if "end" in spec else start + dt.timedelta(hours=2)
         res["end"] = end.isoformat()
+    if not {"type", "service", "reason"} & set(spec):
+        spec = {**spec, **DEFAULT_SESSION}  # a case books a treatment session unless it says what else
     if "type" in spec:
         res["appointmentType"] = concept(spec["type"])
     if "service" in spec:
@@ -483,6 +486,8 @@ def run_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
         result.cards = outcome.cards
         result.fired = [f["rule"] for f in outcome.trace.get("fired", [])]
         result.problems = check(expect, outcome, rule_id)
+        if result.problems and outcome.trace.get("skipped"):  # say why nothing was evaluated
+            result.problems.append(f"the service evaluated no rule: {outcome.trace['skipped']}")
         if result.problems:
             result.status = "FAIL"
         results.append(result)

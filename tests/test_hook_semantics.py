@@ -296,3 +296,33 @@ def test_an_unrelated_active_medicine_does_not_change_the_cards(loaded: Any, hoo
     for extra in UNRELATED:
         changed = _cards(call(loaded, hook, {**copy.deepcopy(case), "given": [*CHARTS[chart], extra]}))
         assert changed == base, (hook, chart, extra)
+
+
+# -- the anchor declaration is checked at load --------------------------------------------
+@pytest.mark.parametrize("old, new, message", [
+    ("    anchor: now ", "    anchor: appointment ", "a patient-view service evaluates against now, not 'appointment'"),
+    ("    anchor: draft-order   # every", "    anchor: now   # every",
+     "a order-sign service evaluates against draft-order, not 'now'"),
+    ("    anchor: encounter ", "    anchor: encounter\n    sessions: treatment-session\n   ",
+     "'sessions' only applies to the appointment anchor"),
+    ("    sessions: treatment-session ", "    sessions: treatment-sessions ",
+     "uses value set 'treatment-sessions', which is not defined"),
+])
+def test_a_bad_anchor_declaration_is_refused_at_load(tmp_path: Any, old: str, new: str, message: str) -> None:
+    import re
+    import shutil
+
+    from click.testing import CliRunner
+    from conftest import ROOT
+
+    from protocol_engine.cli import main
+
+    pack = tmp_path / "rules" / "ketamine"
+    shutil.copytree(ROOT / "rules" / "ketamine", pack)
+    protocol = pack / "protocol.yaml"
+    assert old in protocol.read_text(), old
+    protocol.write_text(protocol.read_text().replace(old, new, 1))
+    result = CliRunner().invoke(main, ["validate", "--no-git", str(pack)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert message in result.output, result.output
+    assert re.search(r"protocol\.yaml:\d+:\d+: error\[", result.output)
