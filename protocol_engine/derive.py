@@ -388,7 +388,7 @@ class Deriver:
         for med in chart.medications:
             if med.status in self.med_active.get(med.kind, set()):
                 meds.append((med, "active"))
-            elif med.kind == "request" and med.status in self.med_on_hold:
+            elif med.status in self.med_on_hold:  # a request or statement on hold: not taken now (G8)
                 meds.append((med, "on-hold"))
         meds += [(order, "draft") for order, _ in chart.draft_orders if self.drug_of(order.medication) is None]
         for med, status in meds:
