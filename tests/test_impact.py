@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -119,13 +120,15 @@ def test_a_threshold_change_lists_exactly_the_affected_requests(repo: Path, tmp_
         changed = original.replace('systolic_limit: {value: 180, unit: "mm[Hg]"',
                                    'systolic_limit: {value: 170, unit: "mm[Hg]"')
         assert changed != original
-        rule.write_text(changed.replace("version: 1.0.0", "version: 1.1.0", 1))
+        shipped = re.search(r"^version: (\S+)", original, re.M)
+        assert shipped
+        rule.write_text(changed.replace(f"version: {shipped[1]}", "version: 9.0.0", 1))
         after_cases = _case_cards(repo / "rules", strict=False)
         code, report = _impact(repo, "--corpus", str(corpus))
     finally:
         rule.write_text(original)
     assert code == 1 and report["evaluated"]["case"] >= 400
-    assert report["declared"] == ["CI-05: version 1.0.0 -> 1.1.0; systolic_limit 180 mm[Hg] -> 170 mm[Hg]"]
+    assert report["declared"] == [f"CI-05: version {shipped[1]} -> 9.0.0; systolic_limit 180 mm[Hg] -> 170 mm[Hg]"]
     listed = {(c["rule"], c["change"], c["request"].split('"')[0].strip()) for c in report["changes"]}
     # The corpus: a systolic in [170, 180) with a diastolic under 100 now gives CI-05, and CI-06 yields to it.
     for name in ("bp-175-85.json", "bp-170-85.json", "sandbox-bp-175-85.json"):
