@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import uuid
 from typing import Any
 
 LOINC = "http://loinc.org"
@@ -134,3 +135,25 @@ def request(n_observations: int, now: dt.datetime, seed: int = 7, patient: str |
 
 def body(n_observations: int, now: dt.datetime) -> bytes:
     return json.dumps(request(n_observations, now)).encode()
+
+
+def for_hook(order_sign: dict[str, Any], hook: str) -> dict[str, Any]:
+    """The same patient's chart as an order-select (the draft selected) or a patient-view request.
+
+    For patient-view the ketamine order is no longer a draft: it is the patient's active order, in the
+    MedicationRequest prefetch, as it would be between sessions of a course.
+    """
+    out = json.loads(json.dumps(order_sign))
+    out["hook"] = hook
+    out["hookInstance"] = str(uuid.uuid4())
+    draft = out["context"]["draftOrders"]["entry"][0]["resource"]
+    if hook == "order-select":
+        out["context"]["selections"] = [f"MedicationRequest/{draft['id']}"]
+    elif hook == "patient-view":
+        del out["context"]["draftOrders"]
+        active = {**draft, "status": "active", "authoredOn": out["prefetch"]["patient"]["meta"]["lastUpdated"]}
+        out["prefetch"]["medicationRequests"]["entry"].append(
+            {"fullUrl": f"https://ehr.example.org/fhir/MedicationRequest/{active['id']}", "resource": active,
+             "search": {"mode": "match"}})
+        out["prefetch"]["medicationRequests"]["total"] += 1
+    return out
