@@ -294,12 +294,16 @@ def _fmt(x: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny run for CI: checks it runs and prints")
+    parser.add_argument("--calls", type=int, default=200, help="timed calls per run of a 20-Observation row")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of one wrk run")
+    parser.add_argument("--rss-requests", type=int, default=100_000, help="requests of the memory run")
     args = parser.parse_args()
     sizes = [20, 100, 500, 2000]
     if args.smoke:
         n, runs, warmup, seconds, mem_total, bodies = 4, 2, 2, 1.0, 200, 20
     else:
-        n, runs, warmup, seconds, mem_total, bodies = 200, RUNS, WARMUP, 10.0, 100_000, 600
+        n, runs, warmup, seconds, mem_total, bodies = (args.calls, RUNS, WARMUP, args.seconds, args.rss_requests,
+                                                       600)
     now = dt.datetime.now(dt.UTC)
     load = os.getloadavg()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
