@@ -28,6 +28,8 @@ UCUM = re.compile(r"\w*\[(?:Hg|IU|lb_av|in_i|degF|iU)\]|\{(?:score|beats|breaths
 # A sentence end glued to the next sentence: "positive**.Esketamine", "mmHg.Re-check".
 GLUED = re.compile(r"[a-z0-9)\]*_][.!?;:](?:\*\*|_)?[A-Z][a-z]")
 UNRENDERED = re.compile(r"\{\{|\{%|%\}|\}\}")
+# A Python repr leaked into the text, e.g. a template reading `.values` of a dict (DQ-04, probe 36).
+PYREPR = re.compile(r"<built-in|<bound method|<function |object at 0x")
 
 
 def _all_cards() -> tuple[list[tuple[str, str, dict[str, Any]]], set[str]]:
@@ -58,7 +60,8 @@ def test_no_ucum_code_internal_label_or_template_residue_in_what_clinicians_read
     problems = []
     for rule, case, card in CARDS:
         text = card["source"]["label"] if field == "source" else card[field]
-        for name, pattern in (("UCUM code", UCUM), ("internal label", INTERNAL), ("template residue", UNRENDERED)):
+        for name, pattern in (("UCUM code", UCUM), ("internal label", INTERNAL), ("template residue", UNRENDERED),
+                              ("Python repr", PYREPR)):
             found = pattern.search(text)
             if found:
                 problems.append(f"{card['extension']['protocol-engine']['rule']} ({rule}: {case}): {name} "
