@@ -12,7 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adapters.fhir import normalise
+from adapters.fhir import identity, normalise
 from adapters.fhir.records import Chart, DataIssue
 
 from .protocol import Service
@@ -41,17 +41,29 @@ class Anchor:
         return "ago"
 
 
-def sessions(service: Service, pack: Pack, bundle: Any, issues: list[DataIssue]) -> list[Anchor]:
+def sessions(service: Service, pack: Pack, bundle: Any, issues: list[DataIssue], patient_id: str | None = None,
+             foreign: list[DataIssue] | None = None) -> list[Anchor]:
     """One anchor per proposed Appointment that is a session of the protocol, at its start.
 
     A session is recognised by appointmentType, serviceType or reasonCode in the service's `sessions` value
     set; without one, every proposed appointment is a session. A proposed session with no start cannot be
-    checked against the schedule: it becomes a data issue rather than a guess.
+    checked against the schedule: it becomes a data issue rather than a guess. A proposed Appointment of
+    another patient (its participant Patient is not `patient_id`) is set aside in `foreign`, never evaluated.
     """
     found = []
+    urls = identity.patient_urls([bundle]) if patient_id is not None else {}
+    owners = {}
+    for raw in normalise.resources_in(bundle):
+        if patient_id is not None and isinstance(raw, dict) and raw.get("resourceType") == "Appointment":
+            owners[normalise.ref_of(raw)] = identity.appointment_foreign_reason(raw, patient_id, urls)
     for appt in normalise.appointments(bundle, issues):
         if appt.status != "proposed":
             continue  # the hook's context also carries already booked appointments for reference
+        reason = owners.get(appt.ref)
+        if reason is not None:
+            if foreign is not None:
+                foreign.append(DataIssue(appt.ref, reason))
+            continue
         if service.sessions and not any(service.sessions in pack.index.members(k.pairs(), k.texts())
                                         for k in appt.kinds):
             continue

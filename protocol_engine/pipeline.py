@@ -121,10 +121,12 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
             trace["skipped"] = "every draft order in scope identified; none is of this protocol's drugs"
             return Outcome([], trace)
     booking_issues: list[DataIssue] = []
+    booking_foreign: list[DataIssue] = []
     sessions: list[Anchor] = []
     if service.anchor == "appointment":
-        sessions = anchors.sessions(service, pack, request.context.get("appointments"), booking_issues)
-        if not sessions and not booking_issues:
+        sessions = anchors.sessions(service, pack, request.context.get("appointments"), booking_issues,
+                                    request.patient_id, booking_foreign)
+        if not sessions and not booking_issues and not booking_foreign:
             timings["total_ms"] = _ms(t0)
             trace["skipped"] = "no proposed appointment is a session of this protocol"
             return Outcome([], trace)
@@ -148,6 +150,7 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     else:
         chart = normalise.to_chart(payloads, draft, selections, pack.index.has_any, request.patient_id, meds)
     chart.issues = booking_issues + chart.issues
+    chart.foreign = booking_foreign + chart.foreign
     timings["parse_ms"] = _ms(t)
     if service.anchor == "appointment":
         # One evaluation per proposed session; with none readable, only the data-quality rules speak.

@@ -326,3 +326,20 @@ def test_a_bad_anchor_declaration_is_refused_at_load(tmp_path: Any, old: str, ne
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert message in result.output, result.output
     assert re.search(r"protocol\.yaml:\d+:\d+: error\[", result.output)
+
+
+# -- new-user probe findings (fix15) -----------------------------------------------------
+def test_another_patients_proposed_appointment_is_set_aside_not_evaluated(loaded: Any) -> None:
+    """Probe 29/44: an Appointment whose participant Patient is someone else gets DQ-05, never TIM-01."""
+    tomorrow, own = ((NOW + dt.timedelta(days=d)).isoformat() for d in (1, 10))
+    other = hl7_appointment("other", tomorrow, patient="someone-else")
+    alone = call(loaded, "appointment-book", {}, booking(loaded, [other], maintenance("-5d")))
+    assert rules(alone) == {"DQ-05"}
+    assert "Appointment/other" in card(alone, "DQ-05")["extension"]["protocol-engine"]["evidence"]
+    assert alone.trace["anchors"][0]["kind"] == "now"
+    both = call(loaded, "appointment-book", {}, booking(loaded, [hl7_appointment("own", own), other],
+                                                        maintenance("-5d")))
+    assert "TIM-01" not in rules(both) and "DQ-05" in rules(both)
+    assert [a.get("ref") for a in both.trace["anchors"]] == ["Appointment/own"]
+    assert not any("Appointment/other" in c["extension"]["protocol-engine"]["evidence"]
+                   for c in both.cards if c["extension"]["protocol-engine"]["rule"] != "DQ-05")

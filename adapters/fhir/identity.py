@@ -74,3 +74,21 @@ def foreign_reason(raw: dict[str, Any], patient_id: str, urls: dict[str, str]) -
     if owner != patient_id:
         return f"its {element} is another patient"
     return None
+
+
+def appointment_foreign_reason(raw: dict[str, Any], patient_id: str, urls: dict[str, str]) -> str | None:
+    """Why a proposed Appointment is not the context patient's (None when a Patient participant is).
+
+    An Appointment names its patient as a participant's actor (FHIR R4 has no subject element). One whose
+    Patient participants all resolve to other patients is another patient's booking; one with no Patient
+    participant is taken as the context patient's, as appointment-book's `patientId` says whose they are.
+    """
+    owners = []
+    for participant in raw.get("participant") or ():
+        actor = participant.get("actor") if isinstance(participant, dict) else None
+        ref = actor.get("reference") if isinstance(actor, dict) else None
+        if isinstance(ref, str) and (ref in urls or _PATIENT_REF.search(ref)):
+            owners.append(referenced_patient(actor, urls))
+    if not owners or patient_id in owners:
+        return None
+    return "its participant Patient is another patient"
