@@ -343,3 +343,17 @@ def test_another_patients_proposed_appointment_is_set_aside_not_evaluated(loaded
     assert [a.get("ref") for a in both.trace["anchors"]] == ["Appointment/own"]
     assert not any("Appointment/other" in c["extension"]["protocol-engine"]["evidence"]
                    for c in both.cards if c["extension"]["protocol-engine"]["rule"] != "DQ-05")
+
+
+def test_encounter_start_reading_lookbacks_end_at_now_not_at_period_start(loaded: Any) -> None:
+    """Probe 54 (decided): the dose follows the encounter start, so the 24 h pre-dose BP window ends at now.
+    A BP 23 h before period.start but 25 h before now is stale (MON-01); the course is still anchored."""
+    bp = {"observation": "LOINC#85354-9", "at": "-25h", "id": "bp-old",
+          "components": {"LOINC#8480-6": "128 mm[Hg]", "LOINC#8462-4": "78 mm[Hg]"}}
+    case = {"order": None, "given": [*maintenance("-7d"), bp], "encounter": {"start": "-2h"}}
+    outcome = call(loaded, "encounter-start", case)
+    assert "MON-01" in rules(outcome)
+    course = next(f for f in outcome.facts if f["t"] == "course")
+    assert course["since_last"] == pytest.approx(7 * 24 - 2)
+    fresh = call(loaded, "encounter-start", {**case, "given": [*maintenance("-7d"), {**bp, "at": "-1h"}]})
+    assert "MON-01" not in rules(fresh)
