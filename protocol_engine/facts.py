@@ -17,6 +17,8 @@ FACTS: dict[str, dict[str, str]] = {
     "order-issue": {"drug": "text", "problem": "text", "checks": "text"},
     # A resource that is not the context patient's, set aside unused (DQ-05).
     "foreign-record": {"problem": "text"},
+    # A proposed appointment of appointment-book not recognised as a protocol session (DQ-07).
+    "unrecognised-session": {"problem": "text"},
     "measurement": {
         "measure": "text", "age": "duration", "value": "number:measure", "positive": "bool",
         "uln_ratio": "number", "unit": "text",
@@ -58,6 +60,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "imprecise": (),
     "order-issue": ("MedicationRequest",),
     "foreign-record": (),
+    "unrecognised-session": (),
     "condition": ("Condition",),
     "medication": ("MedicationRequest", "MedicationStatement"),
     "allergy": ("AllergyIntolerance",),

@@ -122,11 +122,12 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
             return Outcome([], trace)
     booking_issues: list[DataIssue] = []
     booking_foreign: list[DataIssue] = []
+    unrecognised: list[DataIssue] = []
     sessions: list[Anchor] = []
     if service.anchor == "appointment":
         sessions = anchors.sessions(service, pack, request.context.get("appointments"), booking_issues,
-                                    request.patient_id, booking_foreign)
-        if not sessions and not booking_issues and not booking_foreign:
+                                    request.patient_id, booking_foreign, unrecognised)
+        if not sessions and not booking_issues and not booking_foreign and not unrecognised:
             timings["total_ms"] = _ms(t0)
             trace["skipped"] = "no proposed appointment is a session of this protocol"
             return Outcome([], trace)
@@ -165,9 +166,13 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     findings: list[Finding] = []
     cards: list[dict[str, Any]] = []
     timings["derive_ms"] = timings["evaluate_ms"] = timings["cards_ms"] = 0.0
-    for anchor, data_quality_only in evaluations:
+    for i, (anchor, data_quality_only) in enumerate(evaluations):
         t = time.perf_counter()
         anchor_facts = pack.deriver.facts(chart, now, service.hook, request.patient_id, anchor)
+        if i == 0:  # proposed appointments not recognised as sessions: said once (DQ-07, scoped to a course)
+            anchor_facts += [{"t": "unrecognised-session", "refs": [u.ref], "problem": u.problem,
+                              "describe": f"{u.ref}: {u.problem}", "n": len(anchor_facts) + k}
+                             for k, u in enumerate(unrecognised)]
         _name_blocked_checks(anchor_facts, rt.rules)
         timings["derive_ms"] += _ms(t)
         t = time.perf_counter()

@@ -173,7 +173,14 @@ def test_booked_and_non_session_appointments_are_context_not_sessions(loaded: An
     dental = {**hl7_appointment("dental", start), "serviceType": [{"text": "Dental check"}], "appointmentType": None}
     dental = {k: v for k, v in dental.items() if v is not None}
     outcome = call(loaded, "appointment-book", {}, booking(loaded, [already, dental], maintenance("-1d")))
-    assert outcome.cards == [] and outcome.trace.get("skipped")
+    # No session is checked; on a protocol course the unrecognised proposed one is said (DQ-07), not all clear.
+    assert rules(outcome) == {"DQ-07"}
+    assert card(outcome, "DQ-07")["extension"]["protocol-engine"]["evidence"] == ["Appointment/dental"]
+    assert outcome.trace["anchors"][0]["kind"] == "now"
+    alone = call(loaded, "appointment-book", {}, booking(loaded, [already], maintenance("-1d")))
+    assert alone.cards == [] and alone.trace.get("skipped")
+    no_course = call(loaded, "appointment-book", {}, booking(loaded, [dental], []))
+    assert no_course.cards == []
 
 
 def test_a_proposed_session_without_start_is_a_data_quality_card_not_a_guess(loaded: Any) -> None:
