@@ -31,6 +31,9 @@ class Anchor:
     time: dt.datetime
     ref: str | None = None
     end: dt.datetime | None = None
+    # appointment-book: the proposed sessions of the same Bundle that start before this one (start, ref),
+    # counted as planned doses by the course (a series booked at once is checked session against session).
+    planned: tuple[tuple[dt.datetime, str], ...] = ()
 
     def phrase(self) -> str:
         """How a card says "before the dose" (course.until): `ago` at now, else before the session."""
@@ -84,6 +87,20 @@ def sessions(service: Service, pack: Pack, bundle: Any, issues: list[DataIssue],
     return found
 
 
+def series(found: list[Anchor]) -> list[Anchor]:
+    """Each proposed session with the earlier proposed sessions of the same booking as its planned doses.
+
+    Ordered by start (ties by Bundle order): a single proposed session has none, so it is judged exactly as
+    before, against the recorded doses only.
+    """
+    ordered = sorted(enumerate(found), key=lambda p: (p[1].time, p[0]))
+    out = list(found)
+    for rank, (i, anchor) in enumerate(ordered):
+        earlier = tuple((b.time, b.ref) for _, b in ordered[:rank] if b.ref is not None)
+        out[i] = Anchor(anchor.kind, anchor.time, anchor.ref, anchor.end, earlier)
+    return out
+
+
 def encounter(chart: Chart, encounter_id: Any, now: dt.datetime) -> Anchor:
     """The encounter that is starting, at its period.start; at now when the EHR has not recorded one."""
     ref = f"Encounter/{encounter_id}"
@@ -98,7 +115,10 @@ def name_session(card: dict[str, Any], anchor: Anchor) -> dict[str, Any]:
     ext = card["extension"]["protocol-engine"]
     if anchor.ref not in ext["evidence"]:
         ext["evidence"] = [*ext["evidence"], anchor.ref]
-    card["detail"] = f"For the proposed session {_time(anchor.time)} ({anchor.ref}).\n\n{card['detail']}"
+    planned = [(t, ref) for t, ref in anchor.planned if ref in ext["evidence"]]
+    also = "".join(f" The previous dose counted here is the proposed session {_time(t)} ({ref}) booked in this "
+                   f"same request, a planned dose, not a recorded one." for t, ref in planned)
+    card["detail"] = f"For the proposed session {_time(anchor.time)} ({anchor.ref}).{also}\n\n{card['detail']}"
     return card
 
 

@@ -460,7 +460,11 @@ class Deriver:
     def course(self, chart: Chart, now: dt.datetime, anchor: Anchor) -> Course:
         """The one course model (G9, G10) at the anchor; doses recorded after it are not prior doses."""
         horizon = min(now, anchor.time) + dt.timedelta(hours=self.future_tol_h)
-        return Course.of(self.p.course, self._doses(chart, horizon), anchor.time)
+        doses = self._doses(chart, horizon)
+        if anchor.planned and doses:  # earlier proposed sessions of the same booking: planned doses of the course
+            latest = max(doses, key=lambda d: d.time)
+            doses += [Dose(t, latest.drug, "planned", ref, latest.route) for t, ref in anchor.planned]
+        return Course.of(self.p.course, doses, anchor.time)
 
     def _course_fact(self, course: Course, anchor: Anchor, readings: dict[str, Readings]) -> Fact:
         if not course.has_prior:
@@ -471,6 +475,8 @@ class Deriver:
         day = course.course_day()
         phase = course.phase
         refs = [last.ref] + ([anchor.ref] if anchor.ref else [])
+        planned = last.status == "planned"  # an earlier proposed session of the same booking
+        lead = f"Proposed session (planned {course.drug} dose)" if planned else f"Last {course.drug} dose"
         fact: Fact = {
             "t": "course", "drug": course.drug, "doses": len(course.doses), "phase": phase, "has_prior": True,
             "since_last": since, "new_course": course.new_course,
@@ -478,7 +484,7 @@ class Deriver:
             "doses_7d": course.doses_within(168.0),
             "induction_complete": phase == "maintenance", "last_at": last.time.isoformat(), "refs": refs,
             "until": anchor.phrase(),
-            "describe": f"Last {course.drug} dose {fmt_time(last.time)} ({_span(since)} {anchor.phrase()}"
+            "describe": f"{lead} {fmt_time(last.time)} ({_span(since)} {anchor.phrase()}"
                         f"{f' {fmt_time(anchor.time)}' if anchor.ref else ''}, dose {len(course.doses)} of the "
                         f"course, {phase}), {last.ref}",
         }

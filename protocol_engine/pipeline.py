@@ -155,7 +155,7 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     timings["parse_ms"] = _ms(t)
     if service.anchor == "appointment":
         # One evaluation per proposed session; with none readable, only the data-quality rules speak.
-        evaluations = [(a, False) for a in sessions] or [(Anchor("now", now), True)]
+        evaluations = [(a, False) for a in anchors.series(sessions)] or [(Anchor("now", now), True)]
     elif service.anchor == "encounter":
         evaluations = [(anchors.encounter(chart, request.context.get("encounterId"), now), False)]
     else:

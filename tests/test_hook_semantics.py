@@ -192,15 +192,19 @@ def test_a_proposed_session_without_start_is_a_data_quality_card_not_a_guess(loa
 
 
 def test_each_session_is_judged_at_its_own_start_and_same_cards_merge(loaded: Any) -> None:
-    soon, weekly, later = ((NOW + dt.timedelta(days=d)).isoformat() for d in (2, 6, 3))
+    soon, weekly_start, later = ((NOW + dt.timedelta(days=d)).isoformat() for d in (2, 6, 3))
     outcome = call(loaded, "appointment-book", {}, booking(loaded, [
-        hl7_appointment("soon", soon), hl7_appointment("weekly", weekly), hl7_appointment("later", later)],
+        hl7_appointment("soon", soon), hl7_appointment("weekly", weekly_start), hl7_appointment("later", later)],
         maintenance("-1d")))
-    tim = [c for c in outcome.cards if c["extension"]["protocol-engine"]["rule"] == "TIM-01"]
-    evidence = [c["extension"]["protocol-engine"]["evidence"] for c in tim]
-    assert len(tim) == 2  # 3 days and 4 days before the session: two different statements
-    assert not any("Appointment/weekly" in e for e in evidence)
-    assert {"Appointment/soon", "Appointment/later"} <= {ref for e in evidence for ref in e}
+    timing = [c for c in outcome.cards if c["extension"]["protocol-engine"]["rule"] in ("TIM-01", "TIM-02")]
+    evidence = [c["extension"]["protocol-engine"]["evidence"] for c in timing]
+    # soon: 3 days after the recorded dose; later: 1 day after soon; weekly: 3 days after later (planned doses).
+    assert {"Appointment/soon", "Appointment/later", "Appointment/weekly"} <= {ref for e in evidence for ref in e}
+    assert any("Appointment/later" in e and "Appointment/weekly" in e for e in evidence)
+    # Without the series, each alone: weekly (7 days after the dose) is in time.
+    alone = call(loaded, "appointment-book", {}, booking(loaded, [hl7_appointment("weekly", weekly_start)],
+                                                         maintenance("-1d")))
+    assert not rules(alone) & {"TIM-01", "TIM-02"}
 
 
 def test_an_invalid_appointment_is_a_data_issue_and_the_valid_session_is_still_checked(loaded: Any) -> None:
@@ -364,3 +368,32 @@ def test_encounter_start_reading_lookbacks_end_at_now_not_at_period_start(loaded
     assert course["since_last"] == pytest.approx(7 * 24 - 2)
     fresh = call(loaded, "encounter-start", {**case, "given": [*maintenance("-7d"), {**bp, "at": "-1h"}]})
     assert "MON-01" not in rules(fresh)
+
+
+def test_a_series_booked_at_once_is_checked_session_against_session(loaded: Any) -> None:
+    """Probe 31/45: earlier proposed sessions of the same Bundle are planned doses for the later ones."""
+    first, second = ((NOW + dt.timedelta(days=d)).isoformat() for d in (1, 5))
+    # Bundle order reversed on purpose: the series is ordered by start.
+    outcome = call(loaded, "appointment-book", {}, booking(loaded, [
+        hl7_appointment("second", second), hl7_appointment("first", first)], maintenance("-7d")))
+    tim = card(outcome, "TIM-01")
+    evidence = tim["extension"]["protocol-engine"]["evidence"]
+    assert "Appointment/second" in evidence and "Appointment/first" in evidence
+    assert "proposed session" in tim["detail"] and "(Appointment/first) booked in this same request" in tim["detail"]
+    assert "4 days before the booked session" in tim["summary"]
+    assert len([c for c in outcome.cards if c["extension"]["protocol-engine"]["rule"] == "TIM-01"]) == 1
+    # Each alone (one proposed session) is judged exactly as before, against the recorded doses only.
+    for appt in (hl7_appointment("first", first), hl7_appointment("second", second)):
+        alone = call(loaded, "appointment-book", {}, booking(loaded, [appt], maintenance("-7d")))
+        assert "TIM-01" not in rules(alone)
+
+
+def test_two_sessions_booked_the_same_day_are_a_probable_duplicate(loaded: Any) -> None:
+    morning, evening = ((NOW + dt.timedelta(days=1, hours=h)).isoformat() for h in (0, 6))
+    outcome = call(loaded, "appointment-book", {}, booking(loaded, [
+        hl7_appointment("am", morning), hl7_appointment("pm", evening)], maintenance("-7d")))
+    fired = {c["extension"]["protocol-engine"]["rule"] for c in outcome.cards
+             if "Appointment/pm" in c["extension"]["protocol-engine"]["evidence"]}
+    assert fired & {"TIM-01", "TIM-02"}
+    assert not any("Appointment/am" in c["extension"]["protocol-engine"]["evidence"]
+                   and "Appointment/pm" not in c["extension"]["protocol-engine"]["evidence"] for c in outcome.cards)
