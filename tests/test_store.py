@@ -39,6 +39,11 @@ def _sign(app: Any, loaded: Any, instance: str = "hi-1") -> list[dict[str, Any]]
     return list(response.json["cards"])
 
 
+def _rule_version(loaded: Any, rule_id: str) -> str:
+    """The version the rule file declares (the trace must carry the version that fired, whatever it is today)."""
+    return next(r.version for r in loaded.ruleset.all_rules() if r.id == rule_id)
+
+
 def test_decision_trace_answers_why_this_card_appeared(store_app: Any, loaded: Any) -> None:
     cards = _sign(store_app, loaded, "why-1")
     store = store_app.extensions["protocol_engine"]["store"]
@@ -47,7 +52,7 @@ def test_decision_trace_answers_why_this_card_appeared(store_app: Any, loaded: A
     assert decision.service == "ketamine-order-sign" and decision.patient == "Patient/test-patient"
     assert trace["ruleset"] == cards[0]["extension"]["protocol-engine"]["ruleset"]
     fired = {f["rule"]: f for f in trace["fired"]}
-    assert fired["CI-05"]["evidence"] == ["Observation/bp-1"] and fired["CI-05"]["version"] == "1.0.0"
+    assert fired["CI-05"]["evidence"] == ["Observation/bp-1"] and fired["CI-05"]["version"] == _rule_version(loaded, "CI-05")
     assert {c["uuid"] for c in trace["cards"]} == {c["uuid"] for c in cards}
     assert trace["sources"]["observations"] == "prefetch"
     assert {"prefetch_ms", "parse_ms", "derive_ms", "evaluate_ms", "cards_ms", "total_ms"} <= set(trace["timings"])
