@@ -105,6 +105,28 @@ def test_another_patients_newer_normal_bp_in_a_vendor_shape_does_not_hide_190_11
     assert "not-this-one" not in json.dumps(response.json), "the card names the record, never the other patient"
 
 
+def test_a_synthea_chart_whose_subjects_are_urn_uuid_of_the_context_patient_is_this_patients(client: Any,
+                                                                                            loaded: Any) -> None:
+    """Probe 140: every subject is `urn:uuid:<context.patientId>` and no Bundle gives the Patient a fullUrl."""
+    body = _severe(loaded)
+    pid = body["context"]["patientId"]
+    for key, value in body["prefetch"].items():
+        for entry in (value or {}).get("entry") or () if key != "patient" else ():
+            resource = entry["resource"]
+            for element in ("subject", "patient"):
+                if element in resource:
+                    resource[element] = {"reference": f"urn:uuid:{pid}"}
+            entry["fullUrl"] = f"urn:uuid:{resource.get('id', 'x')}-full"
+    _draft(body)["subject"] = {"reference": f"urn:uuid:{pid}"}
+    response = client.post(SIGN, json=body)
+    assert "CI-05" in _rules(response) and "DQ-05" not in _rules(response)
+    assert identity.foreign_reason({"resourceType": "Condition", "subject": {"reference": "urn:uuid:other"}},
+                                   pid, {}) is not None
+    bound = {f"urn:uuid:{pid}": "someone-else"}  # a Bundle Patient entry owns that fullUrl: it decides
+    assert identity.foreign_reason({"resourceType": "Condition", "subject": {"reference": f"urn:uuid:{pid}"}},
+                                   pid, bound) is not None
+
+
 def test_a_draft_order_for_another_patient_is_set_aside_and_named(client: Any, loaded: Any) -> None:
     body = _severe(loaded)
     _draft(body)["subject"] = {"reference": "Patient/someone-else"}

@@ -3,8 +3,10 @@
 A resource belongs to `context.patientId` when it is that Patient, or when its subject/patient element is a
 reference that resolves to that Patient: relative (`Patient/x`), absolute (`https://host/fhir/Patient/x`,
 optionally `/_history/n`) or a `urn:uuid:`/absolute fullUrl of a Patient entry with that id in the request's
-Bundles. Anything else (another patient's id, a Group, an identifier-only or display-only reference, no
-subject at all) cannot be proved to be this patient's, so it is never used; the caller reports it.
+Bundles, or `urn:uuid:<id>` where <id> is `context.patientId` itself and no Bundle entry gives that fullUrl to
+another resource (Synthea-style charts whose Patient is not in the request).
+Anything else (another patient's id, a Group, an identifier-only or display-only reference, no subject at all)
+cannot be proved to be this patient's, so it is never used; the caller reports it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def foreign_reason(raw: dict[str, Any], patient_id: str, urls: dict[str, str]) -
     if value is None:
         return f"has no {element}, so it cannot be shown to belong to the patient in context"
     owner = referenced_patient(value, urls)
+    if owner is None and _is_own_uuid(value, patient_id, urls):
+        return None
     if owner is None:
         return f"its {element} does not resolve to a Patient, so it cannot be shown to be this patient's"
     if owner != patient_id:
@@ -92,3 +96,11 @@ def appointment_foreign_reason(raw: dict[str, Any], patient_id: str, urls: dict[
     if not owners or patient_id in owners:
         return None
     return "its participant Patient is another patient"
+
+
+def _is_own_uuid(reference: Any, patient_id: str, urls: dict[str, str]) -> bool:
+    """`urn:uuid:<context.patientId>` not bound by any Patient fullUrl, typed Patient or untyped: this patient."""
+    if not isinstance(reference, dict) or reference.get("type") not in (None, "Patient"):
+        return False
+    ref = reference.get("reference")
+    return isinstance(ref, str) and ref not in urls and ref.lower() == f"urn:uuid:{patient_id}".lower()
