@@ -18,6 +18,7 @@ class FhirServer:
         self.requests: list[dict[str, Any]] = []
         self.mode = "ok"  # ok | 401 | 404 | 500 | garbage | slow | outcome | hang-page | drip | huge
         self.delay = 5.0
+        self.self_next = False  # every searchset page names itself as its next page (a paging cycle)
         self.drip_interval = 0.25  # drip: one byte per interval of a body announced as 1 MB
         self.huge_bytes = 64 * 1024 * 1024  # huge: a valid Bundle this large, streamed as fast as it is read
         self.sent = 0  # body bytes written in drip/huge mode (how far the reader let the server get)
@@ -119,6 +120,8 @@ class FhirServer:
         if (page + 1) * self.page_size < len(matches):
             rest = "&".join(p for p in parts.query.split("&") if not p.startswith("_page="))
             bundle["link"] = [{"relation": "next", "url": f"{self.base}/{path}?{rest}&_page={page + 1}"}]
+        if self.self_next:
+            bundle["link"] = [{"relation": "next", "url": f"{self.base}/{path}?{parts.query}"}]
         return 200, json.dumps(bundle).encode()
 
     def close(self) -> None:

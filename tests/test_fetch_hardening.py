@@ -235,3 +235,13 @@ def test_fetches_to_one_server_are_bounded(loaded: Any) -> None:
     finally:
         client.close()
         server.close()
+
+
+def test_a_paging_cycle_is_not_followed(client: Any, loaded: Any, fhir: FhirServer) -> None:
+    """Probe 17/next-c: a searchset whose next link pointed back to itself was fetched again and again."""
+    body = _request(loaded)
+    body["fhirServer"] = fhir.base
+    body["prefetch"]["conditions"]["link"] = [{"relation": "next", "url": "Condition?patient=p&_page=1"}]
+    fhir.self_next = True
+    assert client.post(SIGN, json=body).status_code == 412
+    assert len(fhir.requests) == 1, fhir.requests  # the page naming itself again is not fetched a second time

@@ -120,6 +120,7 @@ def _follow(bundle: dict[str, Any], request: HookRequest, client: FhirClient, ti
     entries = list(bundle.get("entry") or [])
     url = _next_link(bundle)
     pages = 1
+    seen: set[str] = set()
     while url:
         if request.fhir_server is None:
             raise FetchError("bundle is paginated and there is no fhirServer to follow it")
@@ -127,6 +128,9 @@ def _follow(bundle: dict[str, Any], request: HookRequest, client: FhirClient, ti
         base = allowlist.parse(request.fhir_server)
         if base is None or not allowlist.within(url, base):  # origin + path segments, never a string prefix
             raise FetchError("next link points outside fhirServer")
+        if url in seen:  # a next link back to itself or an earlier page would be followed until MAX_PAGES
+            raise FetchError("next links form a cycle")
+        seen.add(url)
         pages += 1
         remaining = deadline - time.monotonic()
         if pages > MAX_PAGES or remaining <= 0:
