@@ -645,7 +645,9 @@ class Deriver:
         problems = []
         if q is not None:
             value, kind = self._amount(q, drug, "", concentration)
-            if kind == "mg" and value is not None:
+            if q.value is not None and q.value <= 0:
+                problems.append(f"dose {fmt_num(q.value)} {q.unit or ''} is not a positive amount".replace("  ", " "))
+            elif kind == "mg" and value is not None:
                 fact["dose"] = round(value, 3)
                 if weight_kg:
                     fact["dose_per_kg"] = round(value / weight_kg, 4)
@@ -659,7 +661,10 @@ class Deriver:
                 problems.append(f"dose unit '{q.unit}' cannot be read" if q.unit else "dose has no unit")
         hours = order.duration_h
         rate = order.rate
-        if hours is None and rate is not None and rate.value:
+        if rate is not None and rate.value is not None and rate.value <= 0:
+            problems.append(f"infusion rate {fmt_num(rate.value)} {rate.unit or ''} is not a positive rate"
+                            .replace("  ", " "))
+        elif hours is None and rate is not None and rate.value:
             value, kind = self._amount(rate, drug, "/h", concentration)
             if value and kind == "mg/kg" and weight_kg:
                 value, kind = value * weight_kg, "mg"
