@@ -220,19 +220,22 @@ def list_cmd(status: str | None, rules_dir: str | None) -> None:
 @click.option("--rules", "rules_dir", default=None, help="Rules directory (default: the configured one).")
 @click.option("--out", "out_dir", default="docs/rules", show_default=True, help="Where the pages go.")
 def docs(rules_dir: str | None, out_dir: str) -> None:
-    """A Markdown page per rule for clinical reviewers (plain words, settings, codes, sources, test cases)."""
-    from .pipeline import build_runtime
+    """A Markdown page per rule for clinical reviewers (plain words, settings, codes, sources, test cases), with the
+    values in force under PROTOCOL_ENGINE_SITE's site settings, if set (site values marked, shipped value beside)."""
+    from .errors import RuleSetError
+    from .registry import load
     from .rulepage import index_markdown, pages, to_markdown
-    from .ruleset import load_ruleset
 
-    ruleset, diags = load_ruleset(Path(rules_dir) if rules_dir else _paths(())[0])
-    if ruleset is None:
-        for d in diags:
+    site = os.environ.get("PROTOCOL_ENGINE_SITE")
+    try:
+        loaded = load(Path(rules_dir) if rules_dir else _paths(())[0], Path(site) if site else None)
+    except RuleSetError as exc:
+        for d in exc.diagnostics:
             click.echo(d.render())
         sys.exit(1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    generated = pages(ruleset, build_runtime(ruleset))
+    generated = pages(loaded.ruleset, loaded.runtimes)
     for page in generated:
         (out / f"{page.rule.id}.md").write_text(to_markdown(page), encoding="utf-8")
     (out / "README.md").write_text(index_markdown(generated), encoding="utf-8")

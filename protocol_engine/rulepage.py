@@ -79,6 +79,17 @@ def _settings(raw: dict[str, Any], table: dict[str, str]) -> list[SettingRow]:
     return rows
 
 
+def _in_force(rows: list[SettingRow], rule: Rule, table: dict[str, str]) -> list[SettingRow]:
+    """The rule file's rows with the value in force: a site's value, marked, with the shipped one beside it."""
+    specs = {s.name: s for s in rule.setting_specs if s.overridden}
+    for row in rows:
+        spec = specs.get(row.name)
+        if spec is not None:
+            row.value = (f"{_shown(spec.value, spec.unit, table)} (site; shipped "
+                         f"{_shown(spec.shipped, spec.unit, table)})")
+    return rows
+
+
 def _valuesets(pack: Pack, rule: Rule) -> list[tuple[str, str, list[str]]]:
     names: list[str] = []
     for conj in rule.conjuncts:
@@ -141,7 +152,8 @@ def build(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime], pack: Pack, rul
     data, _ = yamlsource.load(Path(rule.path))
     raw = yamlsource.plain(data) if isinstance(data, dict) else {}
     page = RulePage(rule, pack.protocol.title, rule.when_text, rule.then_text,
-                    _settings(raw, pack.protocol.display_units), _valuesets(pack, rule))
+                    _in_force(_settings(raw, pack.protocol.display_units), rule, pack.protocol.display_units),
+                    _valuesets(pack, rule))
     test = Path(rule.path).with_name(Path(rule.path).name[: -len(RULE_SUFFIX)] + TEST_SUFFIX)
     if not test.exists():
         return page

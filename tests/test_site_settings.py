@@ -274,3 +274,26 @@ def test_settings_lists_what_a_site_may_change_in_the_site_file_shape(tmp_path: 
     assert not any("systolic_limit" in line for line in lines)  # fixed settings only with --all
     full = CliRunner().invoke(main, ["settings", "--all", "--rules", str(ROOT / "rules")]).output
     assert any("systolic_limit: 180" in line and "fixed by the protocol" in line for line in full.splitlines())
+
+
+def test_rule_pages_show_the_site_value_in_force_with_the_shipped_value_beside_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from protocol_engine import rulepage
+    from protocol_engine.cli import main
+
+    site = _site(tmp_path, GOOD)
+    sited = load(ROOT / "rules", site)
+    found = rulepage.find(sited.ruleset, "CI-05")
+    assert found is not None
+    page = rulepage.build(sited.ruleset, sited.runtimes, *found)
+    row = next(s for s in page.settings if s.name == "lookback")
+    assert row.value == "12 h (site; shipped 24 h)", row.value
+    assert "12 h (site; shipped 24 h)" in rulepage.to_html(page)
+    # Not overridden: the shipped value, unmarked.
+    assert all("site;" not in s.value for s in page.settings if s.name != "lookback")
+    monkeypatch.setenv("PROTOCOL_ENGINE_SITE", str(site))
+    result = CliRunner().invoke(main, ["docs", "--rules", str(ROOT / "rules"), "--out", str(tmp_path / "docs")])
+    assert result.exit_code == 0, result.output
+    assert "12 h (site; shipped 24 h)" in (tmp_path / "docs" / "CI-05.md").read_text()
