@@ -283,9 +283,22 @@ def new(rule_id: str, category: str, title: str, pack: str | None) -> None:
         click.echo(f"created {path}")
 
 
+def report_period(since: str | None, until: str | None, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The same period as the analytics page: dates are whole UTC days, both included."""
+    from .analytics import period
+    from .errors import BadRequest
+
+    try:
+        start, end, _ = period({k: v for k, v in (("since", since), ("until", until)) if v}, now)
+    except BadRequest as exc:  # the page's own words
+        raise click.BadParameter(str(exc)) from exc
+    return start, end
+
+
 @main.command()
-@click.option("--since", default=None, help="Start date (default: 30 days ago).")
-@click.option("--until", default=None, help="End date, exclusive (default: now).")
+@click.option("--since", default=None, help="Start date or ISO time (default: 30 days before --until).")
+@click.option("--until", default=None,
+              help="End date, included: the whole day, as on the analytics page (or an ISO time; default: now).")
 @click.option("--format", "fmt_", type=click.Choice(["text", "csv"]), default="text")
 @click.option("--database", default=None, help="SQLAlchemy URL (default: PROTOCOL_ENGINE_DATABASE_URL).")
 def report(since: str | None, until: str | None, fmt_: str, database: str | None) -> None:
@@ -296,13 +309,7 @@ def report(since: str | None, until: str | None, fmt_: str, database: str | None
     url = database or load_settings().database_url
     now = dt.datetime.now(dt.UTC)
 
-    def parse(value: str | None, default: dt.datetime) -> dt.datetime:
-        if not value:
-            return default
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-    start, end = parse(since, now - dt.timedelta(days=30)), parse(until, now)
+    start, end = report_period(since, until, now)
     store = Store(url)
     try:
         store.migrate()

@@ -226,3 +226,15 @@ def _clients(tmp: Path) -> tuple[Path, Any]:
     path = tmp / "clients.yaml"
     path.write_text(json.dumps({"clients": [{"iss": ISS, "jwks": {"keys": [jwk]}}]}))
     return path, key
+
+
+def test_report_and_the_analytics_page_read_the_same_dates_the_same_way() -> None:
+    import datetime as dt_
+
+    from protocol_engine.analytics import period
+    from protocol_engine.cli import report_period
+
+    now = dt_.datetime(2026, 12, 5, tzinfo=dt_.UTC)
+    since, until, _ = period({"since": "2026-11-01", "until": "2026-11-30"}, now)
+    assert report_period("2026-11-01", "2026-11-30", now) == (since, until)
+    assert until == dt_.datetime(2026, 12, 1, tzinfo=dt_.UTC)  # the 30th is included
