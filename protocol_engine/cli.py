@@ -37,6 +37,22 @@ def serve(bind: str, workers: int, demo: bool) -> None:
     if demo:
         os.environ.setdefault("PROTOCOL_ENGINE_AUTH", "disabled")
         os.environ.setdefault("PROTOCOL_ENGINE_CORS_ORIGINS", "https://sandbox.cds-hooks.org,http://localhost:3000")
+    from .config import load_settings
+    from .ruleset import load_ruleset
+    from .site import load_site
+
+    settings = load_settings()
+    if settings.site is not None:  # check it once here: a bad one would fail every worker with a traceback
+        base, diags = load_ruleset(settings.rules)
+        site = None
+        if base is not None:
+            site, diags = load_site(settings.site, base)
+        if site is None:
+            for d in diags:
+                click.echo(d.render(), err=True)
+            where = "rule files" if base is None else f"site file {settings.site}"
+            click.echo(f"not started: {len(diags)} error(s) in the {where}", err=True)
+            sys.exit(1)
     conf = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
     args = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers)]
     if conf.exists():

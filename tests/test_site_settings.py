@@ -297,3 +297,16 @@ def test_rule_pages_show_the_site_value_in_force_with_the_shipped_value_beside_i
     result = CliRunner().invoke(main, ["docs", "--rules", str(ROOT / "rules"), "--out", str(tmp_path / "docs")])
     assert result.exit_code == 0, result.output
     assert "12 h (site; shipped 24 h)" in (tmp_path / "docs" / "CI-05.md").read_text()
+
+
+def test_serve_reports_a_bad_site_file_once_with_positions_and_no_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from protocol_engine.cli import main
+
+    monkeypatch.setenv("PROTOCOL_ENGINE_SITE", str(_site(tmp_path, "rules:\n  CI-05:\n    lookback: 96h\n")))
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "site.yaml:3:15: error[setting-out-of-range]" in result.output
+    assert "in the site file" in result.output
