@@ -245,3 +245,23 @@ def test_a_paging_cycle_is_not_followed(client: Any, loaded: Any, fhir: FhirServ
     fhir.self_next = True
     assert client.post(SIGN, json=body).status_code == 412
     assert len(fhir.requests) == 1, fhir.requests  # the page naming itself again is not fetched a second time
+
+
+@pytest.mark.parametrize("suffix", ["?x=1", "#frag", "/?x=1"])
+def test_a_fhir_server_with_a_query_or_fragment_is_400(client: Any, loaded: Any, fhir: FhirServer,
+                                                       suffix: str) -> None:
+    """Probe 17: `fhirServer` `.../fhir?x=1` was accepted and paths were appended after the query."""
+    body = _request(loaded)
+    body["fhirServer"] = fhir.base + suffix
+    response = client.post(SIGN, json=body)
+    assert response.status_code == 400 and response.json["resourceType"] == "OperationOutcome"
+    assert response.json["issue"][0]["expression"] == ["fhirServer"] and fhir.requests == []
+
+
+def test_an_upper_case_scheme_is_the_same_fhir_server(client: Any, loaded: Any, fhir: FhirServer) -> None:
+    """Schemes are case-insensitive: `HTTP://127.0.0.1:p/fhir` is the allow-listed server, fetched as usual."""
+    body = _request(loaded)
+    body["fhirServer"] = "HTTP" + fhir.base.removeprefix("http")
+    del body["prefetch"]["conditions"]
+    assert client.post(SIGN, json=body).status_code == 200
+    assert [r["path"].split("?")[0] for r in fhir.requests] == ["/fhir/Condition"]

@@ -70,8 +70,13 @@ def parse(body: Any, expected_hook: str) -> HookRequest:
         raise BadRequest("'prefetch' must be an object", "prefetch")
     server = body.get("fhirServer")
     auth = body.get("fhirAuthorization")
-    if server is not None and (not isinstance(server, str) or not re.match(r"^https?://", server)):
+    if server is not None and (not isinstance(server, str) or not re.match(r"^https?://[^/?#]", server, re.I)):
         raise BadRequest("'fhirServer' must be an absolute http(s) URL", "fhirServer")
+    if server is not None and ("?" in server or "#" in server):  # a base URL: queries and paths get appended
+        raise BadRequest("'fhirServer' must be a base URL without a query or fragment", "fhirServer")
+    if server is not None:  # schemes are case-insensitive (RFC 3986 3.1), as the allow-list compares them
+        scheme, rest = server.split(":", 1)
+        server = scheme.lower() + ":" + rest
     token = None
     if auth is not None:
         if server is None:
