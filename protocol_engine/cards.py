@@ -28,10 +28,17 @@ OVERRIDE_SYSTEM = "urn:protocol-engine:override-reason"
 RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
-def settle(findings: list[Finding]) -> list[Finding]:
-    """Drop findings whose rule is superseded by another rule that also held (e.g. TIM-02 over TIM-01)."""
+def settle(findings: list[Finding], now: dt.datetime | None = None) -> list[Finding]:
+    """Drop findings whose rule is superseded by another rule that also held (e.g. TIM-02 over TIM-01).
+
+    Only a live rule (one that gives a card) suppresses a live one: a draft rule, or one before its `effective`
+    date, must never silence the card below it (CI-05 in shadow would otherwise hide CI-06 for 184/106).
+    Shadow findings are settled against every rule that held, so the trace shows what they would do.
+    """
     held = {f.rule.id for f in findings}
-    return [f for f in findings if not (set(f.rule.suppressed_by) & held)]
+    held_live = {f.rule.id for f in findings if f.rule.live(now)}
+    return [f for f in findings
+            if not (set(f.rule.suppressed_by) & (held_live if f.rule.live(now) else held))]
 
 
 def _context(finding: Finding, patient_id: str | None, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -170,6 +177,6 @@ def render_all(findings: list[Finding], ruleset: str, patient_id: str | None, si
                pack: str = "", now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """Cards for live rules, critical first; draft rules, and rules before their `effective` date, run in
     shadow and give no card."""
-    live = [f for f in settle(findings) if f.rule.live(now)]
+    live = [f for f in settle(findings, now) if f.rule.live(now)]
     live.sort(key=lambda f: (RANK[f.indicator], f.rule.id))
     return [render(f, ruleset, patient_id, site, pack, now) for f in live]

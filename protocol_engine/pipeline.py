@@ -187,7 +187,7 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
             anchor_cards = [anchors.name_session(card, anchor) for card in anchor_cards]
         cards = anchors.merge(cards, anchor_cards)
         timings["cards_ms"] += _ms(t)
-        for f in card_renderer.settle(anchor_findings):
+        for f in card_renderer.settle(anchor_findings, now):
             entry = {"rule": f.rule.id, "version": f.rule.version, "evidence": f.evidence}
             if anchor.ref:
                 entry["anchor"] = anchor.ref

@@ -188,6 +188,25 @@ def test_a_rule_runs_in_shadow_until_its_effective_date(tmp_path: Path) -> None:
     assert len(cards) == 1 and "CI-05" in [f["rule"] for f in trace["fired"]]
 
 
+@pytest.mark.parametrize("change", ["status: active\neffective: 2027-01-01\n", "status: draft\n"])
+def test_a_rule_in_shadow_never_silences_the_card_below_it(tmp_path: Path, change: str) -> None:
+    """CI-06 is suppressed by CI-05; a CI-05 that gives no card (draft, or not yet effective) must not hide it."""
+    rules = _copy_rules(tmp_path)
+    path = next(rules.rglob("CI-05-*.rule.yaml"))
+    path.write_text(path.read_text().replace("status: active\n", change))
+    ruleset, diags = load_ruleset(rules)
+    assert ruleset is not None, [d.render() for d in diags]
+    runtimes = build_runtime(ruleset)
+    now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+    body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": [bp(184, 106)]},
+                         runtimes["ketamine-order-sign"], now)
+    out = run(runtimes, ruleset.revision, "ketamine-order-sign", body, now, None)
+    trace = out.trace
+    shown = [c["extension"]["protocol-engine"]["rule"] for c in out.cards]
+    assert "CI-06" in shown and "CI-05" not in shown
+    assert "CI-05" in [s["rule"] for s in trace["shadow"]]
+
+
 def test_pack_defaults_are_inherited_and_may_be_overridden(tmp_path: Path) -> None:
     ruleset, _ = load_ruleset(ROOT / "rules")
     assert ruleset is not None
