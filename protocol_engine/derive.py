@@ -665,11 +665,15 @@ class Deriver:
             problems.append(f"infusion rate {fmt_num(rate.value)} {rate.unit or ''} is not a positive rate"
                             .replace("  ", " "))
         elif hours is None and rate is not None and rate.value:
-            value, kind = self._amount(rate, drug, "/h", concentration)
+            # only a concentration stated for the infused product: a vial strength in the name is not the bag's
+            value, kind = self._amount(rate, drug, "/h", order.concentration)
             if value and kind == "mg/kg" and weight_kg:
                 value, kind = value * weight_kg, "mg"
             if value and kind == "mg" and "dose" in fact:
                 hours = fact["dose"] / value
+            elif not value and rate.unit and order.concentration is None and units.factor(self.ucum(rate.unit), "mL/h"):
+                problems.append(f"infusion time could not be checked: rate {fmt_num(rate.value)} {rate.unit} "
+                                "with no concentration stated for the infused product")
             elif not value:
                 problems.append(f"infusion rate unit '{rate.unit}' cannot be read" if rate.unit
                                 else "infusion rate has no unit")
