@@ -8,11 +8,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .config import DEFAULT_RULES
+
+if TYPE_CHECKING:
+    from .registry import Loaded
 
 
 def _paths(paths: tuple[str, ...]) -> list[Path]:
@@ -232,23 +235,28 @@ def list_cmd(status: str | None, rules_dir: str | None) -> None:
                    f"{','.join(r['hooks']):58} {r['title']}")
 
 
+def _load_or_exit(rules_dir: str | None, site: str | None) -> Loaded:
+    """The rule set (with the site file, if any) the docs and settings commands describe; errors printed, exit 1."""
+    from .errors import RuleSetError
+    from .registry import load
+
+    try:
+        return load(Path(rules_dir) if rules_dir else _paths(())[0], Path(site) if site else None)
+    except RuleSetError as exc:
+        for d in exc.diagnostics:
+            click.echo(d.render())
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--rules", "rules_dir", default=None, help="Rules directory (default: the configured one).")
 @click.option("--out", "out_dir", default="docs/rules", show_default=True, help="Where the pages go.")
 def docs(rules_dir: str | None, out_dir: str) -> None:
     """A Markdown page per rule for clinical reviewers (plain words, settings, codes, sources, test cases), with the
     values in force under PROTOCOL_ENGINE_SITE's site settings, if set (site values marked, shipped value beside)."""
-    from .errors import RuleSetError
-    from .registry import load
     from .rulepage import index_markdown, pages, to_markdown
 
-    site = os.environ.get("PROTOCOL_ENGINE_SITE")
-    try:
-        loaded = load(Path(rules_dir) if rules_dir else _paths(())[0], Path(site) if site else None)
-    except RuleSetError as exc:
-        for d in exc.diagnostics:
-            click.echo(d.render())
-        sys.exit(1)
+    loaded = _load_or_exit(rules_dir, os.environ.get("PROTOCOL_ENGINE_SITE"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     generated = pages(loaded.ruleset, loaded.runtimes)
@@ -356,17 +364,9 @@ def report(since: str | None, until: str | None, fmt_: str, database: str | None
 @click.option("--rules", "rules_dir", default=None)
 def settings_cmd(site_file: str | None, show_all: bool, rules_dir: str | None) -> None:
     """The service defaults a site may change ([D]): where, value, allowed range, source."""
-    from .errors import RuleSetError
     from .model import Setting
-    from .registry import load
 
-    site = site_file or os.environ.get("PROTOCOL_ENGINE_SITE")
-    try:
-        loaded = load(Path(rules_dir) if rules_dir else _paths(())[0], Path(site) if site else None)
-    except RuleSetError as exc:
-        for d in exc.diagnostics:
-            click.echo(d.render())
-        sys.exit(1)
+    loaded = _load_or_exit(rules_dir, site_file or os.environ.get("PROTOCOL_ENGINE_SITE"))
     if loaded.ruleset.site:
         click.echo(f"# site settings '{loaded.ruleset.site.name}' (revision {loaded.ruleset.site.revision})")
     # Printed in the site file's own shape: copy the lines to change into a site settings file.

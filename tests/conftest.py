@@ -66,6 +66,17 @@ def gunicorn_server(tmp_path: Path) -> Iterator[str]:
         yield server.base
 
 
+@pytest.fixture()
+def store_app(db_url: str) -> Any:
+    """An app (auth off, no reload polling) on the store under test; its audit queue flushed and engine closed after."""
+    from server import create_app
+
+    app = create_app({"auth": "disabled", "database_url": db_url, "reload_interval": 0})
+    yield app
+    app.extensions["protocol_engine"]["audit"].flush()
+    app.extensions["protocol_engine"]["store"].engine.dispose()
+
+
 def _postgres_url() -> str | None:
     return os.environ.get("PROTOCOL_ENGINE_TEST_POSTGRES_URL")
 

@@ -17,16 +17,6 @@ from sqlalchemy.orm import sessionmaker
 SIGN = "/cds-services/ketamine-order-sign"
 
 
-@pytest.fixture()
-def store_app(db_url: str) -> Any:
-    from server import create_app
-
-    app = create_app({"auth": "disabled", "database_url": db_url, "reload_interval": 0})
-    yield app
-    app.extensions["protocol_engine"]["audit"].flush()
-    app.extensions["protocol_engine"]["store"].engine.dispose()
-
-
 def _body(loaded: Any, instance: str | None = None) -> dict[str, Any]:
     body = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": KETAMINE_ORDER,
                                                        "given": [bp(172, 104, id="bp-1")]})
