@@ -64,6 +64,9 @@ class RuleParser:
         self.valuesets = valuesets
         self.diags: list[Diagnostic] = []
         self.settings: dict[str, Any] = {}
+        # The rule file's own values: a restated literal is judged against these, not a site's, because the site
+        # cannot edit the text ("usually 0.5 mg/kg" is not a restatement of a site's DOS-01 limit of 0.5).
+        self.pack_settings: dict[str, Any] = {}
         self.setting_units: dict[str, str] = {}
 
     def error(self, pos: tuple[int, int], code: str, message: str, hint: str | None = None,
@@ -74,7 +77,7 @@ class RuleParser:
         return Location(self.where, pos[0], pos[1])
 
     def parse(self) -> tuple[Rule | None, list[Diagnostic]]:
-        data, diags = yamlsource.load(self.path)
+        data, diags = yamlsource.load(self.path, shared=True)
         if diags:
             return None, diags
         if not isinstance(data, dict):
@@ -168,6 +171,7 @@ class RuleParser:
             self.diags.extend(diags)
             if spec is None:
                 continue
+            self.pack_settings[spec.name] = spec.value
             if spec.name in overrides:  # a site's value, already checked against this declaration (site.py)
                 spec = settingspec.overridden(spec, *overrides[spec.name])
             self.specs[spec.name] = spec
@@ -612,7 +616,7 @@ class RuleParser:
             return source
 
     def _check_restated(self, node: Any, key: Any, source: str) -> None:
-        for hit in restated.find(source, self.settings, self.protocol.values):
+        for hit in restated.find(source, self.pack_settings, self.protocol.values):
             line, col = self._locate(yamlsource.value_pos(node, key), hit.literal)
             self.error((line, col), "restated-setting",
                        f"'{hit.literal}' restates the setting '{hit.setting}' as a literal: the text keeps the old "

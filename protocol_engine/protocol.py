@@ -126,7 +126,7 @@ def _unwrap(node: Any, raw: dict[str, Any], prefix: str, where: str, site: Mappi
 def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None,
                   ) -> tuple[Protocol | None, list[Diagnostic]]:
     """Read protocol.yaml; every structural problem becomes a Diagnostic. `site`: pack name -> path -> value."""
-    data, diags = yamlsource.load(path)
+    data, diags = yamlsource.load(path, shared=True)
     if diags:
         return None, diags
     where = str(path)

@@ -48,7 +48,7 @@ class RuleSet:
 
 
 def load_valueset(path: Path) -> tuple[ValueSet | None, list[Diagnostic]]:
-    data, diags = yamlsource.load(path)
+    data, diags = yamlsource.load(path, shared=True)
     if diags:
         return None, diags
     where = str(path)
@@ -125,7 +125,7 @@ def load_pack(root: Path, site: Site | None = None) -> tuple[Pack | None, list[D
         rule, rdiags = parse_rule(path, protocol, names, site.rules if site else None)
         diags.extend(rdiags)
         if rule is None:
-            data, _ = yamlsource.load(path)
+            data, _ = yamlsource.load(path, shared=True)
             if isinstance(data, dict) and data.get("rule"):
                 attempted.add(str(data["rule"]))
             continue

@@ -15,4 +15,5 @@ def test_benchmark_smoke_runs_and_prints_a_table() -> None:
     result = subprocess.run([sys.executable, "-m", "bench.run", "--smoke"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| Observations |" in result.stdout and "req/s" in result.stdout and "worker RSS" in result.stdout
+    out = result.stdout
+    assert "| row | body | JSON floor |" in out and "HTTP p99" in out and "req/s" in out and "worker RSS" in out

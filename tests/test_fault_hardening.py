@@ -123,6 +123,10 @@ def test_a_feedback_post_is_capped(store_app: Any, loaded: Any) -> None:
     response = store_app.test_client().post(SIGN + "/feedback", json={"feedback": items})
     assert time.monotonic() - started < 5
     assert response.status_code == 413 and response.json["resourceType"] == "OperationOutcome"
+    assert store_app.extensions["protocol_engine"]["store"].feedback_count() == 0
+    # Under the body limit but over the item limit: the answer names the item limit.
+    response = store_app.test_client().post(SIGN + "/feedback", json={"feedback": items[:1000]})
+    assert response.status_code == 413 and response.json["resourceType"] == "OperationOutcome"
     assert str(settings.max_feedback_items) in response.json["issue"][0]["diagnostics"]
     assert store_app.extensions["protocol_engine"]["store"].feedback_count() == 0
     ok = {"feedback": items[:settings.max_feedback_items]}

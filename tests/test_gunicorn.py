@@ -125,9 +125,9 @@ def test_a_chunked_body_over_the_limit_is_413(tmp_path: Path, loaded: Any) -> No
         for payload, expected in ((raw, 200), (raw + b" " * 10, 413), (raw + b" " * 2_000_000, 413)):
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
             chunks = (payload[i:i + 8192] for i in range(0, len(payload), 8192))
-            conn.request("POST", "/cds-services/ketamine-order-sign", body=chunks,
-                         headers={"Content-Type": "application/json"}, encode_chunked=True)
             try:
+                conn.request("POST", "/cds-services/ketamine-order-sign", body=chunks,
+                             headers={"Content-Type": "application/json"}, encode_chunked=True)
                 response = conn.getresponse()
                 assert response.status == expected, (len(payload), response.status)
                 if expected == 413:

@@ -161,8 +161,12 @@ async function showCatalogue() {
     rule.append(el("strong", {}, r.title), el("div", {}, `When: ${r.when}`), el("div", {}, `Then: ${r.then}`),
       el("div", { class: "muted" }, `Hooks: ${r.hooks.join(", ")} · ${r.status}`));
     const cite = el("td");
-    if (r.citation.url) cite.append(el("a", { href: r.citation.url, target: "_blank", rel: "noopener noreferrer" }, r.citation.label));
-    else cite.textContent = r.citation.label;
+    for (const c of (r.citations && r.citations.length ? r.citations : [r.citation])) {
+      const line = el("div");
+      if (c.url) line.append(el("a", { href: c.url, target: "_blank", rel: "noopener noreferrer" }, c.label));
+      else line.textContent = c.label;
+      cite.append(line);
+    }
     if (r.notes) cite.append(el("div", { class: "muted" }, r.notes));
     const settings = Object.entries(r.settings).map(([k, v]) => `${k} = ${Array.isArray(v) ? v.join(", ") : v}`).join("; ");
     const id = el("td");
