@@ -312,12 +312,14 @@ def main() -> None:
     print(f"method: {runs} runs per row, medians over runs; {warmup} warm-up calls per row (other patients) "
           f"before the first run; every cold call a new patient")
 
+    # Each section is printed as soon as it is measured, so a run cut short still leaves its figures.
     floors = {size: json_floor(json.dumps(cold(size, now)).encode()) for size in sizes}
     inproc = run_rows(latency_rows(None, sizes, n, now), runs, warmup)
+    jwt_row = with_jwt(n, runs, warmup)
 
     from bench.profile import split
     stages = {"cold": split(20, max(n, 20), warmup, repeat=False),
-               "same patient": split(20, max(n, 20), warmup, repeat=True)}
+              "same patient": split(20, max(n, 20), warmup, repeat=True)}
 
     workdir = tempfile.TemporaryDirectory()
     server = Gunicorn(Path(workdir.name), workers=2).start(timeout=300).wait_for_workers()
@@ -327,17 +329,24 @@ def main() -> None:
             over_http = run_rows(latency_rows(conn.post, sizes, n, now), runs, warmup)
         finally:
             conn.close()
+        _print_latency(inproc, over_http, jwt_row, floors, stages, sizes, now)
         if shutil.which("wrk"):
-            tput: dict[int, list[dict[str, Any]]] | None = throughput(server, runs, seconds, bodies, now)
+            tput = throughput(server, runs, seconds, bodies, now)
+            _print_throughput(tput, bodies, seconds)
             rps = statistics.median(r["rps"] for r in tput[8]) if tput else 100.0
             rss = memory(server, mem_total, rps, bodies, now)
+            print("\nworker RSS (both workers), MiB: " +
+                  ", ".join(f"after {done} requests {kib / 1024:.1f}" for done, kib in rss))
         else:
-            tput, rss = None, []
+            print("\nwrk is not installed: no throughput or memory rows (.ci/run installs it)")
     finally:
         server.close()
         workdir.cleanup()
-    jwt_row = with_jwt(n, runs, warmup)
 
+
+def _print_latency(inproc: list[Measured], over_http: list[Measured],
+                   jwt_row: tuple[dict[str, float], list[dict[str, float]]], floors: dict[int, float],
+                   stages: dict[str, dict[str, float]], sizes: list[int], now: dt.datetime) -> None:
     print()
     print("| row | body | JSON floor | in-process p50 | HTTP p50 | HTTP p90 | HTTP p99 | HTTP max | HTTP p50 / floor |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -362,35 +371,31 @@ def main() -> None:
     http_20 = over_http[0][2]["p50"]
     print(f"HTTP (gunicorn + Flask + JSON body, HTTP p50 minus in-process p50, 20 Observations): "
           f"{http_20 - inproc[0][2]['p50']:.2f} ms")
-
-    if tput:
-        print(f"\nthroughput, order-sign, 20 Observations, rotating over {bodies} distinct patients, gunicorn "
-              f"2 workers, wrk 1 thread pinned with taskset, {seconds:.0f} s runs:")
-        print("| connections | req/s (median) | errors | worker CPU % (median run) | connections per worker "
-              "| runs within 20 % |")
-        print("|---:|---:|---:|---|---|---:|")
-        for connections, results in tput.items():
-            mid = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
-            print(f"| {connections} | {statistics.median(r['rps'] for r in results):.0f} | "
-                  f"{sum(r['errors'] for r in results)} | {' / '.join(map(str, mid['cpu']))} | "
-                  f"{' / '.join(map(str, mid['connections']))} | "
-                  f"{sum(r['within_20pct'] for r in results)} of {len(results)} |")
-    if rss:
-        print("\nworker RSS (both workers), MiB: " +
-              ", ".join(f"after {done} requests {kib / 1024:.1f}" for done, kib in rss))
-
     print("\nraw runs (each run's own figures):")
     for (label, _, _, ip_runs), (_, _, _, h_runs) in zip(inproc, over_http, strict=True):
         print(f"  {label}: in-process p50 " + " ".join(_fmt(r["p50"]) for r in ip_runs) +
               " | HTTP p50 " + " ".join(_fmt(r["p50"]) for r in h_runs) +
               " | HTTP p99 " + " ".join(_fmt(r["p99"]) for r in h_runs))
     print("  JWT row: HTTP p50 " + " ".join(_fmt(r["p50"]) for r in jwt_row[1]))
-    for connections, results in (tput or {}).items():
+
+
+def _print_throughput(tput: dict[int, list[dict[str, Any]]], bodies: int, seconds: float) -> None:
+    print(f"\nthroughput, order-sign, 20 Observations, rotating over {bodies} distinct patients, gunicorn "
+          f"2 workers, wrk 1 thread pinned with taskset, {seconds:.0f} s runs:")
+    print("| connections | req/s (median) | errors | worker CPU % (median run) | connections per worker "
+          "| runs within 20 % |")
+    print("|---:|---:|---:|---|---|---:|")
+    for connections, results in tput.items():
+        mid = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
+        print(f"| {connections} | {statistics.median(r['rps'] for r in results):.0f} | "
+              f"{sum(r['errors'] for r in results)} | {' / '.join(map(str, mid['cpu']))} | "
+              f"{' / '.join(map(str, mid['connections']))} | "
+              f"{sum(r['within_20pct'] for r in results)} of {len(results)} |")
+    for connections, results in tput.items():
         for r in results:
             print(f"  wrk {connections} connections: {r['rps']:.0f} req/s, {r['requests']} requests, "
                   f"{r['errors']} errors, worker CPU % {r['cpu']}, connections {r['connections']}, "
                   f"within 20 %: {r['within_20pct']}")
-
 
 if __name__ == "__main__":
     main()
