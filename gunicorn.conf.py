@@ -7,12 +7,33 @@ Production runs behind the reverse proxy in deploy/nginx.conf, which buffers who
 import gc
 import glob
 import os
+import shutil
 import tempfile
+
+METRICS_PREFIX = "protocol-engine-metrics-"
+OWN_DIR = "PROTOCOL_ENGINE_METRICS_DIR_CREATED"  # set when this master made the directory (survives a HUP reload)
+
+
+def _remove_orphaned_metrics_dirs():  # noqa: ANN202
+    """Directories of masters that died without on_exit (SIGKILL, OOM): named after their pid, removed if it is gone."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), METRICS_PREFIX + "*-*")):
+        pid = os.path.basename(path)[len(METRICS_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # gone meanwhile, or a live process of another user
+            pass
+
 
 # prometheus_client chooses in-memory or file-backed values when it is first imported, and the workers inherit
 # the master's choice: the directory must be in the environment before anything imports prometheus_client.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="protocol-engine-metrics-")
+    _remove_orphaned_metrics_dirs()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
+    os.environ[OWN_DIR] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 from prometheus_client import multiprocess  # noqa: E402 - must follow the environment variable
 
@@ -30,6 +51,13 @@ if os.environ.get("PROTOCOL_ENGINE_CONTROL_SOCKET"):
 else:
     control_socket_disable = True
 
+# X-Forwarded-* and the scheme headers are believed only through the app's ProxyFix, for the configured number of
+# proxies (PROTOCOL_ENGINE_PROXY_HOPS, default none). gunicorn's own default believes them from any loopback
+# peer, so a local caller could change the scheme, the script name and with them the URL a JWT's `aud` must name.
+forwarded_allow_ips = ""
+secure_scheme_headers = {}
+forwarder_headers = ""
+
 METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
 
 
@@ -42,7 +70,20 @@ def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
 
 
 def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    # Drops the dead worker's live-gauge files; its counters stay (they are part of the totals).
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    # The counters are per run (on_starting clears them), so nothing is lost: a directory this master made goes
+    # (it was left in /tmp by every start); in a directory given to us only our files go.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if directory and os.environ.get(OWN_DIR) == directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for pattern in METRIC_FILES:
+        for path in glob.glob(os.path.join(directory, pattern)):
+            os.remove(path)
 
 
 def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook signature

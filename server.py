@@ -13,11 +13,11 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request, send_from_directory
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-from werkzeug.sansio.utils import host_is_trusted
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from adapters.fhir.allowlist import AllowList
-from adapters.fhir.client import AllowListedClient, FhirClient, HttpxFhirClient
-from protocol_engine import metrics
+from adapters.fhir.client import AllowListedClient, ByteBudget, FhirClient, HttpxFhirClient
+from protocol_engine import called_url, metrics
 from protocol_engine.audit import AuditWriter
 from protocol_engine.config import Settings, load_settings
 from protocol_engine.engine import EngineError
@@ -77,6 +77,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings: Settings = load_settings(config)
     configure_logging()
     app = Flask(__name__, static_folder=None)
+    if settings.proxy_hops:  # X-Forwarded-* believed from exactly this many proxies in front, never from a client
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
@@ -86,7 +90,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if reload_interval > 0:
         registry.watch(reload_interval)
     metrics.check_directory(settings.database_url)
-    store = Store(settings.database_url)
+    store = Store(settings.database_url, dt.timedelta(days=settings.unmatched_feedback_days))
     store.migrate()
     audit = AuditWriter(store)
     client: FhirClient = settings.extra.get("fhir_client") or HttpxFhirClient(settings.fhir_max_bytes,
@@ -114,20 +118,22 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                                          "fhir_servers": settings.fhir_servers, "fhir_client": client}
 
     def fhir_client() -> AllowListedClient:
-        """The fetcher for this call: only the FHIR servers its caller is allowed to name."""
+        """The fetcher for this call: only the FHIR servers its caller is allowed to name, within its byte budget."""
         if verifier is not None:
             caller = verifier.clients.get(str(g.claims.get("iss"))) if "claims" in g else None
             entries = caller.fhir_servers if caller else ()
         else:
             entries = app.extensions["protocol_engine"]["fhir_servers"]
-        return AllowListedClient(client, AllowList(entries))
+        return AllowListedClient(client, AllowList(entries), ByteBudget(settings.fhir_request_max_bytes))
 
     def expected_url() -> str:
         """The URL the caller's JWT must name: from configuration, or a Host we were told to trust."""
         if settings.public_url:
             return settings.public_url + request.path
-        if not host_is_trusted(request.host, list(settings.trusted_hosts)):
-            raise AuthError(f"Host {request.host[:100]!r} is not trusted and no PROTOCOL_ENGINE_PUBLIC_URL is set")
+        try:
+            called_url.check(request.scheme, request.host, request.environ, settings.trusted_hosts)
+        except called_url.UntrustedUrl as exc:
+            raise AuthError(str(exc)) from exc
         return request.base_url
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), allow_headers=["Authorization", "Content-Type"],

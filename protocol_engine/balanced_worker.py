@@ -47,6 +47,13 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ship
     _held = False
     _balancing = False
 
+    def init_process(self) -> None:
+        # gunicorn's own refusals (414, 431, 400 ...) as OperationOutcomes, not HTML (protocol_engine/gunicorn_errors)
+        from . import gunicorn_errors
+
+        gunicorn_errors.install()
+        super().init_process()
+
     def run(self) -> None:
         self._balancing = not self.cfg.reuse_port
         self._slot = self._claim()

@@ -28,13 +28,20 @@ class Settings:
     public_url: str | None = None
     # Host names whose Host header may form the expected `aud` when no public URL is configured (loopback by default).
     trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    # Reverse proxies in front of us whose X-Forwarded-* headers are believed (werkzeug ProxyFix). 0: none, so a
+    # client's X-Forwarded-Proto / -Host / -Port never changes the URL we think we were called at.
+    proxy_hops: int = 0
     # FHIR server base URLs this service may fetch from when authentication is disabled (per client otherwise).
     fhir_servers: tuple[str, ...] = ()
     fhir_max_bytes: int = 20 * 1024 * 1024
+    # All FHIR answers of one hook call together (every key, page and Medication read): bounds a call's memory.
+    fhir_request_max_bytes: int = 32 * 1024 * 1024
     fhir_concurrency: int = 4  # simultaneous fetches per FHIR server, per worker
     jwt_max_lifetime: int = 300  # seconds a token may live beyond its iat (CDS Hooks: short-lived tokens)
     jwks_refresh: float = 300.0  # seconds between background JWKS refreshes
     max_feedback_items: int = 100
+    # Days feedback for a card not on record waits for the card's decision to land before it is deleted.
+    unmatched_feedback_days: float = 7.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,12 +64,15 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         "admin_token": env.get("PROTOCOL_ENGINE_ADMIN_TOKEN") or None,
         "public_url": (env.get("PROTOCOL_ENGINE_PUBLIC_URL") or "").rstrip("/") or None,
         "trusted_hosts": _csv(env.get("PROTOCOL_ENGINE_TRUSTED_HOSTS")) or Settings.trusted_hosts,
+        "proxy_hops": int(env.get("PROTOCOL_ENGINE_PROXY_HOPS", 0)),
         "fhir_servers": _csv(env.get("PROTOCOL_ENGINE_FHIR_SERVERS")),
         "fhir_max_bytes": int(env.get("PROTOCOL_ENGINE_FHIR_MAX_BYTES", 20 * 1024 * 1024)),
+        "fhir_request_max_bytes": int(env.get("PROTOCOL_ENGINE_FHIR_REQUEST_MAX_BYTES", 32 * 1024 * 1024)),
         "fhir_concurrency": int(env.get("PROTOCOL_ENGINE_FHIR_CONCURRENCY", 4)),
         "jwt_max_lifetime": int(env.get("PROTOCOL_ENGINE_JWT_MAX_LIFETIME", 300)),
         "jwks_refresh": float(env.get("PROTOCOL_ENGINE_JWKS_REFRESH", 300.0)),
         "max_feedback_items": int(env.get("PROTOCOL_ENGINE_MAX_FEEDBACK_ITEMS", 100)),
+        "unmatched_feedback_days": float(env.get("PROTOCOL_ENGINE_UNMATCHED_FEEDBACK_DAYS", 7.0)),
     }
     for key, value in (overrides or {}).items():
         name = key.lower().removeprefix("protocol_engine_")
@@ -81,6 +91,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     problem = zone_problem(env.get(ZONE_ENV, "").strip() or "UTC")
     if problem:  # cards would show times in a zone nobody asked for: refuse to start
         raise ValueError(f"{ZONE_ENV}: {problem}")
+    if int(values["proxy_hops"]) < 0:
+        raise ValueError("PROTOCOL_ENGINE_PROXY_HOPS must be 0 or more")
     if values["auth"] not in ("required", "disabled"):
         raise ValueError("PROTOCOL_ENGINE_AUTH must be 'required' or 'disabled'")
     return Settings(**values, extra={k: v for k, v in (overrides or {}).items()})

@@ -1,6 +1,7 @@
 """CDS client authentication: JWTs verified against allow-listed issuers and their keys (PyJWT).
 
-Checks (CDS Hooks 2.0 "Trusting CDS Clients"): asymmetric `alg` only and of the key's type, `kid` in the
+Checks (CDS Hooks 2.0 "Trusting CDS Clients"): asymmetric `alg` only, of the key's type and equal to the key's
+own `alg` when its JWK declares one (RFC 7517 4.4: a key meant for RS384 does not verify PS384), `kid` in the
 client's JWK Set, `iss` allow-listed, `aud` equal to the exact URL called as configured (public URL or the
 client's audience; never a Host header we were not told to trust), `exp` at most `jwt_max_lifetime` after
 `iat`, `iat` not in the future, `jti` never replayed (shared store), `tenant` allow-listed when the client lists
@@ -44,28 +45,37 @@ class ReplayCache(Protocol):
     def claim_token(self, iss: str, jti: str, expires_at: dt.datetime, now: dt.datetime) -> bool: ...
 
 
+class TrustedKey(PyJWK):
+    """A client's public key and the `alg` its JWK declares (None when it declares none)."""
+
+    def __init__(self, jwk: dict[str, Any]) -> None:
+        super().__init__(jwk)
+        declared = jwk.get("alg")
+        self.declared_alg: str | None = str(declared) if declared is not None else None
+
+
 @dataclass
 class Client:
     iss: str
     jwks_url: str | None = None
-    keys: dict[str, PyJWK] = field(default_factory=dict)
+    keys: dict[str, TrustedKey] = field(default_factory=dict)
     tenants: tuple[str, ...] = ()
     audience: str | None = None
     fhir_servers: tuple[str, ...] = ()
-    static_keys: dict[str, PyJWK] = field(default_factory=dict)  # from jwks / jwks_file, kept across refreshes
+    static_keys: dict[str, TrustedKey] = field(default_factory=dict)  # from jwks / jwks_file, kept across refreshes
     next_refresh: float = 0.0
     failures: int = 0
 
 
-def _keys_of(jwks: Any) -> dict[str, PyJWK]:
-    keys: dict[str, PyJWK] = {}
+def _keys_of(jwks: Any) -> dict[str, TrustedKey]:
+    keys: dict[str, TrustedKey] = {}
     for jwk in (jwks or {}).get("keys", []):
         if not isinstance(jwk, dict) or "kid" not in jwk:
             continue
         if jwk.get("kty") == "oct":
             continue  # symmetric keys are never trusted (CDS Hooks: SHALL NOT be symmetric)
         try:
-            keys[str(jwk["kid"])] = PyJWK(jwk)
+            keys[str(jwk["kid"])] = TrustedKey(jwk)
         except Exception as exc:
             log.warning("skipping unusable JWK", extra={"kid": jwk.get("kid"), "error": type(exc).__name__})
     return keys
@@ -209,6 +219,8 @@ class Verifier:
             raise AuthError("unknown kid")
         if KEY_TYPE[str(alg)[:2]] != key.key_type:
             raise AuthError(f"alg {alg} does not match the {key.key_type} key {kid!r}")
+        if key.declared_alg is not None and key.declared_alg != alg:
+            raise AuthError(f"alg {alg} is not the {key.declared_alg} declared by key {kid!r}")
         audience = (client.audience + path) if client.audience else url
         try:
             claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=client.iss,

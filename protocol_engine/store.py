@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+log = logging.getLogger("protocol_engine.store")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
@@ -94,6 +96,10 @@ Index("ix_feedback_received", Feedback.received_at)
 
 
 PURGE_INTERVAL_S = 60.0
+# Feedback for a card not on record is kept this long for its decision to land (another worker's write batch,
+# a database outage, a failed batch retried); a card not on record by then never will be, and its feedback,
+# joined to nothing, is deleted rather than kept for ever (any authenticated client could fill the table).
+UNMATCHED_FEEDBACK_TTL = dt.timedelta(days=7)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -122,7 +128,7 @@ def storable(value: Any) -> Any:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, unmatched_feedback_ttl: dt.timedelta = UNMATCHED_FEEDBACK_TTL) -> None:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
@@ -136,6 +142,8 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
         self._next_purge = 0.0  # monotonic time of the next purge of expired replay rows
+        self.unmatched_feedback_ttl = unmatched_feedback_ttl
+        self._next_feedback_purge = 0.0  # ... and of feedback whose card never landed
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to the newest Alembic revision (safe to run from every worker)."""
@@ -213,7 +221,23 @@ class Store:
                     added += 1
                 except IntegrityError:  # a concurrent worker stored the same item first
                     nested.rollback()
+        if time.monotonic() >= self._next_feedback_purge:  # once a minute per worker, on the path that adds rows
+            self._next_feedback_purge = time.monotonic() + PURGE_INTERVAL_S
+            try:
+                purged = self.purge_unmatched_feedback(received_at)
+            except Exception as exc:  # the items are stored: a failed clean-up must not make them look lost
+                log.warning("purge of unmatched feedback failed: %s", type(exc).__name__)
+            else:
+                if purged:
+                    log.info("deleted %d feedback item(s) whose card never came on record", purged)
         return added
+
+    def purge_unmatched_feedback(self, now: dt.datetime) -> int:
+        """Delete feedback received over `unmatched_feedback_ttl` ago for a card still not on record."""
+        on_record = select(Card.uuid).where(Card.uuid == Feedback.card_uuid).exists()
+        with self.engine.begin() as conn:
+            return int(conn.execute(delete(Feedback).where(
+                Feedback.received_at < now - self.unmatched_feedback_ttl, ~on_record)).rowcount or 0)
 
     def claim_token(self, iss: str, jti: str, expires_at: dt.datetime, now: dt.datetime) -> bool:
         """True the first time a (iss, jti) is seen; False on a replay."""

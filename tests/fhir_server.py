@@ -16,7 +16,7 @@ class FhirServer:
         self.resources = resources
         self.page_size = page_size
         self.requests: list[dict[str, Any]] = []
-        self.mode = "ok"  # ok | 401 | 404 | 500 | garbage | slow | outcome | hang-page | drip | huge
+        self.mode = "ok"  # ok | 401 | 404 | 500 | garbage | slow | outcome | hang-page | drip | drip-head | huge
         self.delay = 5.0
         self.self_next = False  # every searchset page names itself as its next page (a paging cycle)
         self.drip_interval = 0.25  # drip: one byte per interval of a body announced as 1 MB
@@ -64,6 +64,20 @@ class FhirServer:
                                 return  # the reader hung up (EOF is readable): count it as gone at once
                             yield b" "
                     self._stream(1024 * 1024, drip())
+                    return
+                if server.mode == "drip-head":  # the status line and headers themselves, a byte per interval
+                    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nX-Pad: " + b"p" * 4096
+                    for i in range(len(head)):
+                        time.sleep(server.drip_interval)
+                        if select.select([self.connection], [], [], 0)[0]:
+                            break
+                        try:
+                            self.wfile.write(head[i:i + 1])
+                            self.wfile.flush()
+                        except (BrokenPipeError, ConnectionResetError):
+                            break
+                        server.sent += 1
+                    self.close_connection = True
                     return
                 if server.mode == "huge":
                     head, tail = b'{"resourceType": "Bundle", "type": "searchset", "x": "', b'"}'

@@ -16,7 +16,7 @@ from conftest import ADULT, KETAMINE_ORDER, bp, free_port, request_for
 from fhir_server import FhirServer
 
 from adapters.fhir.allowlist import AllowList
-from adapters.fhir.client import FetchError, HttpxFhirClient
+from adapters.fhir.client import AllowListedClient, ByteBudget, FetchError, HttpxFhirClient
 
 SIGN = "/cds-services/ketamine-order-sign"
 
@@ -190,6 +190,113 @@ def test_a_dripping_server_is_cut_off_at_the_deadline(loaded: Any) -> None:
     finally:
         client.close()
         server.close()
+
+
+@pytest.mark.parametrize(("mode", "interval"), [("drip", 0.9), ("drip-head", 0.3)])
+def test_a_fetch_ends_at_its_deadline_however_the_server_drips(mode: str, interval: float) -> None:
+    """Probe: the 3 s deadline overran to 4-6 s. httpx's timeouts are per read: a byte every 0.9 s against a
+    1 s budget was read until the check after the next chunk (1.8 s), and a status line and headers dripped
+    a byte at a time were never checked against the deadline at all (4 kB at 0.3 s a byte: 20 minutes)."""
+    server = FhirServer([])
+    server.mode, server.drip_interval = mode, interval
+    client = HttpxFhirClient()
+    try:
+        for _ in range(2):  # the second fetch may reuse the kept-alive connection: it is bounded too
+            started = time.monotonic()
+            with pytest.raises(FetchError, match="timed out|too slowly"):
+                client.get(server.base + "/Observation?patient=p", None, 1.0)
+            elapsed = time.monotonic() - started
+            assert elapsed < 1.4, elapsed  # the budget plus scheduling noise, not plus another read
+        print(f"\n{mode} (a byte every {interval} s), 1 s budget: ended after {elapsed * 1000:.0f} ms")
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_call_s_fetch_threads_are_free_when_its_deadline_passes(tmp_path: Any, loaded: Any) -> None:
+    """The 412 came at the deadline, but the call's fetch threads went on reading a dripping server, holding
+    its per-server slots (and pool threads) from the calls that came next."""
+    from server import create_app
+
+    drip = FhirServer([])
+    drip.mode, drip.drip_interval = "drip-head", 0.3
+    app = create_app({"auth": "disabled", "database_url": f"sqlite:///{tmp_path}/pe.db", "reload_interval": 0,
+                      "fhir_servers": drip.base, "request_deadline": 1.0, "fhir_timeout": 1.0})
+    try:
+        started = time.monotonic()
+        response = app.test_client().post(SIGN, json=_missing(loaded, drip.base, "observations", "conditions"))
+        took = time.monotonic() - started
+        assert response.status_code == 412
+        assert response.get_json()["issue"][0]["expression"][0] in ("observations", "conditions")
+        fetcher = app.extensions["protocol_engine"]["fhir_client"]
+        port = drip.httpd.server_address[1]
+        busy_until = time.monotonic() + 2.0
+        while time.monotonic() < busy_until and any(n for o, n in fetcher.busy.items() if o[2] == port):
+            time.sleep(0.02)
+        freed = time.monotonic() - started
+        assert not any(n for o, n in fetcher.busy.items() if o[2] == port)
+        assert freed < 1.6, freed
+        print(f"\nheaders dripped, 1 s request deadline: 412 after {took * 1000:.0f} ms, "
+              f"fetch threads free after {freed * 1000:.0f} ms")
+    finally:
+        app.extensions["protocol_engine"]["audit"].flush()
+        drip.close()
+
+
+def test_one_call_s_fetches_share_a_byte_budget(loaded: Any) -> None:
+    """Probe: the 20 MiB cap was per answer; a call read 20 MiB per key, per page and per Medication."""
+    server = FhirServer([])
+    server.mode, server.huge_bytes = "huge", 1024 * 1024
+    inner = HttpxFhirClient(max_bytes=2 * 1024 * 1024)
+    url = server.base + "/Observation?patient=p"
+    try:
+        call = AllowListedClient(inner, AllowList([server.base]), ByteBudget(int(2.5 * 1024 * 1024)))
+        assert call.get(url, None, 10.0)["resourceType"] == "Bundle"
+        assert call.get(url, None, 10.0)["resourceType"] == "Bundle"  # 2 MiB of the 2.5 MiB
+        with pytest.raises(FetchError, match="budget"):
+            call.get(url, None, 10.0)
+        sent = server.sent
+        assert sent < 4 * 1024 * 1024, sent  # the third answer was cut as it arrived, not read whole
+        fresh = AllowListedClient(inner, AllowList([server.base]), ByteBudget(int(2.5 * 1024 * 1024)))
+        assert fresh.get(url, None, 10.0)["resourceType"] == "Bundle"  # the budget is per call, not per client
+    finally:
+        inner.close()
+        server.close()
+
+
+def test_a_call_over_its_fhir_byte_budget_is_412_naming_the_keys(tmp_path: Any, loaded: Any) -> None:
+    from server import create_app
+
+    body = _request(loaded)
+    resources: list[dict[str, Any]] = []
+    for value in body["prefetch"].values():
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+            resources += [e["resource"] for e in value.get("entry", [])]
+        elif isinstance(value, dict):
+            resources.append(value)
+    fhir = FhirServer(resources, page_size=50)
+    padding = {"resourceType": "Observation", "id": "pad", "status": "final", "subject": {"reference": "Patient/x"},
+               "code": {"text": "x" * 40_000}}  # another patient's: fetched, then not used
+    fhir.resources.append(padding)
+    apps = []
+    try:
+        statuses = {}
+        for budget in (32 * 1024 * 1024, 20_000):
+            app = create_app({"auth": "disabled", "database_url": f"sqlite:///{tmp_path}/{budget}.db",
+                              "reload_interval": 0, "fhir_servers": fhir.base, "fhir_request_max_bytes": budget})
+            apps.append(app)
+            response = app.test_client().post(SIGN, json=_missing(loaded, fhir.base, "observations", "conditions"))
+            statuses[budget] = response.status_code
+            if response.status_code == 412:
+                outcome = response.get_json()
+                assert outcome["resourceType"] == "OperationOutcome"
+                assert set(outcome["issue"][0]["expression"]) <= {"observations", "conditions"}
+                assert "budget" not in response.get_data(as_text=True)  # what went wrong is in the log only
+        assert statuses == {32 * 1024 * 1024: 200, 20_000: 412}
+    finally:
+        for app in apps:
+            app.extensions["protocol_engine"]["audit"].flush()
+        fhir.close()
 
 
 def test_dripping_servers_do_not_starve_honest_requests(app: Any, client: Any, loaded: Any, fhir: FhirServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,21 @@ def test_metrics_count_every_worker_when_gunicorn_is_started_as_a_user_does(tmp_
     """Probe: gunicorn.conf.py imported prometheus_client before choosing its directory: /metrics was empty."""
     from conftest import Gunicorn
 
-    with Gunicorn(tmp_path, preset_metrics_dir=False) as server:
+    temp = tmp_path / "tmp"  # gunicorn.conf.py makes its directory with tempfile, which honours TMPDIR
+    temp.mkdir()
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have this pid
+    orphan, alive = temp / f"protocol-engine-metrics-{dead}-x1", temp / f"protocol-engine-metrics-{os.getpid()}-x2"
+    for directory in (orphan, alive):
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"")
+    with Gunicorn(tmp_path, preset_metrics_dir=False, env={"TMPDIR": str(temp)}) as server:
         assert _count_calls(server.base) == 12
+        ours = [p for p in temp.glob("protocol-engine-metrics-*") if p not in (orphan, alive)]
+        assert len(ours) == 1 and list(ours[0].glob("counter_*.db"))
+        assert not orphan.exists() and alive.exists()  # a killed master's directory goes, a running one's stays
+    # Probe: every start left its /tmp/protocol-engine-metrics-* directory behind after a clean stop.
+    assert not ours[0].exists()
+    assert list(temp.glob("protocol-engine-metrics-*")) == [alive]
 
 
 @pytest.mark.timeout(300)
@@ -136,3 +150,58 @@ def test_a_chunked_body_over_the_limit_is_413(tmp_path: Path, loaded: Any) -> No
                 assert expected == 413  # the server may stop reading an oversized body before we finish
             finally:
                 conn.close()
+
+
+@pytest.mark.timeout(300)
+def test_gunicorn_s_own_refusals_are_operation_outcomes_and_it_believes_no_forwarded_header(tmp_path: Path) -> None:
+    """Probes: gunicorn answered a request line or header over its limits with an HTML page; and it believed
+    `X-Forwarded-Proto: https` (and SCRIPT_NAME) from any loopback caller, changing the accepted `aud`."""
+    import json
+    import socket
+
+    from conftest import Gunicorn
+    from test_security import ISS, Keys, token
+
+    keys = Keys()
+    clients = tmp_path / "clients.yaml"
+    clients.write_text(json.dumps({"clients": [{"iss": ISS, "jwks": keys.jwks()}]}))
+    env = {"PROTOCOL_ENGINE_AUTH": "required", "PROTOCOL_ENGINE_CLIENTS": str(clients)}
+    with Gunicorn(tmp_path, env=env) as server:
+        def raw(request: bytes) -> tuple[int, str, dict[str, Any]]:
+            with socket.create_connection(("127.0.0.1", server.port), 10) as sock:
+                sock.sendall(request)
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = dict(line.split(": ", 1) for line in lines[1:])
+            return int(lines[0].split()[1]), headers["Content-Type"], json.loads(body)
+
+        long_line = b"GET /cds-services?" + b"x" * 5000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        big_header = b"GET /cds-services HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n"
+        garbled = b"GET /cds-services HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n"
+        for request, status, code in ((long_line, 414, "too-costly"), (big_header, 431, "too-costly"),
+                                      (garbled, 400, "invalid")):
+            got, content_type, body = raw(request)
+            assert (got, content_type) == (status, "application/fhir+json"), request[:60]
+            assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == code
+            assert "xxxx" not in json.dumps(body) and "yyyy" not in json.dumps(body)  # the request is not echoed
+
+        base = server.base  # http://127.0.0.1:<port>: the URL a client on loopback calls
+        as_https = base.replace("http://", "https://") + "/cds-services"
+        with httpx.Client(timeout=10) as http:
+            def status(aud: str, **headers: str) -> int:
+                return http.get(base + "/cds-services", headers={"Authorization": f"Bearer {token(keys, aud)}",
+                                                                 **headers}).status_code
+
+            assert status(base + "/cds-services") == 200
+            assert status(as_https, **{"X-Forwarded-Proto": "https"}) == 401
+            assert status(base + "/cds-services", **{"X-Forwarded-Proto": "https"}) == 200
+            other_port = base.rsplit(":", 1)[0] + ":9999/cds-services"
+            assert status(other_port, Host="127.0.0.1:9999") == 401
+            # SCRIPT_NAME from a loopback caller made /other/cds-services the app's /cds-services, called at
+            # <base>/other/cds-services: another service's audience. Now the header is dropped (and the path 404s).
+            mounted = http.get(base + "/other/cds-services", headers={
+                "Authorization": f"Bearer {token(keys, base + '/other/cds-services')}", "SCRIPT_NAME": "/other"})
+            assert mounted.status_code == 404

@@ -185,7 +185,7 @@ def test_the_proxy_limits_connections_per_address_and_hides_metrics(tmp_path: Pa
         try:
             time.sleep(1.5)
             response = httpx.get(proxy.base + "/cds-services", verify=False, timeout=10)
-            assert response.status_code == 429
+            assert response.status_code == 429 and _outcome(response) == "throttled"
         finally:
             slow.close()
             time.sleep(0.5)
@@ -193,7 +193,58 @@ def test_the_proxy_limits_connections_per_address_and_hides_metrics(tmp_path: Pa
             assert httpx.get(proxy.base + "/cds-services", verify=False, timeout=10).status_code == 200
             assert httpx.get(proxy.base + "/metrics", verify=False, timeout=10).status_code == 404
             assert httpx.get(server.base + "/metrics", timeout=10).status_code == 200  # scraped on loopback
+            _every_refusal_is_an_operation_outcome(proxy, server)
         finally:
             proxy.close()
     finally:
         server.close()
+
+
+def _outcome(response: httpx.Response) -> str:
+    """The OperationOutcome's issue code; fails on nginx's (or gunicorn's) HTML error pages."""
+    assert response.headers["content-type"].startswith("application/fhir+json"), response.text[:200]
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    return str(body["issue"][0]["code"])
+
+
+def _tls_raw(port: int, request: bytes) -> tuple[int, str, bytes]:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), 10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(request)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    content_type = next((line.split(": ", 1)[1] for line in lines[1:] if line.lower().startswith("content-type:")), "")
+    return int(lines[0].split()[1]), content_type, body
+
+
+def _every_refusal_is_an_operation_outcome(proxy: Nginx, server: Gunicorn) -> None:
+    """Probe: nginx's and gunicorn's own refusals (413, 414, header too large, 429, 502) were HTML pages."""
+    import json
+
+    with httpx.Client(base_url=proxy.base, verify=False, timeout=10) as http:
+        assert _outcome(http.get("/metrics")) == "not-found"
+        too_long = http.get("/cds-services?q=" + "x" * 20_000)  # over nginx's 16k header buffer
+        assert too_long.status_code == 414 and _outcome(too_long) == "too-costly"
+        huge_header = http.get("/cds-services", headers={"X-Big": "y" * 20_000})
+        assert huge_header.status_code == 431 and _outcome(huge_header) == "too-costly"
+        gunicorns = http.get("/cds-services", headers={"X-Big": "y" * 10_000})  # passes nginx, over gunicorn's
+        assert gunicorns.status_code == 431 and _outcome(gunicorns) == "too-costly"
+    status, content_type, body = _tls_raw(proxy.port, (
+        f"POST {SIGN} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {6 * 1024 * 1024}\r\nConnection: close\r\n\r\n").encode())
+    assert (status, content_type) == (413, "application/fhir+json")
+    assert json.loads(body)["issue"][0]["code"] == "too-costly"
+    status, content_type, body = _tls_raw(proxy.port, b"NOT-HTTP\r\n\r\n")
+    assert (status, content_type) == (400, "application/fhir+json") and json.loads(body)["issue"][0]["code"] == "invalid"
+    server.close()  # the upstream is down: 502 from nginx, said as the service would say it
+    down = httpx.get(proxy.base + "/cds-services", verify=False, timeout=10)
+    assert down.status_code == 503 and _outcome(down) == "transient" and down.headers["retry-after"] == "5"

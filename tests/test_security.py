@@ -459,3 +459,103 @@ def test_migration_0002_keeps_refusing_tokens_seen_before_the_upgrade(db_url: st
     assert not store.claim_token(ISS, "seen-before-upgrade", now + dt.timedelta(minutes=5), now)
     assert store.claim_token(ISS, "new-one", now + dt.timedelta(minutes=5), now)
     store.engine.dispose()
+
+
+def test_a_token_alg_other_than_the_jwk_declared_alg_is_401(tmp_path: Path, keys: Keys) -> None:
+    """Probe: a PS384 token was accepted for a JWK declaring `alg: RS384` (same RSA key, another algorithm)."""
+    from server import create_app
+
+    bare = json.loads(RSAAlgorithm.to_jwk(keys.rsa.public_key()))  # RFC 7517: a JWK's `alg` is OPTIONAL
+    jwks = {"keys": [*keys.jwks()["keys"], {**bare, "kid": "rsa-bare"}]}
+    path = tmp_path / "clients.yaml"
+    path.write_text(json.dumps({"clients": [{"iss": ISS, "jwks": jwks}]}))
+    app = create_app({"auth": "required", "clients": str(path), "database_url": f"sqlite:///{tmp_path}/pe.db",
+                      "reload_interval": 0})
+    aud = BASE + "/cds-services"
+    try:
+        status = {(alg, kid): _get(app, "/cds-services", token(keys, aud, alg=alg, kid=kid)).status_code
+                  for alg, kid in [("PS384", "rsa-1"), ("RS384", "rsa-1"), ("RS512", "rsa-1"), ("ES384", "ec-1"),
+                                   ("PS384", "rsa-bare"), ("RS384", "rsa-bare"), ("ES384", "rsa-bare")]}
+        assert status == {("PS384", "rsa-1"): 401, ("RS384", "rsa-1"): 200, ("RS512", "rsa-1"): 401,
+                          ("ES384", "ec-1"): 200,
+                          # no declared alg: any algorithm of the key's type, none of another
+                          ("PS384", "rsa-bare"): 200, ("RS384", "rsa-bare"): 200, ("ES384", "rsa-bare"): 401}
+    finally:
+        app.extensions["protocol_engine"]["audit"].flush()
+
+
+# -- the URL called, when no public URL is configured (scheme, host and port exactly) -----------------------------
+def _app_with(tmp_path: Path, keys: Keys, **config: Any) -> Any:
+    from server import create_app
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "clients.yaml"
+    path.write_text(json.dumps({"clients": [{"iss": ISS, "jwks": keys.jwks()}]}))
+    return create_app({"auth": "required", "clients": str(path), "database_url": f"sqlite:///{tmp_path}/pe.db",
+                       "reload_interval": 0, **config})
+
+
+def _status(app: Any, aud: str, base_url: str = "http://localhost", **headers: str) -> int:
+    from urllib.parse import urlsplit
+
+    tok = token(app.config["TEST_KEYS"], aud)
+    listening = urlsplit(base_url).port or 80  # as a server sets it: the port it listens on (werkzeug's test
+    response = app.test_client().get("/cds-services", base_url=base_url,  # client gets it wrong for [::1])
+                                     environ_overrides={"SERVER_PORT": str(listening)},
+                                     headers={"Authorization": f"Bearer {tok}", **headers})
+    return int(response.status_code)
+
+
+def test_a_trusted_host_name_on_another_port_is_another_service(tmp_path: Path, keys: Keys) -> None:
+    """Probe: `Host: localhost:9999` and a token minted for http://localhost:9999 were accepted on another port."""
+    app = _app_with(tmp_path, keys)
+    app.config["TEST_KEYS"] = keys
+    try:
+        assert _status(app, "http://localhost/cds-services") == 200  # served on port 80 (the test client's)
+        assert _status(app, "http://localhost:9999/cds-services", Host="localhost:9999") == 401
+        assert _status(app, "http://localhost:8080/cds-services", "http://localhost:8080") == 200
+        assert _status(app, "http://localhost/cds-services", "http://localhost:8080", Host="localhost") == 401
+        assert _status(app, "http://[::1]:8080/cds-services", "http://[::1]:8080") == 200
+        assert _status(app, "http://127.0.0.1.evil:8080/cds-services", "http://127.0.0.1.evil:8080") == 401
+        assert _status(app, "http://localhost:x/cds-services", Host="localhost:x") == 401  # not host[:port]
+    finally:
+        app.extensions["protocol_engine"]["audit"].flush()
+
+
+def test_x_forwarded_headers_count_only_from_the_configured_proxies(tmp_path: Path, keys: Keys) -> None:
+    """Probe: `X-Forwarded-Proto: https` from any client made `https://…` the accepted audience."""
+    direct = _app_with(tmp_path / "direct", keys)
+    direct.config["TEST_KEYS"] = keys
+    proxied = _app_with(tmp_path / "proxied", keys, proxy_hops=1)
+    proxied.config["TEST_KEYS"] = keys
+    https = "https://localhost/cds-services"
+    try:
+        assert _status(direct, https, **{"X-Forwarded-Proto": "https"}) == 401
+        assert _status(direct, "http://localhost/cds-services", **{"X-Forwarded-Proto": "https"}) == 200
+        assert _status(direct, "http://localhost:8443/cds-services",
+                       **{"X-Forwarded-Port": "8443", "X-Forwarded-Host": "localhost:8443"}) == 401
+        # One proxy in front (nginx: Host $host, X-Forwarded-Proto $scheme): the URL it was called at
+        assert _status(proxied, https, **{"X-Forwarded-Proto": "https"}) == 200
+        assert _status(proxied, "http://localhost/cds-services", **{"X-Forwarded-Proto": "https"}) == 401
+        assert _status(proxied, "https://localhost:8443/cds-services",
+                       **{"X-Forwarded-Proto": "https", "X-Forwarded-Port": "8443"}) == 200
+        assert _status(proxied, "https://localhost:9999/cds-services",
+                       **{"X-Forwarded-Proto": "https", "X-Forwarded-Port": "8443", "Host": "localhost:9999"}) == 401
+        assert _status(proxied, "https://other-cds.example/cds-services",
+                       **{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "other-cds.example"}) == 401
+    finally:
+        for app in (direct, proxied):
+            app.extensions["protocol_engine"]["audit"].flush()
+
+
+def test_a_trusted_host_entry_with_a_port_pins_it(tmp_path: Path, keys: Keys) -> None:
+    app = _app_with(tmp_path, keys, trusted_hosts="localhost:8080,.internal.example")
+    app.config["TEST_KEYS"] = keys
+    try:
+        assert _status(app, "http://localhost:8080/cds-services", "http://localhost:8080") == 200
+        assert _status(app, "http://localhost:8081/cds-services", "http://localhost:8081") == 401
+        assert _status(app, "http://127.0.0.1:8080/cds-services", "http://127.0.0.1:8080") == 401
+        assert _status(app, "http://cds.internal.example/cds-services", "http://cds.internal.example") == 200
+        assert _status(app, "http://internal.example.evil/cds-services", "http://internal.example.evil") == 401
+    finally:
+        app.extensions["protocol_engine"]["audit"].flush()

@@ -292,3 +292,47 @@ def test_a_graceful_stop_writes_every_decision_trace_it_served(tmp_path: Path, l
         server.close()
     with sqlite3.connect(tmp_path / "protocol-engine.db") as db:
         assert db.execute("SELECT count(*) FROM decision").fetchone() == (30,)
+
+
+def test_feedback_for_a_card_never_on_record_is_deleted_after_the_wait(store_app: Any, loaded: Any) -> None:
+    """Probe: feedback for a card with no decision was kept for ever (any authenticated client could fill the
+    table). It waits PROTOCOL_ENGINE_UNMATCHED_FEEDBACK_DAYS (7) for its card's decision to land, then goes;
+    feedback joined to a card on record stays as long as the card does."""
+    from sqlalchemy import select
+
+    from protocol_engine.feedback import parse_feedback
+    from protocol_engine.store import Feedback
+
+    cards = _sign(store_app, loaded)
+    store = store_app.extensions["protocol_engine"]["store"]
+    wait = store.unmatched_feedback_ttl
+    assert wait == dt.timedelta(days=7)
+    never, late = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def rows(*uuids: str) -> list[dict[str, Any]]:
+        return parse_feedback({"feedback": [{"card": u, "outcome": "overridden",
+                                             "outcomeTimestamp": "2026-11-21T10:00:00Z",
+                                             "overrideReason": {"userComment": "x"}} for u in uuids]},
+                              "ketamine-order-sign")
+
+    def stored() -> set[str]:
+        with store.session() as s:
+            return set(s.scalars(select(Feedback.card_uuid)))
+
+    now = dt.datetime.now(dt.UTC)
+    long_ago = now - wait - dt.timedelta(hours=2)
+    assert store.add_feedback(rows(cards[0]["uuid"], never), long_ago) == 2
+    store._next_feedback_purge = 0.0  # the purge runs at most once a minute per worker, with a feedback POST
+    assert store.add_feedback(rows(late), now - dt.timedelta(hours=1)) == 1
+    assert stored() == {cards[0]["uuid"], late}  # the old unmatched item went; the old matched one stays
+    # a card that lands within the wait keeps its feedback: the decision arrives, then the wait runs out
+    store.record_decisions([({"hookInstance": "late-1", "service": "ketamine-order-sign", "hook": "order-sign",
+                              "ruleset": "r", "cards": [{"uuid": late, "rule": "CI-05", "indicator": "critical"}]},
+                             "Patient/p", now)])
+    assert store.purge_unmatched_feedback(now + 2 * wait) == 0
+    assert stored() == {cards[0]["uuid"], late}
+    other = str(uuid.uuid4())
+    store.add_feedback(rows(other), now)
+    assert store.purge_unmatched_feedback(now + wait - dt.timedelta(minutes=1)) == 0
+    assert store.purge_unmatched_feedback(now + wait + dt.timedelta(minutes=1)) == 1
+    assert stored() == {cards[0]["uuid"], late}
