@@ -21,6 +21,7 @@ class FhirServer:
         self.self_next = False  # every searchset page names itself as its next page (a paging cycle)
         self.drip_interval = 0.25  # drip: one byte per interval of a body announced as 1 MB
         self.huge_bytes = 64 * 1024 * 1024  # huge: a valid Bundle this large, streamed as fast as it is read
+        self.chunked = False  # drip/huge: Transfer-Encoding chunked instead of a Content-Length
         self.sent = 0  # body bytes written in drip/huge mode (how far the reader let the server get)
         self.in_flight = 0
         self.max_in_flight = 0
@@ -44,13 +45,18 @@ class FhirServer:
             def _stream(self, length: int, chunks: Any) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(length))
+                if server.chunked:  # no Content-Length: the reader learns the size only as bytes arrive
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(length))
                 self.end_headers()
                 try:
                     for chunk in chunks:
-                        self.wfile.write(chunk)
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if server.chunked else chunk)
                         self.wfile.flush()
                         server.sent += len(chunk)
+                    if server.chunked:
+                        self.wfile.write(b"0\r\n\r\n")
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 

@@ -256,7 +256,15 @@ def test_one_call_s_fetches_share_a_byte_budget(loaded: Any) -> None:
         with pytest.raises(FetchError, match="budget"):
             call.get(url, None, 10.0)
         sent = server.sent
-        assert sent < 4 * 1024 * 1024, sent  # the third answer was cut as it arrived, not read whole
+        assert sent < 4 * 1024 * 1024, sent  # the third answer was refused on its Content-Length, not read whole
+        server.chunked, server.sent = True, 0  # no Content-Length to refuse up front: cut as the bytes arrive
+        streamed = AllowListedClient(inner, AllowList([server.base]), ByteBudget(int(2.5 * 1024 * 1024)))
+        assert streamed.get(url, None, 10.0)["resourceType"] == "Bundle"
+        assert streamed.get(url, None, 10.0)["resourceType"] == "Bundle"
+        with pytest.raises(FetchError, match="budget"):
+            streamed.get(url, None, 10.0)
+        assert streamed.budget is not None and streamed.budget.used <= int(2.5 * 1024 * 1024) + 65536 + 1024
+        assert server.sent < 3.5 * 1024 * 1024, server.sent
         fresh = AllowListedClient(inner, AllowList([server.base]), ByteBudget(int(2.5 * 1024 * 1024)))
         assert fresh.get(url, None, 10.0)["resourceType"] == "Bundle"  # the budget is per call, not per client
     finally:

@@ -42,6 +42,10 @@ class ByteBudget:
         self.used = 0
         self._lock = threading.Lock()
 
+    def check(self, count: int) -> None:
+        if self.used + count > self.limit:
+            raise FetchError(f"the call's FHIR answers would pass its budget of {self.limit} bytes")
+
     def take(self, count: int) -> None:
         with self._lock:
             self.used += count
@@ -176,6 +180,8 @@ class HttpxFhirClient:
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > self.max_bytes:
                     raise FetchError(f"answer too large (Content-Length {declared})")
+                if budget is not None and declared.isdigit():
+                    budget.check(int(declared))  # an announced answer the call cannot afford is not read at all
                 for chunk in response.iter_bytes():  # decoded bytes: a gzip bomb is capped as it inflates
                     body += chunk
                     if len(body) > self.max_bytes:
