@@ -107,6 +107,19 @@ def evidence_lines(finding: Finding) -> list[str]:
     return lines
 
 
+def card_drug(finding: Finding) -> str | None:
+    """The drug the card is about: the order in scope, else an order or course the rule matched."""
+    for match in finding.matches:
+        scope = match.get("_scope") or {}
+        if scope.get("drug"):
+            return str(scope["drug"])
+    for match in finding.matches:
+        for fact in match.values():
+            if fact.get("t") in ("order", "course") and fact.get("drug"):
+                return str(fact["drug"])
+    return None
+
+
 def _link(c: Citation) -> str:
     label = html.escape(c.label, quote=False).replace("[", "\\[").replace("]", "\\]")
     return f"[{label}]({c.url})" if c.url else label
@@ -130,15 +143,15 @@ def render(finding: Finding, ruleset: str, patient_id: str | None, site: Site | 
     lines = evidence_lines(finding)
     if lines:
         detail += "\n\n**Evidence**\n\n" + "\n".join(f"- {line}" for line in lines)
-    further = (rule.citations or (rule.citation,))[1:]  # the first is the card's `source`
+    lead, *further = rule.sources_for(card_drug(finding))  # the first is the card's `source`
     if further:
         detail += "\n\n**Further sources**\n\n" + "\n".join(f"- {_link(c)}" for c in further)
     detail += f"\n\n_Rule {rule.id} v{rule.version} ({rule.title})._"
-    source: dict[str, Any] = {"label": rule.citation.label,
+    source: dict[str, Any] = {"label": lead.label,
                               "topic": {"system": TOPIC_SYSTEM, "code": rule.category,
                                         "display": rule.category.replace("-", " ")}}
-    if rule.citation.url:
-        source["url"] = rule.citation.url
+    if lead.url:
+        source["url"] = lead.url
     indicator = finding.indicator
     card: dict[str, Any] = {"uuid": str(uuid.uuid4()), "summary": summary, "detail": detail,
                             "indicator": indicator, "source": source}

@@ -177,15 +177,18 @@ def _card_line(card: dict[str, Any]) -> str:
               help="Service id (default: the ketamine-/pack service of the hook).")
 @click.option("--now", default=None, help="Evaluation time (ISO 8601); default: the current time.")
 @click.option("--rules", "rules_dir", default=None)
-def explain(request_file: str, service_id: str | None, now: str | None, rules_dir: str | None) -> None:
+@click.option("--site", "site_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Site settings to evaluate with (default: PROTOCOL_ENGINE_SITE, if set), as the service would.")
+def explain(request_file: str, service_id: str | None, now: str | None, rules_dir: str | None,
+            site_file: str | None) -> None:
     """Evaluate a CDS Hooks request offline and show why each rule held or not."""
     from .engine import EngineError
     from .errors import ProtocolEngineError
     from .explain import explain_rule, summary_lines
     from .pipeline import run
-    from .registry import load
 
-    loaded = load(Path(rules_dir) if rules_dir else _paths(())[0])
+    site_file = site_file or os.environ.get("PROTOCOL_ENGINE_SITE") or None
+    loaded = _load_or_exit(rules_dir, site_file)
     try:
         body = json.loads(Path(request_file).read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -202,6 +205,10 @@ def explain(request_file: str, service_id: str | None, now: str | None, rules_di
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     rt = loaded.runtimes[service_id]
     click.echo(f"service {service_id} ({rt.service.hook}), rule set {loaded.ruleset.revision}, now {when.isoformat()}")
+    site = loaded.ruleset.site
+    if site is not None:
+        changes = ", ".join(f"{o.owner} {o.setting} {o.shipped} -> {o.value}" for o in site.overrides)
+        click.echo(f"site settings '{site.name}' (revision {site.revision}): {changes or 'no changes'}")
     if outcome.trace.get("skipped"):
         click.echo(f"skipped: {outcome.trace['skipped']}")
     fired = {f["rule"] for f in outcome.trace["fired"] + outcome.trace["shadow"]}

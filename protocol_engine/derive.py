@@ -58,6 +58,7 @@ class Reading:
     problem: str = ""  # why it cannot be read; on a readable pair, why one half is missing (partial)
     uln_ratio: float | None = None
     latest: dt.datetime | None = None  # reduced-precision time: `time` is the earliest instant, this the latest
+    unit: str | None = None  # a presence result's unit as recorded (UCUM after G3), shown with its value
 
 
 class Deriver:
@@ -187,7 +188,7 @@ class Deriver:
                                problem="result is neither positive nor negative")
             values = {"value": obs.value.value} if obs.value.value is not None else {}
             return Reading(m.name, obs.time, [obs.ref], values, positive=positive,  # type: ignore[arg-type]
-                           latest=obs.time_latest)
+                           latest=obs.time_latest, unit=self.ucum(obs.value.unit, m) if obs.value.unit else None)
         value, problem = self._convert(m, obs.value)
         if value is None:
             return Reading(m.name, obs.time, [obs.ref], {}, readable=False, problem=problem)  # type: ignore[arg-type]
@@ -246,6 +247,7 @@ class Deriver:
                     best.values[key] = pick(best.values.get(key, value), value)
                 if r.positive is not None:
                     best.positive = bool(best.positive) or r.positive
+                best.unit = best.unit or r.unit
                 if r.uln_ratio is not None:
                     best.uln_ratio = pick(best.uln_ratio or r.uln_ratio, r.uln_ratio)
                 if r.latest is not None:
@@ -265,8 +267,10 @@ class Deriver:
             value = f"{fmt_num(a) if a is not None else '?'}/{fmt_num(b) if b is not None else '?'}{unit}"
         elif m.kind == "presence":
             value = "positive" if r.positive else "negative"
-            if "value" in r.values:
-                value += f" ({fmt_num(r.values['value'])})"
+            if "value" in r.values:  # "positive (30 mIU/mL)": a number without its unit means nothing
+                shown_unit = display.unit(r.unit, self.p.display_units) if r.unit else ""
+                value += f" ({display.quantity(r.values['value'], r.unit, self.p.display_units)})" if shown_unit \
+                    else f" ({fmt_num(r.values['value'])}, no unit recorded)"
         else:
             value = fmt_num(r.values["value"]) + unit if "value" in r.values else "?"
         return f"{m.label} {value}, {fmt_time(r.time)}, {', '.join(r.refs)}"
@@ -396,7 +400,7 @@ class Deriver:
             for vs in sorted(self.index.members(med.medication.pairs(), med.medication.texts())):
                 yield {"t": "medication", "valueset": vs, "status": status, "refs": [med.ref],
                        "name": _name(med.medication),  # what a clinician calls it, for card text
-                       "describe": f"{med.medication.label()} ({label}), {med.ref}"}
+                       "describe": f"{_name(med.medication)} ({label}), {med.ref}"}
 
     def _allergies(self, chart: Chart) -> Iterable[Fact]:
         for a in chart.allergies:
@@ -436,6 +440,14 @@ class Deriver:
         if drug is not None:
             return drug
         return "" if issue.identified else None
+
+    def route_label(self, route: str) -> str:
+        """The route as clinicians write it ("IV", "intranasal"): the pack's `routes.<name>.label`."""
+        if route == "unspecified":
+            return "(route not stated)"
+        if route == "other":
+            return "(route not in the protocol)"
+        return self.p.route_labels.get(route, route)
 
     def route_of(self, concept: Concept | None) -> str:
         if concept is None:
@@ -529,8 +541,9 @@ class Deriver:
             dose_text = self._dose(order, drug, weight_kg, fact)
             if weight_kg:
                 fact["weight"] = weight_kg
-            fact["describe"] = (f"{'Draft order' if draft else 'Active order'}: {order.medication.label()}"
-                                f"{dose_text} {fact['route']}, {order.ref}")
+            ordered = f", ordered {fmt_time(order.authored)}" if order.authored is not None else ""
+            fact["describe"] = (f"{'Draft order' if draft else 'Active order'}: {_name(order.medication)}"
+                                f"{dose_text} {self.route_label(fact['route'])}{ordered}, {order.ref}")
             facts.append(fact)
             if draft:
                 unread = [] if "dose" in fact or "dose_per_kg" in fact else ["dose"]
@@ -551,7 +564,7 @@ class Deriver:
                     "new_course": course.new_course, "weight_known": weight_kg is not None,
                     "refs": [course.last.ref],
                     "describe": f"Current {course.drug} course, last dose {fmt_time(course.last.time)} "
-                                f"{route}, {course.last.ref}"}
+                                f"{self.route_label(route)}, {course.last.ref}"}
             if weight_kg:
                 fact["weight"] = weight_kg
             facts.append(fact)
@@ -574,7 +587,7 @@ class Deriver:
             drug = self._issue_drug(issue)
             if drug == "":
                 continue
-            label = issue.medication.label() if issue.medication is not None else "medication not readable"
+            label = _name(issue.medication) if issue.medication is not None else "medication not readable"
             if issue.foreign:
                 drug = None  # another patient's order: nothing about this patient is judged against it
             # An unidentified drug is "unidentified": no drug-scoped rule matches it, the unscoped DQ rules do.
@@ -593,7 +606,7 @@ class Deriver:
     @staticmethod
     def _order_issue(ref: str, drug: str | None, medication: Concept | None, problem: str,
                      unread: list[str]) -> Fact:
-        label = medication.label() if medication is not None and medication != Concept() else None
+        label = _name(medication) if medication is not None and medication != Concept() else None
         what = f"{drug}, {label}" if drug else (f"{label}, not identified" if label else "drug not identified")
         return {"t": "order-issue", "refs": [ref], "drug": drug or "unidentified", "problem": problem,
                 "unread": unread, "checks": "", "describe": f"Draft order {ref} ({what}): {problem}"}

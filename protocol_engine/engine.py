@@ -145,7 +145,24 @@ def evaluate(compiled: CompiledRules, facts: list[Fact]) -> list[Finding]:
                 conjuncts = compiled.rules[rule_id].conjuncts
                 held.setdefault(rule_id, []).append(
                     conjuncts[int(alt)].names if alt.isdigit() and int(alt) < len(conjuncts) else ())
-    return [Finding(compiled.rules[rid], tuple(ms), tuple(held.get(rid, ()))) for rid, ms in grouped.items()]
+    return [_lead_first(Finding(compiled.rules[rid], tuple(ms), tuple(held.get(rid, ()))))
+            for rid, ms in grouped.items()]
+
+
+def _lead_first(finding: Finding) -> Finding:
+    """The ways the rule held that give its full card come first: the card's summary names the first match, so
+    an active benzodiazepine leads, not the one on hold (a `variants:` match, e.g. G8's info-level on hold)."""
+    variants = finding.rule.card.variants
+    if not variants or len(finding.matches) < 2:
+        return finding
+
+    def lesser(match: dict[str, Fact]) -> bool:
+        return any(v.bind in match and all(match[v.bind].get(f) == want for f, want in v.values) for v in variants)
+
+    order = sorted(range(len(finding.matches)), key=lambda i: lesser(finding.matches[i]))
+    held = finding.held
+    return Finding(finding.rule, tuple(finding.matches[i] for i in order),
+                   tuple(held[i] for i in order) if len(held) == len(finding.matches) else held)
 
 
 def _run(shard: Shard, result: tuple[int, int], fired: list[dict[str, Any]]) -> None:

@@ -17,6 +17,8 @@ from . import display, restated, settingspec, yamlsource
 from .durations import parse_hours
 from .errors import Diagnostic
 from .facts import FACTS
+from .internal import INTERNAL  # noqa: F401  (re-exported: tests read clinician text with it)
+from .internal import pattern as internal_pattern
 from .model import (
     CATEGORIES,
     HOOKS,
@@ -38,6 +40,8 @@ from .protocol import Protocol
 from .templates import TEMPLATE_GLOBALS, UNITS_KEY, environment
 
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+PLAIN_KEYS = ("when", "then")
+CITATION_KEYS = ("label", "url", "drugs")
 RULE_KEYS = {"rule", "version", "status", "category", "title", "hooks", "drugs", "plain", "settings", "when",
              "suppressed_by", "card", "citation", "notes", "effective"}
 OPS = {"eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "within", "older_than"}
@@ -114,11 +118,22 @@ class RuleParser:
         conjuncts = self._when(data["when"], data, bool(drugs))
         card = self._card(data["card"], data, conjuncts)
         citations = self._citations(data["citation"], data)
+        for drug in drugs:  # every card leads with a source about its own drug (or about none in particular)
+            if citations and not any(not c.drugs or drug in c.drugs for c in citations):
+                self.error(yamlsource.key_pos(data, "citation"), "no-source-for-drug",
+                           f"the rule gives {drug} cards, but every citation is about "
+                           f"{' and '.join(sorted({d for c in citations for d in c.drugs}))}",
+                           f"add a source about {drug} (its label, a consensus statement, a trial), or give a "
+                           "citation 'drugs: [...]' when its title does not name the drug", len("citation"))
         plain = data.get("plain") or {}
         if not isinstance(plain, dict) or not plain.get("when") or not plain.get("then"):
             self.error(yamlsource.key_pos(data, "plain") if "plain" in data else yamlsource.node_pos(data),
                        "missing-plain-words", "a rule needs plain-words 'plain: {when: ..., then: ...}'")
             plain = {}
+        self._unknown_keys(plain, PLAIN_KEYS, "plain")
+        if isinstance(data.get("title"), str):
+            self._check_restated(data, "title", data["title"], rendered=False)
+            self._check_internal(data, "title", data["title"])
         plain_text = {k: self._plain_words(plain, k) for k in ("when", "then") if k in plain}
         suppressed = data.get("suppressed_by") or []
         if not isinstance(suppressed, list):
@@ -167,7 +182,8 @@ class RuleParser:
             return
         overrides = self.site.get(rule_id, {})
         for name in node:
-            spec, diags = settingspec.parse(self.where, node, str(name))
+            spec, diags = settingspec.parse(self.where, node, str(name),
+                                            internal_pattern(self.protocol.internal_labels))
             self.diags.extend(diags)
             if spec is None:
                 continue
@@ -502,16 +518,26 @@ class RuleParser:
             self.error(pos, "template-undefined-var", f"the {key} template uses '{var}', which is not bound",
                        did_you_mean(var, sorted(names)), len(var))
 
-    def _check_internal(self, node: Any, key: str, source: str) -> None:
+    def _check_internal(self, node: Any, key: Any, source: str, what: str | None = None) -> None:
         for text in restated.texts(source):
-            internal = INTERNAL.search(text)
-            if internal:
-                line, col = self._locate(yamlsource.value_pos(node, key), internal.group(0))
+            found = internal_pattern(self.protocol.internal_labels).search(text)
+            if found:
+                line, col = self._locate(yamlsource.value_pos(node, key), found.group(0))
                 self.error((line, col), "internal-label",
-                           f"the {key} shows '{internal.group(0)}', an internal mark clinicians do not know",
-                           "say it in words (the pack README names the semantics); keep [D]/[U]/[S] in notes",
-                           len(internal.group(0)))
+                           f"the {what or key} shows '{found.group(0)}', an internal mark clinicians do not know",
+                           "write the source as published (as the citation labels do) and the semantics by name "
+                           "(the pack README); keep [D]/[U]/[S] in notes", len(found.group(0)))
                 return
+
+    def _unknown_keys(self, node: Any, allowed: tuple[str, ...], where: str) -> None:
+        """A misspelt key inside a block (`plain: {than: ...}`, a citation's `ulr:`) is an error, not ignored."""
+        if not isinstance(node, dict):
+            return
+        for key in node:
+            if key not in allowed:
+                self.error(yamlsource.key_pos(node, key), "unknown-key", f"unknown key '{key}' in {where}",
+                           did_you_mean(str(key), list(allowed)) or f"{where} takes {', '.join(allowed)}",
+                           len(str(key)))
 
     def _check_held(self, node: Any, conjuncts: list[Conjunct]) -> None:
         """`'name' in held` must name an `any` alternative of this rule."""
@@ -570,21 +596,37 @@ class RuleParser:
             if not isinstance(item, dict) or not item.get("label"):
                 self.error(pos, "missing-citation", "a citation needs a 'label' (what a clinician would recognise)")
                 continue
+            self._unknown_keys(item, CITATION_KEYS, "a citation")
             label = str(item["label"])
-            internal = INTERNAL.search(label)
-            if internal:
-                lpos = self._locate(yamlsource.value_pos(item, "label"), internal.group(0))
+            mark = internal_pattern(self.protocol.internal_labels).search(label)
+            if mark:
+                lpos = self._locate(yamlsource.value_pos(item, "label"), mark.group(0))
                 self.error(lpos, "internal-label",
-                           f"the citation label shows '{internal.group(0)}', an internal mark clinicians do not "
-                           "know", "name the source as published; say [D]/[U]/[S] in notes", len(internal.group(0)))
+                           f"the citation label shows '{mark.group(0)}', an internal mark clinicians do not "
+                           "know", "name the source as published; say [D]/[U]/[S] in notes", len(mark.group(0)))
             url = item.get("url")
             if not url and data.get("status") != "draft":  # a draft (shadow) rule may still be finding its source
                 self.error(yamlsource.key_pos(item, "label"), "citation-without-url",
                            f"citation '{label[:40]}' has no url", "link the primary source (label, DOI, registry)")
             elif url and not re.match(r"^https?://", str(url)):
                 self.error(yamlsource.value_pos(item, "url"), "schema", "citation url must be absolute (http/https)")
-            out.append(Citation(label, str(url) if url else None))
+            out.append(Citation(label, str(url) if url else None, self._citation_drugs(item, label)))
         return out
+
+    def _citation_drugs(self, item: dict[str, Any], label: str) -> tuple[str, ...]:
+        """Which drugs a source is about: `drugs:` if given, else the drug names its label uses ("SPRAVATO
+        (esketamine) ..." is about esketamine; "CDS Hooks 2.0" about none). A card leads with a source about
+        its own drug."""
+        if "drugs" in item:
+            drugs = item["drugs"]
+            known = list(self.protocol.drugs)
+            if not isinstance(drugs, list) or not all(d in known for d in drugs):
+                self.error(yamlsource.value_pos(item, "drugs"), "unknown-drug",
+                           f"a citation's drugs are a list of the pack's drugs ({', '.join(known)})")
+                return ()
+            return tuple(str(d) for d in drugs)
+        return tuple(drug for drug, names in self.protocol.drug_names.items()
+                     if any(re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", label, re.I) for n in names))
 
     def _effective(self, data: Any) -> dt.datetime | None:
         if "effective" not in data:
@@ -604,6 +646,7 @@ class RuleParser:
         """The plain words, with settings printed through the same filters as cards (no restated numbers)."""
         source = " ".join(str(plain.get(key, "")).split())
         self._check_restated(plain, key, source)
+        self._check_internal(plain, key, source, f"plain.{key}")
         if "{{" not in source and "{%" not in source:
             return source
         try:
@@ -615,13 +658,19 @@ class RuleParser:
                        f"plain.{key}: {getattr(exc, 'message', None) or exc} (plain words see settings only)")
             return source
 
-    def _check_restated(self, node: Any, key: Any, source: str) -> None:
-        for hit in restated.find(source, self.pack_settings, self.protocol.values):
+    def _check_restated(self, node: Any, key: Any, source: str, rendered: bool = True) -> None:
+        protocol_settings = {path: (s.value, s.unit) for path, s in self.protocol.settings.items()}
+        # Units as people write them: the pack's `units:` table and its display table read backwards.
+        spellings = {**{shown: code for code, shown in self.protocol.display_units.items()}, **self.protocol.units}
+        for hit in restated.find(source, self.pack_settings, self.protocol.values, self.setting_units,
+                                 protocol_settings, spellings):
             line, col = self._locate(yamlsource.value_pos(node, key), hit.literal)
+            also = f" (the same value as {', '.join(repr(a) for a in hit.also)})" if hit.also else ""
             self.error((line, col), "restated-setting",
-                       f"'{hit.literal}' restates the setting '{hit.setting}' as a literal: the text keeps the old "
-                       "value when the setting changes",
-                       f"did you mean '{{{{ {hit.setting}|qty }}}}'?", len(hit.literal))
+                       f"'{hit.literal}' restates the setting '{hit.setting}'{also} as a literal: the text keeps "
+                       "the old value when the setting changes",
+                       hit.hint if rendered else f"the {key} is not a template: say it without the number (the "
+                       "card and the rule page print the setting)", len(hit.literal))
 
     def _locate(self, start: tuple[int, int], literal: str) -> tuple[int, int]:
         """The line and column of `literal` in the file, searching from the template's first line."""
@@ -630,7 +679,13 @@ class RuleParser:
                 self._lines = self.path.read_text(encoding="utf-8").splitlines()
             except OSError:
                 self._lines = []
-        first = literal.split()[0] if literal.split() else literal  # "40\nminutes" spans lines: find the number
+        words = literal.split()
+        whole = re.compile(r"(?<![\w.\-\[#])" + r"\s+".join(re.escape(w) for w in words) + r"(?![\w.]*\d)")
+        for i in range(start[0] - 1, min(len(self._lines), start[0] + 200)):  # the literal on one line
+            found = whole.search(self._lines[i], start[1] - 1 if i == start[0] - 1 else 0)
+            if found:
+                return i + 1, found.start() + 1
+        first = words[0] if words else literal  # "40\nminutes" spans lines: find the number
         pattern = re.compile(r"(?<![\w.\-\[#])" + re.escape(first) + r"(?![\w.]*\d)")
         for i in range(start[0] - 1, min(len(self._lines), start[0] + 200)):
             found = pattern.search(self._lines[i], start[1] - 1 if i == start[0] - 1 else 0)
@@ -640,9 +695,6 @@ class RuleParser:
 
 
 _BAD = object()
-# Marks and ids the team uses internally; a clinician reading a card knows none of them.
-# (Q28.2 and G93.6 are ICD-10 codes from the chart, not seed quotes or global-semantics numbers.)
-INTERNAL = re.compile(r"\[(?:D|U|S|V)(?:[ ,][^\]]*)?\]|\bSeed\b|\bS00\d\b|\b[QG]\d{1,2}\b(?![.\d])")
 
 
 def parse_rule(path: Path, protocol: Protocol, valuesets: set[str],

@@ -101,6 +101,7 @@ class CardTemplate:
 class Citation:
     label: str
     url: str | None
+    drugs: tuple[str, ...] = ()  # the drugs the source is about; () = any (a spec, a guideline on both)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,15 @@ class Rule:
     setting_units: dict[str, str] = field(default_factory=dict)
     display_units: dict[str, str] = field(default_factory=dict)  # the pack's table (UCUM -> conventional)
     protocol_values: dict[str, Any] = field(default_factory=dict)  # templates' `protocol` (course, scores, order)
+
+    def sources_for(self, drug: str | None) -> tuple[Citation, ...]:
+        """The citations in the order a card about `drug` shows them: first a source about that drug (a
+        ketamine IV card leads with a ketamine source, an esketamine card with the SPRAVATO label), else
+        the first about no drug in particular; the others follow in the rule's order."""
+        cites = self.citations or (self.citation,)
+        lead = (next((c for c in cites if drug and drug in c.drugs), None)
+                or next((c for c in cites if not c.drugs), None) or cites[0])
+        return (lead, *(c for c in cites if c is not lead))
 
     def live(self, now: dt.datetime | None) -> bool:
         """Gives cards: active, and effective (when it says from when) at `now`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from . import settingspec, yamlsource
 from .course import CourseSpec, parse_course
 from .durations import parse_hours
 from .errors import Diagnostic
+from .internal import pattern as internal_pattern
 from .model import Setting
 
 MEASURE_KINDS = ("quantity", "pair", "presence", "score")
@@ -77,6 +79,11 @@ class Protocol:
     display_units: dict[str, str] = field(default_factory=dict)  # UCUM code -> what people read
     values: dict[str, Any] = field(default_factory=dict)  # course, scores, order as written: templates' `protocol`
     defaults: dict[str, Any] = field(default_factory=dict)  # rule keys every rule inherits (drugs, hooks)
+    # The team's own source ids (a catalogue's "SP-PDR"): refused wherever a clinician or reviewer reads text.
+    internal_labels: tuple[str, ...] = ()
+    route_labels: dict[str, str] = field(default_factory=dict)  # route -> as clinicians write it (IV, IM)
+    # drug -> the words naming it in a source's title (its name, brand names): which drug a citation is about.
+    drug_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def valuesets_used(self) -> set[str]:
         names = set(self.drugs.values()) | set(self.routes.values()) | set(self.presence.get("valuesets", []))
@@ -99,14 +106,15 @@ def _hours(value: Any, default: float) -> float:
 
 
 def _unwrap(node: Any, raw: dict[str, Any], prefix: str, where: str, site: Mapping[str, tuple[Any, str]],
-            out: dict[str, Setting], diags: list[Diagnostic]) -> dict[str, Any]:
+            out: dict[str, Setting], diags: list[Diagnostic], marks: re.Pattern[str] | None = None,
+            ) -> dict[str, Any]:
     """Replace each marked setting ({value, default, ...}) by its value (with its unit, if it has one),
     collecting the declarations by dotted path; a site's value replaces the pack's."""
     result: dict[str, Any] = {}
     for key, value in raw.items():
         path = f"{prefix}{key}"
         if settingspec.is_spec(value):
-            spec, found = settingspec.parse(where, node, key)
+            spec, found = settingspec.parse(where, node, key, marks)
             diags.extend(found)
             if spec is None:
                 continue
@@ -117,7 +125,7 @@ def _unwrap(node: Any, raw: dict[str, Any], prefix: str, where: str, site: Mappi
             result[key] = {"value": spec.value, "unit": spec.unit} if spec.unit else spec.value
             node[key] = result[key]  # readers of the YAML tree (course.py) see the value where the mapping was
         elif isinstance(value, dict) and isinstance(node, dict) and isinstance(node.get(key), dict):
-            result[key] = _unwrap(node[key], value, path + ".", where, site, out, diags)
+            result[key] = _unwrap(node[key], value, path + ".", where, site, out, diags, marks)
         else:
             result[key] = value
     return result
@@ -126,7 +134,9 @@ def _unwrap(node: Any, raw: dict[str, Any], prefix: str, where: str, site: Mappi
 def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None,
                   ) -> tuple[Protocol | None, list[Diagnostic]]:
     """Read protocol.yaml; every structural problem becomes a Diagnostic. `site`: pack name -> path -> value."""
-    data, diags = yamlsource.load(path, shared=True)
+    # Not the shared parse: `_unwrap` writes each marked setting's value into the tree (course.py reads it there),
+    # so a shared tree would reach the next load without its settings (a reload lost every site-adjustable value).
+    data, diags = yamlsource.load(path)
     if diags:
         return None, diags
     where = str(path)
@@ -140,7 +150,13 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
         return None, diags
     settings: dict[str, Setting] = {}
     raw = yamlsource.plain(data)
-    raw = _unwrap(data, raw, "", where, (site or {}).get(str(raw["protocol"])) or {}, settings, diags)
+    labels = raw.get("internal_labels") or []
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        diags.append(Diagnostic(where, *yamlsource.value_pos(data, "internal_labels"), "schema",
+                                "internal_labels is a list of the team's source ids (words)"))
+        labels = []
+    raw = _unwrap(data, raw, "", where, (site or {}).get(str(raw["protocol"])) or {}, settings, diags,
+                  internal_pattern(labels))
     measures: dict[str, Measure] = {}
     for name, spec in (raw.get("measures") or {}).items():
         kind = spec.get("kind", "quantity")
@@ -226,6 +242,10 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
         values={**{k: _plain_values(raw[k]) for k in ("course", "scores", "order") if isinstance(raw.get(k), dict)},
                 "labels": {name: m.label for name, m in measures.items()}},  # `{{ protocol.labels[score.instrument] }}`
         defaults=dict(raw.get("defaults") or {}),
+        internal_labels=tuple(labels),
+        route_labels={k: str(v.get("label", k)) for k, v in (raw.get("routes") or {}).items() if isinstance(v, dict)},
+        drug_names={k: (str(k), *(str(n) for n in (v.get("names") or []))) for k, v in (raw.get("drugs") or {}).items()
+                    if isinstance(v, dict)},
     )
     diags.extend(_check_defaults(data, protocol, where))
     return (None if diags else protocol), diags

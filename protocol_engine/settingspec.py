@@ -2,7 +2,7 @@
 
 A setting is a plain value (fixed by the protocol) or a mapping:
 
-    lookback: {value: 24h, default: true, min: 1h, max: 72h, source: "G5 look-back; the label says 'prior to dosing'"}
+    lookback: {value: 24h, default: true, min: 1h, max: 72h, source: "the label says 'prior to dosing'"}
 
 `default: true` marks a service default ([D] in the clinical catalogue) that a site may override within the
 range the rule declares (`min`/`max`, in the setting's own unit; durations as durations); `choices` lists the
@@ -12,6 +12,7 @@ overridden by a site.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from . import yamlsource
@@ -80,8 +81,10 @@ def is_spec(node: Any) -> bool:
     return isinstance(node, dict) and "value" in node and "default" in node and all(k in SETTING_KEYS for k in node)
 
 
-def parse(where: str, parent: Any, name: str) -> tuple[Setting | None, list[Diagnostic]]:
-    """One entry of a `settings:` block (or one marked protocol.yaml value), with positioned diagnostics."""
+def parse(where: str, parent: Any, name: str, internal: re.Pattern[str] | None = None,
+          ) -> tuple[Setting | None, list[Diagnostic]]:
+    """One entry of a `settings:` block (or one marked protocol.yaml value), with positioned diagnostics.
+    `internal`: marks a `source` may not show (rule pages print it for clinical reviewers)."""
     node = parent[name]
     pos = yamlsource.key_pos(parent, name)
     loc = Location(where, *pos)
@@ -115,6 +118,12 @@ def parse(where: str, parent: Any, name: str) -> tuple[Setting | None, list[Diag
     if not isinstance(source, str):
         err(yamlsource.value_pos(node, "source"), "schema", f"setting '{name}': 'source' is text")
         source = ""
+    mark = internal.search(source) if internal is not None and source else None
+    if mark:
+        err(yamlsource.value_pos(node, "source"), "internal-label",
+            f"setting '{name}': the source shows '{mark.group(0)}', an internal mark a reviewer does not know",
+            "write the source as published (as the citation labels do: author, title, journal, year, or the "
+            "label's name and section) and the pack's semantics by name", len(source) + 2)
     bounds: dict[str, Any] = {}
     for key in ("min", "max"):
         if key not in node:

@@ -2,7 +2,8 @@
 
 Filters show values for people (see display.py): `time` (zone, offset, "today"), `num`, `span`/`duration`
 (hours or a rule duration: "7 days", "30 minutes"), `qty` (a setting or value with its conventional unit:
-"180 mmHg"), `pair` ("180/100 mmHg") and `unit` (UCUM code -> conventional unit).
+"180 mmHg"), `pair` ("180/100 mmHg"), `unit` (UCUM code -> conventional unit), `times` (2 -> "twice") and
+`plural` ("1 draft order", "3 draft orders").
 """
 
 from __future__ import annotations
@@ -47,15 +48,54 @@ def _num(value: Any) -> str:
     return display.number(value)
 
 
-def _span(hours: Any) -> str:
+def _span(hours: Any, to: Any = None) -> str:
+    """A duration for people; with `to`, the range ("30-90 minutes", "2-3 days", "12 h to 2 days")."""
+    if to is not None:
+        low_h, high_h = _hours(hours), _hours(to)
+        if low_h is not None and high_h is not None and high_h < 3:  # "30-90 minutes", not "30 minutes to 1 h 30 min"
+            return f"{display.number(round(low_h * 60))}-{display.number(round(high_h * 60))} minutes"
+        return _between(display.duration(hours), display.duration(to))
     if isinstance(hours, Span):
-        low, high = display.duration(float(hours)), display.duration(hours.high)
-        low_n, _, low_unit = low.partition(" ")
-        high_n, _, high_unit = high.partition(" ")
-        if low_unit == high_unit and " " not in low_unit:
-            return f"{low_n}-{high_n} {high_unit}"
-        return f"{low} to {high}"
+        return _between(display.duration(float(hours)), display.duration(hours.high))
     return display.duration(hours)
+
+
+def _hours(value: Any) -> float | None:
+    if isinstance(value, str):
+        return parse_hours(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _between(low: str, high: str) -> str:
+    low_n, _, low_unit = low.partition(" ")
+    high_n, _, high_unit = high.partition(" ")
+    if low_unit == high_unit and " " not in low_unit:
+        return f"{low_n}-{high_n} {high_unit}"
+    return f"{low} to {high}"
+
+
+_TIMES = {1: "once", 2: "twice"}
+
+
+def _times(value: Any) -> str:
+    """A count as a frequency: 1 -> 'once', 2 -> 'twice', 3 -> '3 times' (`{{ per_week|times }} a week`)."""
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return _TIMES.get(int(n), f"{display.number(n)} times") if n == int(n) else f"{display.number(n)} times"
+
+
+def _plural(value: Any, word: str, plural: str | None = None) -> str:
+    """'1 draft order', '3 draft orders' (`{{ matches|length|plural('draft order') }}`), never 'order(s)'."""
+    try:
+        one = float(value) == 1
+    except (TypeError, ValueError):
+        one = False
+    return f"{_num(value)} {word if one else (plural or word + 's')}"
 
 
 @pass_context
@@ -97,4 +137,6 @@ def environment() -> SandboxedEnvironment:
     env.filters["qty"] = _qty
     env.filters["pair"] = _pair
     env.filters["unit"] = _unit
+    env.filters["times"] = _times
+    env.filters["plural"] = _plural
     return env

@@ -335,6 +335,9 @@ def card_matches(card: dict[str, Any], want: dict[str, Any]) -> list[str]:
             if missing:
                 diffs.append(f"evidence lacks {missing} (has {actual})")
             continue
+        elif key == "source" and isinstance(expected, dict):  # `source: {contains: KETALAR}`: label and url
+            src = card.get("source") or {}
+            actual = f"{src.get('label', '')} {src.get('url', '')}".strip()
         else:
             actual = card.get(key)
         if isinstance(expected, dict) and "contains" in expected:

@@ -12,13 +12,29 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError
 
 from .errors import Diagnostic
 
 
+class _Constructor(RoundTripConstructor):
+    """A timestamp-shaped scalar that is no date (`effective: 2026-13-45`) stays text, so the rule loader can
+    say where it is and what is wrong, instead of the parser failing the whole file at line 1."""
+
+    def construct_yaml_timestamp(self, node: Any, values: Any = None) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node, values)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:timestamp", _Constructor.construct_yaml_timestamp)
+
+
 def _yaml() -> YAML:
     yaml = YAML(typ="rt")
+    yaml.Constructor = _Constructor
     yaml.preserve_quotes = True
     yaml.width = 4096  # never fold a line an author wrote
     yaml.indent(mapping=2, sequence=4, offset=2)

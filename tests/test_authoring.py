@@ -132,7 +132,7 @@ def test_fmt_is_idempotent_and_keeps_comments(tmp_path: Path) -> None:
     once = target.read_text()
     assert runner.invoke(main, ["fmt", "--check", str(target)]).exit_code == 0
     assert runner.invoke(main, ["fmt", str(target)]).exit_code == 0 and target.read_text() == once
-    assert "# yaml-language-server" in once and 'source: "trial exclusion"' in once and once.index("rule:") < once.index("title:") < once.index("when:")
+    assert "# yaml-language-server" in once and 'source: "ClinicalTrials.gov NCT05803551 eligibility criteria' in once and once.index("rule:") < once.index("title:") < once.index("when:")
     for path in (ROOT / "rules").rglob("*.rule.yaml"):
         assert runner.invoke(main, ["fmt", "--check", str(path)]).exit_code == 0, path
 

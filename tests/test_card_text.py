@@ -215,7 +215,7 @@ def test_pack_defaults_are_inherited_and_may_be_overridden(tmp_path: Path) -> No
     assert rules["CI-05"].hooks == ("order-select", "order-sign", "patient-view", "encounter-start")
     assert rules["TIM-01"].hooks == ("order-select", "order-sign", "appointment-book")  # its own
     texts = [p.read_text() for p in (ROOT / "rules").rglob("*.rule.yaml")]
-    assert sum("drugs: [ketamine, esketamine]" in t for t in texts) == 0
+    assert sum(bool(re.search(r"^drugs: \[ketamine, esketamine\]", t, re.M)) for t in texts) == 0
     assert not any(re.search(r"^# (When|Then):", t, re.M) for t in texts)
 
 
@@ -254,3 +254,231 @@ def test_rule_page_is_served(client: Any) -> None:
     body = page.get_data(as_text=True)
     assert "History of psychosis" in body and "doi.org/10.1001/jamapsychiatry.2017.0080" in body
     assert client.get("/rules/XX-99").status_code == 404
+
+
+# -- restated settings: ranges, filter-printed durations, other units, counts in words, the right name ----------
+
+POST_DOSE = {"course": {"post_dose_check": {"measure": "blood-pressure", "from": "30m", "to": "90m"}}}
+
+
+@pytest.mark.parametrize(("text", "settings", "units", "literal", "setting", "hint"), [
+    ("no BP charted 30-90 minutes after the dose", {}, {}, "30-90 minutes",
+     "protocol.course.post_dose_check.from", "{{ protocol.course.post_dose_check.from|duration }}"),
+    ("no BP charted 45 to 90 minutes after the dose", {}, {}, "45 to 90 minutes",
+     "protocol.course.post_dose_check.to", "{{ protocol.course.post_dose_check.to|duration }}"),
+    ("no sooner than 6 days 12 h after the previous one", {"maintenance_minimum": "156h"}, {}, "6 days 12 h",
+     "maintenance_minimum", "{{ maintenance_minimum|duration }}"),
+    ("within 1 h 30 min", {"window": "90m"}, {}, "1 h 30 min", "window", "{{ window|duration }}"),
+    ("doses above 500 mcg/kg", {"limit": 0.5}, {"limit": "mg/kg"}, "500 mcg/kg", "limit", "{{ limit|qty }}"),
+    ("doses above 0.5 mg/kg", {"limit": 0.5}, {"limit": "mg/kg"}, "0.5 mg/kg", "limit", "{{ limit|qty }}"),
+    ("the label allows twice weekly dosing", {"per_week": 2}, {}, "twice weekly", "per_week", "{{ per_week }}"),
+    ("in the first 4 weeks", {"induction_weeks": 4}, {}, "4 weeks", "induction_weeks", "{{ induction_weeks }}"),
+    ("not approved under 18 years", {"adult_age": 18}, {"adult_age": "a"}, "18 years", "adult_age",
+     "{{ adult_age|qty }}"),
+    ("a 40-minute infusion", {"minimum": "40m"}, {}, "40-minute", "minimum", "{{ minimum|duration }}"),
+    ("below the 25% partial-response threshold", {"partial": 25}, {}, "25%", "partial", "{{ partial }}"),
+    # the right name: the unit decides between settings that share a number
+    ("infused over 40 minutes", {"upper": 40, "minimum": "40m"}, {"upper": "U/L"}, "40 minutes", "minimum",
+     "{{ minimum|duration }}"),
+    ("above 180 mmHg", {"count": 180, "systolic_limit": 180}, {"systolic_limit": "mm[Hg]"}, "180 mmHg",
+     "systolic_limit", "{{ systolic_limit|qty }}"),
+])
+def test_restated_literals_are_found_and_named(text: str, settings: dict[str, Any], units: dict[str, str],
+                                               literal: str, setting: str, hint: str) -> None:
+    from protocol_engine import restated
+
+    hits = restated.find(text, settings, POST_DOSE, units, {}, {"mmHg": "mm[Hg]"})
+    assert [(h.literal, h.setting) for h in hits] == [(literal, setting)], hits
+    assert hint in hits[0].hint
+
+
+def test_restated_names_the_rule_setting_first_and_the_others_beside_it() -> None:
+    from protocol_engine import restated
+
+    hits = restated.find("in the last 24 h", {"lookback": "24h"}, {"scores": {"window": "24h"}})
+    assert [(h.setting, h.also) for h in hits] == [("lookback", ("protocol.scores.window",))]
+    hits = restated.find("above 180 mmHg", {"count": 180, "systolic_limit": 180}, {}, {"systolic_limit": "mm[Hg]"},
+                         {}, {"mmHg": "mm[Hg]"})
+    assert hits[0].setting == "systolic_limit" and hits[0].also == ("count",)
+
+
+def test_a_pack_value_in_another_unit_is_found_but_not_offered_as_a_template_name() -> None:
+    from protocol_engine import restated
+
+    hits = restated.find("quantitative hCG at or above 25 mIU/mL", {}, {}, {},
+                         {"measures.hcg.positive_at": (25, "[IU]/L")}, {"mIU/mL": "m[IU]/mL"})
+    assert [(h.literal, h.setting) for h in hits] == [("25 mIU/mL", "measures.hcg.positive_at")]
+    assert "cannot print" in hits[0].hint and "{{" not in hits[0].hint
+    # a bare 25 is prose, not the pack's threshold
+    assert restated.find("in 25 patients", {}, {}, {}, {"measures.hcg.positive_at": (25, "[IU]/L")}) == []
+
+
+@pytest.mark.parametrize(("text", "settings", "units"), [
+    ("PHQ-9, CYP3A4 and LOINC 85354-9", {"a": 9, "b": 3, "c": 85354}, {}),
+    ("doses above 500 mg/kg", {"limit": 0.5}, {"limit": "mg/kg"}),  # not the same value in any unit
+    ("40 mg", {"minimum": "40m"}, {}),  # a mass is not a duration
+    ("once stable, twice the dose", {"n": 2, "m": 1}, {}),  # counts in words only as a frequency
+])
+def test_restated_leaves_identifiers_and_other_quantities_alone(text: str, settings: dict[str, Any],
+                                                               units: dict[str, str]) -> None:
+    from protocol_engine import restated
+
+    assert restated.find(text, settings, {}, units) == []
+
+
+# -- validate: titles, plain words, setting sources, unknown keys, effective, a source per drug -------------------
+
+def _edit(rules: Path, rule: str, *changes: tuple[str, str]) -> Path:
+    path = next(rules.rglob(f"{rule}-*.rule.yaml"))
+    text = path.read_text()
+    for old, new in changes:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path.write_text(text)
+    return path
+
+
+def _diags(rules: Path) -> list[str]:
+    _, diags = load_ruleset(rules)
+    return [d.render() for d in diags]
+
+
+def test_validate_refuses_restated_settings_in_titles_and_internal_labels_in_plain_words_and_sources(
+        tmp_path: Path) -> None:
+    rules = _copy_rules(tmp_path)
+    path = _edit(rules, "CI-05",
+                 ("title: Severe hypertension before", "title: BP of the last 24 hours, severe hypertension before"),
+                 ("  then: \"Critical - hold the dose;", "  then: \"Critical - hold the dose (KET-CH);"),
+                 ('source: "Ketamine Swiss product information', 'source: "SP-PDR; Ketamine Swiss product information'))
+    found = "\n".join(_diags(rules))
+    lines = path.read_text().splitlines()
+    title_line = next(i for i, line in enumerate(lines, 1) if line.startswith("title:"))
+    col = lines[title_line - 1].index("24 hours") + 1
+    assert (f"{path}:{title_line}:{col}: error[restated-setting]: '24 hours' restates the setting 'lookback'"
+            in found), found
+    assert "the title is not a template" in found
+    then_line = next(i for i, line in enumerate(lines, 1) if line.startswith("  then:"))
+    assert re.search(rf"{re.escape(str(path))}:{then_line}:\d+: error\[internal-label\]: the plain.then shows 'KET-CH'",
+                     found), found
+    assert "setting 'systolic_limit': the source shows 'SP-PDR'" in found
+
+
+def test_a_protocol_setting_source_may_not_use_internal_ids(tmp_path: Path) -> None:
+    rules = _copy_rules(tmp_path)
+    protocol = rules / "ketamine" / "protocol.yaml"
+    protocol.write_text(protocol.read_text().replace(
+        'source: "pack semantics valid-observation:', 'source: "G1 valid-observation:'))
+    found = "\n".join(_diags(rules))
+    assert "protocol.yaml:" in found and "error[internal-label]: setting 'observation_valid_status': the source " \
+                                          "shows 'G1'" in found, found
+
+
+def test_validate_flags_unknown_keys_in_plain_and_citations_and_places_a_bad_effective_date(tmp_path: Path) -> None:
+    rules = _copy_rules(tmp_path)
+    path = _edit(rules, "CI-06",
+                 ("status: active\n", "status: active\neffective: 2026-13-45\n"),
+                 ("  then: ", "  than: typo\n  then: "),
+                 ('    url: "https://pdr.net', '    ulr: "x"\n    url: "https://pdr.net'))
+    found = "\n".join(_diags(rules))
+    lines = path.read_text().splitlines()
+    at = {key: next(i for i, line in enumerate(lines, 1) if line.lstrip().startswith(key))
+          for key in ("effective:", "than:", "ulr:")}
+    assert f"{path}:{at['effective:']}:12: error[bad-effective]: effective '2026-13-45' is not a date" in found, found
+    assert f"{path}:{at['than:']}:3: error[unknown-key]: unknown key 'than' in plain" in found
+    assert "did you mean 'then'?" in found
+    assert f"{path}:{at['ulr:']}:5: error[unknown-key]: unknown key 'ulr' in a citation" in found
+    assert "did you mean 'url'?" in found
+
+
+def test_every_drug_of_a_rule_has_a_source_that_fits_it(tmp_path: Path) -> None:
+    rules = _copy_rules(tmp_path)
+    path = next(rules.rglob("CI-03-*.rule.yaml"))
+    text = path.read_text()
+    path.write_text(text[: text.index("  - label: \"KETALAR")] + text[text.index("notes:"):])
+    found = "\n".join(_diags(rules))
+    assert "error[no-source-for-drug]: the rule gives ketamine cards, but every citation is about esketamine" \
+        in found, found
+    ruleset, _ = load_ruleset(ROOT / "rules")
+    assert ruleset is not None
+    for rule in ruleset.all_rules():
+        for drug in rule.drugs:
+            lead = rule.sources_for(drug)[0]
+            assert not lead.drugs or drug in lead.drugs, (rule.id, drug, lead.label)
+            if drug == "esketamine" and any("SPRAVATO" in c.label for c in rule.citations):
+                assert "SPRAVATO" in lead.label, (rule.id, lead.label)
+            if drug == "ketamine":
+                assert "SPRAVATO" not in lead.label, (rule.id, lead.label)
+
+
+# -- cards: the lead match, the lead source, evidence a clinician reads ------------------------------------------
+
+def _cards(loaded: Any, given: list[dict[str, Any]], order: dict[str, Any] | None = None,
+           now: dt.datetime = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC)) -> dict[str, dict[str, Any]]:
+    rt = loaded.runtimes["ketamine-order-sign"]
+    body = build_request({"patient": ADULT, "order": order or KETAMINE_ORDER, "given": given}, rt, now)
+    out = run(loaded.runtimes, "r", "ketamine-order-sign", body, now, None)
+    return {c["extension"]["protocol-engine"]["rule"]: c for c in out.cards}
+
+
+ESKETAMINE = {"medication": "RXNORM#2201625 esketamine", "dose": "56 mg", "route": "SNOMED#46713006 Nasal route"}
+
+
+def test_the_active_medicine_leads_and_the_source_fits_the_drug(loaded: Any) -> None:
+    meds = [{"medication": "RXNORM#2598 clonazepam", "status": "on-hold", "id": "lz2"},
+            {"medication": "RXNORM#6470 lorazepam", "id": "lz"}]
+    ddi = _cards(loaded, [bp(120, 80), *meds])["DDI-01"]
+    assert ddi["summary"].startswith("Lorazepam (benzodiazepine) and 1 more"), ddi["summary"]
+    assert ddi["detail"].index("lorazepam (active)") < ddi["detail"].index("clonazepam (on-hold)")
+    assert "Andrashko" in ddi["source"]["label"]
+    esk = _cards(loaded, [bp(120, 80), *meds], ESKETAMINE)
+    assert esk["DDI-01"]["source"]["label"].startswith("SPRAVATO")
+    assert "Andrashko" in esk["DDI-01"]["detail"].split("**Further sources**")[1]
+    ket = _cards(loaded, [bp(120, 80)])
+    assert "SPRAVATO" not in ket["MON-08"]["source"]["label"] and "SPRAVATO" not in ket["MON-07"]["source"]["label"]
+
+
+def test_evidence_lines_read_as_drug_dose_route_and_time_in_the_zone(loaded: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(display.ZONE_ENV, "Europe/Zurich")
+    cards = _cards(loaded, [bp(120, 80), {"medication": "RXNORM#6470 lorazepam", "id": "lz"}])
+    detail = cards["MON-07"]["detail"]
+    assert "Draft order: ketamine 35 mg IV, ordered today 11:00 UTC+01:00, MedicationRequest/" in detail, detail
+    assert "6130" not in detail and " iv," not in detail
+    assert "- lorazepam (active), MedicationRequest/lz" in cards["DDI-01"]["detail"]
+
+
+def test_a_quantitative_hcg_shows_its_unit_and_the_card_names_the_ordered_drug(loaded: Any) -> None:
+    hcg = {"observation": "LOINC#21198-7", "value": "30 m[IU]/mL", "at": "-1d", "id": "hcg"}
+    ci15 = _cards(loaded, [bp(120, 80), hcg])["CI-15"]
+    assert "hCG positive (30 mIU/mL)" in ci15["detail"] and "Ketamine is not recommended" in ci15["detail"]
+    assert "Esketamine is not" not in ci15["detail"]
+
+
+def test_explain_evaluates_with_the_site_file_like_the_other_authoring_commands(tmp_path: Path, loaded: Any,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from protocol_engine.cli import main
+
+    monkeypatch.delenv("PROTOCOL_ENGINE_SITE", raising=False)
+    now = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC)
+    body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": [bp(190, 110, at="-20h")]},
+                         loaded.runtimes["ketamine-order-sign"], now)
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(body))
+    site = tmp_path / "site.yaml"
+    site.write_text("site: Test clinic\nrules:\n  CI-05:\n    lookback: 12h\n")
+    args = ["explain", "--request", str(request), "--now", now.isoformat(), "--rules", str(ROOT / "rules")]
+    shipped = CliRunner().invoke(main, args)
+    assert shipped.exit_code == 0, shipped.output
+    assert re.search(r"CI-05 v[\d.]+ \[critical\] .*: FIRED", shipped.output)
+    with_site = CliRunner().invoke(main, [*args, "--site", str(site)])
+    assert with_site.exit_code == 0, with_site.output
+    assert "site settings 'Test clinic'" in with_site.output and "CI-05 lookback 24h -> 12h" in with_site.output
+    assert re.search(r"CI-05 v[\d.]+ \[critical\] .*: silent", with_site.output), with_site.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  CI-05:\n    lookback: 96h\n")
+    refused = CliRunner().invoke(main, [*args, "--site", str(bad)])
+    assert refused.exit_code == 1 and "error[setting-out-of-range]" in refused.output

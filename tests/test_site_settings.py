@@ -38,7 +38,7 @@ def test_fixed_settings_keep_their_provenance_and_are_not_adjustable() -> None:
     specs = {s.name: s for s in ci05.setting_specs}
     assert specs["lookback"].adjustable and specs["lookback"].value == "24h"
     assert not specs["systolic_limit"].adjustable and specs["systolic_limit"].unit == "mm[Hg]"
-    assert "KET-CH" in specs["systolic_limit"].source
+    assert "Ketamine Swiss product information" in specs["systolic_limit"].source
     assert ci05.settings == {"lookback": "24h", "systolic_limit": 180, "diastolic_limit": 100}
     from protocol_engine.catalogue import catalogue
 
