@@ -5,6 +5,8 @@ proxies' X-Forwarded-Proto, through werkzeug's ProxyFix with PROTOCOL_ENGINE_PRO
 name from PROTOCOL_ENGINE_TRUSTED_HOSTS and the port the server listens on. Scheme, host and port are compared
 exactly: `Host: localhost:9999` on a service listening on 8080 names another service, whose tokens must not be
 accepted here, and so does `X-Forwarded-Proto: https` sent by a client rather than by our proxy.
+(gunicorn bound to a unix socket derives SERVER_PORT from the Host header, so there the port check holds
+nothing: deployments on a unix socket set PROTOCOL_ENGINE_PUBLIC_URL, as every proxied deployment should.)
 """
 
 from __future__ import annotations
