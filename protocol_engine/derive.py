@@ -271,6 +271,8 @@ class Deriver:
                 shown_unit = display.unit(r.unit, self.p.display_units) if r.unit else ""
                 value += f" ({display.quantity(r.values['value'], r.unit, self.p.display_units)})" if shown_unit \
                     else f" ({fmt_num(r.values['value'])}, no unit recorded)"
+        elif m.kind == "score":  # "PHQ-9 item 9 = 2", not "PHQ-9 item 9 2"
+            value = f"= {fmt_num(r.values['value'])}" if "value" in r.values else "?"
         else:
             value = fmt_num(r.values["value"]) + unit if "value" in r.values else "?"
         return f"{m.label} {value}, {fmt_time(r.time)}, {', '.join(r.refs)}"
@@ -607,7 +609,10 @@ class Deriver:
     def _order_issue(ref: str, drug: str | None, medication: Concept | None, problem: str,
                      unread: list[str]) -> Fact:
         label = _name(medication) if medication is not None and medication != Concept() else None
-        what = f"{drug}, {label}" if drug else (f"{label}, not identified" if label else "drug not identified")
+        if drug and label:  # "ketamine", "esketamine Nasal Spray [Spravato]": the drug once
+            what = label if drug.lower() in label.lower() else f"{drug}, {label}"
+        else:
+            what = drug or (f"{label}, not identified" if label else "drug not identified")
         return {"t": "order-issue", "refs": [ref], "drug": drug or "unidentified", "problem": problem,
                 "unread": unread, "checks": "", "describe": f"Draft order {ref} ({what}): {problem}"}
 

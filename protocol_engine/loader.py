@@ -427,10 +427,12 @@ class RuleParser:
         for item in node.get("override_reasons") or []:
             if isinstance(item, dict) and isinstance(item.get("display"), str):
                 self._check_restated(item, "display", item["display"])
+                self._check_internal(item, "display", item["display"], "override reason")
         for item in node.get("suggestions") or []:
             if isinstance(item, dict):
                 if isinstance(item.get("label"), str):
                     self._check_restated(item, "label", item["label"])
+                    self._check_internal(item, "label", item["label"], "suggestion label")
                 for a in item.get("actions") or []:
                     if isinstance(a, dict) and isinstance(a.get("description"), str):
                         self._check_restated(a, "description", a["description"])
