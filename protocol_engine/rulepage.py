@@ -16,7 +16,7 @@ from typing import Any
 
 from . import display, yamlsource
 from .durations import parse_hours
-from .model import Rule
+from .model import Citation, Rule
 from .pipeline import ServiceRuntime
 from .ruleset import RULE_SUFFIX, TEST_SUFFIX, Pack, RuleSet
 from .testing import run_file
@@ -225,7 +225,7 @@ def to_markdown(page: RulePage) -> str:
     if not page.valuesets:
         out += ["None.", ""]
     out += ["## Sources", ""]
-    out += [f"{i}. {_link(c.label, c.url)}" for i, c in enumerate(r.citations or (r.citation,), 1)]
+    out += [f"{i}. {_link(c.label, c.url)}{_leads(r, c)}" for i, c in enumerate(r.citations or (r.citation,), 1)]
     if r.notes:
         out += ["", "## Notes for reviewers", "", r.notes]
     out += ["", "## Test cases", "", "| case | hook | chart | expected | card shown | result |",
@@ -256,8 +256,8 @@ def to_html(page: RulePage) -> str:
     vsets = "".join(f"<h3>{_e(n)}{(': ' + _e(t)) if t else ''} <small>({_codes(len(c))})</small></h3>"
                     f"<p class=codes>{', '.join('<code>' + _e(x) + '</code>' for x in c)}</p>"
                     for n, t, c in page.valuesets) or "<p>None.</p>"
-    sources = "".join(f'<li><a href="{_e(c.url)}" rel="noopener noreferrer">{_e(c.label)}</a></li>' if c.url
-                      else f"<li>{_e(c.label)}</li>" for c in (r.citations or (r.citation,)))
+    sources = "".join(f'<li><a href="{_e(c.url)}" rel="noopener noreferrer">{_e(c.label)}</a>{_e(_leads(r, c))}</li>'
+                      if c.url else f"<li>{_e(c.label)}{_e(_leads(r, c))}</li>" for c in (r.citations or (r.citation,)))
     cases = "".join(f"<tr><td>{_e(c.name)}</td><td>{_e(c.hook)}</td><td>{_e(c.given)}</td><td>{_e(c.expected)}</td>"
                     f"<td>{_e(c.card)}</td><td class={_e(c.status.lower())}>{_e(c.status)}</td></tr>"
                     for c in page.cases)
@@ -282,3 +282,10 @@ padding:.5rem .75rem;border-left:4px solid #d4a72c}}.fail{{color:#b00020;font-we
 <h2>Test cases</h2><table><tr><th>case</th><th>hook</th><th>chart</th><th>expected</th><th>card shown</th>
 <th>result</th></tr>{cases}</table></body></html>
 """
+
+
+def _leads(rule: Rule, citation: Citation) -> str:
+    """Which drug's cards show this source first (a reviewer sees why a ketamine card cites what it cites)."""
+    drugs = [d for d in (rule.drugs or ()) if rule.sources_for(d)[0] is citation]
+    return f" (the source of {' and '.join(drugs)} cards)" if drugs else ""
+

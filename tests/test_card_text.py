@@ -242,6 +242,7 @@ def test_rule_pages_show_plain_words_settings_codes_sources_and_cases(tmp_path: 
     assert "| `systolic_limit` | 180 mmHg |" in page
     assert "`ICD10#I16.1" in page or "I16.1" in page
     assert "https://ch.oddb.org" in page and "dailymed.nlm.nih.gov" in page
+    assert "(the source of ketamine cards)" in page and "(the source of esketamine cards)" in page
     assert "| fires on a 172/104 panel taken 30 minutes ago" in page and "critical: Hold ketamine" in page
     assert len(list(out.glob("*.md"))) == len(ruleset_ids()) + 1
     ruleset, _ = load_ruleset(ROOT / "rules")
