@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.fhir.dates import whole_years
@@ -36,9 +36,15 @@ from .valuesets import ValueSetIndex
 _H = 3600.0
 
 
-def fmt_time(t: dt.datetime) -> str:
-    """For people: the deployment's zone with its offset, 'today'/'yesterday' against the call's `now`."""
-    return display.when(t)
+def fmt_time(t: dt.datetime, latest: dt.datetime | None = None) -> str:
+    """For people: the deployment's zone with its offset, 'today'/'yesterday' against the call's `now`; a time
+    recorded as a date only (`latest` the end of that day) as the date, never an invented '00:00 UTC'."""
+    return display.when(t, latest=latest)
+
+
+def at_text(t: dt.datetime, latest: dt.datetime | None) -> str:
+    """A fact's `at`: the instant, or the FHIR date as written when only a date was recorded."""
+    return display.precision_text(t, latest) or t.isoformat()
 
 
 def fmt_num(x: float) -> str:
@@ -59,6 +65,8 @@ class Reading:
     uln_ratio: float | None = None
     latest: dt.datetime | None = None  # reduced-precision time: `time` is the earliest instant, this the latest
     unit: str | None = None  # a presence result's unit as recorded (UCUM after G3), shown with its value
+    # Pair: halves taken from an older reading because the newest lacks them (field -> that reading).
+    borrowed: dict[str, Reading] = field(default_factory=dict)
 
 
 class Deriver:
@@ -67,7 +75,9 @@ class Deriver:
     def __init__(self, protocol: Protocol, index: ValueSetIndex, rules: Iterable[Rule] = ()) -> None:
         self.p = protocol
         self.index = index
+        rules = list(rules)
         self.read_window = read_windows(rules)
+        self.borrow_window = read_windows(rules, shortest=True)
         sem = protocol.semantics
         self.obs_valid = set(sem.get("observation_valid_status", ["final", "amended", "corrected"]))
         self.future_tol_h = parse_hours(sem.get("future_tolerance", "5m")) or 5 / 60
@@ -144,6 +154,23 @@ class Deriver:
                     return False
         return None
 
+    def _presence_problem(self, m: Measure, q: Quantity) -> str:
+        """Why a qualitative/quantitative result reads as neither positive nor negative, naming what was sent."""
+        if q.absent is not None:
+            return f"value absent (dataAbsentReason {q.absent})"
+        if q.value is not None:
+            if m.positive_at is None:
+                return f"numeric result {fmt_num(q.value)} with no positive threshold"
+            if not q.unit:
+                return f"result {fmt_num(q.value)} has no unit"
+            target = display.unit(m.positive_at[1], self.p.display_units)
+            return f"unit '{q.unit}' is not convertible to {target}"
+        if q.coded is not None and (q.coded.codings or q.coded.text):
+            return f"coded result '{self.index.label(q.coded)}' is neither positive nor negative"
+        if q.text:
+            return f"result '{q.text}' is neither positive nor negative"
+        return "no result value"
+
     def readings(self, chart: Chart, now: dt.datetime,
                  issues: list[DataIssue]) -> tuple[dict[str, Readings], dict[str, Reading]]:
         """Readings per measure (newest first, validated on demand) and the newest future-dated one."""
@@ -185,7 +212,7 @@ class Deriver:
             positive = self._presence(m, obs.value, obs.interpretation)
             if positive is None:
                 return Reading(m.name, obs.time, [obs.ref], {}, readable=False,  # type: ignore[arg-type]
-                               problem="result is neither positive nor negative")
+                               problem=self._presence_problem(m, obs.value))
             values = {"value": obs.value.value} if obs.value.value is not None else {}
             return Reading(m.name, obs.time, [obs.ref], values, positive=positive,  # type: ignore[arg-type]
                            latest=obs.time_latest, unit=self.ucum(obs.value.unit, m) if obs.value.unit else None)
@@ -222,8 +249,15 @@ class Deriver:
         return Reading(m.name, obs.time, [obs.ref], values, readable=bool(values),  # type: ignore[arg-type]
                        problem="; ".join(problems) or ("" if values else "no components"), latest=obs.time_latest)
 
-    def governing(self, m: Measure, readings: Readings) -> tuple[Reading | None, Reading | None]:
-        """G5: newest readable reading; same-time readings merge (duplicates once, worse value wins)."""
+    def governing(self, m: Measure, readings: Readings,
+                  now: dt.datetime | None = None) -> tuple[Reading | None, Reading | None]:
+        """G5: newest readable reading; same-time readings merge (duplicates once, worse value wins).
+
+        A pair whose newest reading lacks a half (a lone systolic, a panel whose diastolic is absent) takes that
+        half from the newest older reading that has it, within the shortest look-back of any rule that reads
+        the measure (so no rule sees a half older than its own look-back): a newer lone systolic never hides an
+        older 190/110. The missing half is still named (MON-02) and the borrowed one cited.
+        """
         same: list[Reading] = []
         unreadable = None
         for r in readings:
@@ -254,9 +288,40 @@ class Deriver:
                     best.latest = max(best.latest or r.latest, r.latest)
             if m.kind == "pair" and m.first and m.second:
                 missing = [f for f in (m.first[0], m.second[0]) if f not in best.values]
-                best.problem = "; ".join(p for r in same for p in r.problem.split("; ")
-                                         if p and p.split(":")[0] in missing)
+                problems = [p for r in same for p in r.problem.split("; ") if p and p.split(":")[0] in missing]
+                for half in missing:  # a lone half says which half it lacks, not nothing
+                    if not any(p.startswith(f"{half}:") for p in problems):
+                        problems.append(f"{half}: not recorded with this reading (none within "
+                                        f"{display.duration(m.pairing_h)})")
+                best.problem = "; ".join(problems)
+                if missing and now is not None:
+                    self._borrow(m, readings, best, missing, now)
         return best, unreadable
+
+    def _borrow(self, m: Measure, readings: Readings, best: Reading, missing: list[str],
+                now: dt.datetime) -> None:
+        window = self.borrow_window.get(m.name)
+        if window is None:
+            return
+        for r in readings:
+            if r.time >= best.time or not r.readable:
+                continue
+            if _age_h(now, r.time) > window:  # its earliest instant: certainly inside
+                break
+            for half in [h for h in missing if h in r.values]:
+                best.values[half] = r.values[half]
+                best.borrowed[half] = r
+                missing.remove(half)
+                best.refs.extend(ref for ref in r.refs if ref not in best.refs)
+            if not missing:
+                break
+
+    def describe_borrowed(self, m: Measure, r: Reading) -> str:
+        """'the diastolic (110 mmHg) was taken from the reading of today 07:14 UTC, Observation/bp-1'."""
+        parts = [f"the {half} ({display.quantity(r.values[half], m.unit, self.p.display_units)}) was taken from "
+                 f"the reading of {fmt_time(src.time, src.latest)}, {', '.join(src.refs)}"
+                 for half, src in r.borrowed.items()]
+        return "; ".join(parts)
 
     def describe_reading(self, m: Measure, r: Reading) -> str:
         shown = display.unit(m.unit, self.p.display_units)
@@ -265,6 +330,10 @@ class Deriver:
             a = r.values.get(m.first[0])
             b = r.values.get(m.second[0])
             value = f"{fmt_num(a) if a is not None else '?'}/{fmt_num(b) if b is not None else '?'}{unit}"
+            if r.borrowed:  # say which half is older, and where it came from
+                own = [ref for ref in r.refs if not any(ref in b.refs for b in r.borrowed.values())]
+                return (f"{m.label} {value}, {fmt_time(r.time, r.latest)}, {', '.join(own)} "
+                        f"({self.describe_borrowed(m, r)})")
         elif m.kind == "presence":
             value = "positive" if r.positive else "negative"
             if "value" in r.values:  # "positive (30 mIU/mL)": a number without its unit means nothing
@@ -275,7 +344,7 @@ class Deriver:
             value = f"= {fmt_num(r.values['value'])}" if "value" in r.values else "?"
         else:
             value = fmt_num(r.values["value"]) + unit if "value" in r.values else "?"
-        return f"{m.label} {value}, {fmt_time(r.time)}, {', '.join(r.refs)}"
+        return f"{m.label} {value}, {fmt_time(r.time, r.latest)}, {', '.join(r.refs)}"
 
     # -- the whole fact set -------------------------------------------------------------
     def facts(self, chart: Chart, now: dt.datetime, hook: str, patient_id: str | None,
@@ -288,12 +357,14 @@ class Deriver:
         governing: dict[str, Reading] = {}
         fact: Fact
         for name, m in self.p.measures.items():
-            best, bad = self.governing(m, readings[name])
+            best, bad = self.governing(m, readings[name], now)
             if best is not None:
                 governing[name] = best
                 fact = {"t": "measurement", "measure": name, "age": _age_h(now, best.time),
-                        "at": best.time.isoformat(), "refs": best.refs, "unit": m.unit or "",
+                        "at": at_text(best.time, best.latest), "refs": best.refs, "unit": m.unit or "",
                         "describe": self.describe_reading(m, best)}
+                if best.borrowed:
+                    fact["borrowed"] = self.describe_borrowed(m, best)
                 _elapsed_range(fact, "age", now, best.time, best.latest)
                 fact.update(best.values)
                 if best.positive is not None:
@@ -308,9 +379,12 @@ class Deriver:
                 window = self.read_window.get(name)
                 fact = {"t": "unreadable", "measure": name, "age": age, "partial": bad.readable,
                         "in_read_window": window is None or _age_h(now, bad.latest or bad.time) <= window,
-                        "at": bad.time.isoformat(), "refs": bad.refs, "problem": bad.problem,
-                        "describe": f"{m.label} of {fmt_time(bad.time)} cannot be interpreted "
+                        "at": at_text(bad.time, bad.latest), "refs": bad.refs, "problem": bad.problem,
+                        "describe": f"{m.label} of {fmt_time(bad.time, bad.latest)} cannot be interpreted "
                                     f"({bad.problem}), {', '.join(bad.refs)}"}
+                if bad.borrowed:
+                    fact["borrowed"] = self.describe_borrowed(m, bad)
+                    fact["describe"] += f"; {fact['borrowed']}"
                 _elapsed_range(fact, "age", now, bad.time, bad.latest)
                 facts.append(fact)
             if name in future:
@@ -337,12 +411,31 @@ class Deriver:
                 # counted in the course; said, not silently left out.
                 issues.append(DataIssue(a.ref, "dose time missing or less precise than a day: not counted in "
                                                "the course (timing checks may be incomplete)"))
+        measured = self._measured(chart, {issue.ref for issue in issues}, now)
         for issue in issues:  # last: readings validated on demand above may have added some
-            facts.append({"t": "data-issue", "refs": [issue.ref], "problem": issue.problem,
-                          "describe": f"{issue.ref}: {issue.problem}"})
+            fact = {"t": "data-issue", "refs": [issue.ref], "problem": issue.problem,
+                    "describe": f"{issue.ref}: {issue.problem}"}
+            fact.update(measured.get(issue.ref, {}))
+            facts.append(fact)
         for i, fact in enumerate(facts):
             fact["n"] = i  # durable_rules treats equal facts as one; every fact must be distinct
         return facts
+
+    def _measured(self, chart: Chart, refs: set[str], now: dt.datetime) -> dict[str, dict[str, Any]]:
+        """For unreadable Observations of a measure: which measure and how old, so a rule can tell a result that
+        exists but cannot be read (MON-10: an hCG with no status) from no result at all."""
+        found: dict[str, dict[str, Any]] = {}
+        if not refs:
+            return found
+        for obs in chart.observations:
+            if obs.ref not in refs:
+                continue
+            names = [name for vs in self.index.members(obs.codes, ()) for name, _ in self.measure_of_vs.get(vs, ())]
+            if names:
+                found[obs.ref] = {"measure": names[0]}
+                if obs.time is not None:
+                    found[obs.ref]["age"] = _age_h(now, obs.time)
+        return found
 
     def _patient(self, chart: Chart, now: dt.datetime) -> Fact | None:
         p = chart.patient
@@ -378,8 +471,8 @@ class Deriver:
             for vs in sorted(self.index.members(c.code.pairs(), ())):
                 fact: Fact = {"t": "condition", "valueset": vs, "active": active,
                               "clinical_status": c.clinical_status or "unspecified", "refs": [c.ref],
-                              "code": c.code.label(),
-                              "describe": f"{c.code.label()} ({c.clinical_status or 'status not recorded'}), "
+                              "code": self.index.label(c.code),
+                              "describe": f"{self.index.label(c.code)} ({c.clinical_status or 'status not recorded'}), "
                                           f"{c.ref}"}
                 if c.onset is not None:
                     fact["onset_ago"] = _age_h(now, c.onset)
@@ -401,8 +494,8 @@ class Deriver:
             label = "draft, unsigned" if status == "draft" else status
             for vs in sorted(self.index.members(med.medication.pairs(), med.medication.texts())):
                 yield {"t": "medication", "valueset": vs, "status": status, "refs": [med.ref],
-                       "name": _name(med.medication),  # what a clinician calls it, for card text
-                       "describe": f"{_name(med.medication)} ({label}), {med.ref}"}
+                       "name": _name(med.medication, self.index),  # what a clinician calls it, for card text
+                       "describe": f"{_name(med.medication, self.index)} ({label}), {med.ref}"}
 
     def _allergies(self, chart: Chart) -> Iterable[Fact]:
         for a in chart.allergies:
@@ -414,7 +507,7 @@ class Deriver:
             for s in a.substances:
                 found |= self.index.members(s.pairs(), s.texts())
             for vs in sorted(found):
-                label = a.substances[0].label() if a.substances else "substance"
+                label = self.index.label(a.substances[0]) if a.substances else "substance"
                 yield {"t": "allergy", "valueset": vs, "refs": [a.ref],
                        "describe": f"Allergy/intolerance to {label}, {a.ref}"}
 
@@ -544,7 +637,7 @@ class Deriver:
             if weight_kg:
                 fact["weight"] = weight_kg
             ordered = f", ordered {fmt_time(order.authored)}" if order.authored is not None else ""
-            fact["describe"] = (f"{'Draft order' if draft else 'Active order'}: {_name(order.medication)}"
+            fact["describe"] = (f"{'Draft order' if draft else 'Active order'}: {_name(order.medication, self.index)}"
                                 f"{dose_text} {self.route_label(fact['route'])}{ordered}, {order.ref}")
             facts.append(fact)
             if draft:
@@ -589,7 +682,7 @@ class Deriver:
             drug = self._issue_drug(issue)
             if drug == "":
                 continue
-            label = _name(issue.medication) if issue.medication is not None else "medication not readable"
+            label = _name(issue.medication, self.index) if issue.medication is not None else "medication not readable"
             if issue.foreign:
                 drug = None  # another patient's order: nothing about this patient is judged against it
             # An unidentified drug is "unidentified": no drug-scoped rule matches it, the unscoped DQ rules do.
@@ -605,10 +698,9 @@ class Deriver:
             facts.append(fact)
         return facts
 
-    @staticmethod
-    def _order_issue(ref: str, drug: str | None, medication: Concept | None, problem: str,
+    def _order_issue(self, ref: str, drug: str | None, medication: Concept | None, problem: str,
                      unread: list[str]) -> Fact:
-        label = _name(medication) if medication is not None and medication != Concept() else None
+        label = _name(medication, self.index) if medication is not None and medication != Concept() else None
         if drug and label:  # "ketamine", "esketamine Nasal Spray [Spravato]": the drug once
             what = label if drug.lower() in label.lower() else f"{drug}, {label}"
         else:
@@ -753,11 +845,12 @@ OBSERVATION_STATUSES = frozenset({"registered", "preliminary", "final", "amended
                                   "entered-in-error", "unknown"})
 
 
-def read_windows(rules: Iterable[Rule]) -> dict[str, float]:
-    """Per measure, the longest `age: {within: ...}` window (hours) of any rule that reads it.
+def read_windows(rules: Iterable[Rule], shortest: bool = False) -> dict[str, float]:
+    """Per measure, the longest (or `shortest`) `age: {within: ...}` window (hours) of any rule that reads it.
 
     An unreadable reading of a measure matters as far back as some rule would have used it (hCG over
     30 days for CI-15, transaminases over 90 for CI-18c), so the data-quality cards look back that far.
+    A missing half of a pair is borrowed only within the shortest one (see `Deriver.governing`).
     """
     windows: dict[str, float] = {}
     for rule in rules:
@@ -770,7 +863,8 @@ def read_windows(rules: Iterable[Rule]) -> dict[str, float]:
                 hours = [float(t.value) for t in pattern.tests if t.field == "age" and t.op in ("lte", "lt")]
                 for name in names:
                     if hours:
-                        windows[name] = max(windows.get(name, 0.0), *hours)
+                        pick = min if shortest else max
+                        windows[name] = pick(windows.get(name, pick(hours)), *hours)
     return windows
 
 
@@ -908,9 +1002,16 @@ class Readings:
         return reading
 
 
-def _name(concept: Concept) -> str:
-    """The medicine's name without its code: the first display, else the text, else the code."""
+def _name(concept: Concept, index: ValueSetIndex) -> str:
+    """The medicine's name without its code: the first display, else the text, else the value set's name for its
+    code, else the code with its system's name ('RxNorm 308048'), never a bare number."""
     for _system, _code, shown in concept.codings:
         if shown:
             return shown
-    return concept.text or concept.label()
+    if concept.text:
+        return concept.text
+    for system, code, _ in concept.codings:
+        named = index.display_of(system, code)
+        if named:
+            return named
+    return index.label(concept)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from functools import lru_cache
@@ -54,10 +55,62 @@ def offset(local: dt.datetime) -> str:
     return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
-def when(value: Any, now: dt.datetime | None = None) -> str:
-    """'today 07:13 UTC+01:00', 'yesterday 18:40 UTC', '21 Nov 2026 07:13 UTC' in the configured zone."""
+_PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+
+
+def _day_word(day: dt.date, ref: dt.datetime | None, z: ZoneInfo) -> str:
+    if ref is not None:
+        ref_day = (ref if ref.tzinfo else ref.replace(tzinfo=dt.UTC)).astimezone(z).date()
+        word = {0: "today", -1: "yesterday", 1: "tomorrow"}.get((day - ref_day).days)
+        if word:
+            return word
+    return f"{day.day} {day:%b %Y}"
+
+
+def _partial(text: str, ref: dt.datetime | None) -> str | None:
+    """A FHIR date without a time ('2026-11-21', '2026-11', '2026') as written: no invented '00:00 UTC'."""
+    found = _PARTIAL.match(text.strip())
+    if not found:
+        return None
+    year, month, day = found.groups()
+    try:
+        if day is not None:
+            return _day_word(dt.date(int(year), int(month), int(day)), ref, zone())
+        if month is not None:
+            return f"{dt.date(int(year), int(month), 1):%b %Y}"
+    except ValueError:
+        return None
+    return year
+
+
+def precision_text(earliest: dt.datetime, latest: dt.datetime | None) -> str | None:
+    """The FHIR date a reduced-precision time was written as ('2026-11-21', '2026-11', '2026'), or None for a
+    full time. Dates without a time are read as whole UTC days (adapters/fhir/dates.py)."""
+    if latest is None or latest <= earliest:
+        return None
+    start = earliest.astimezone(dt.UTC)
+    end = latest.astimezone(dt.UTC) + dt.timedelta(microseconds=1)
+    if start.time() != dt.time(0) or end.time() != dt.time(0):
+        return None
+    if end - start == dt.timedelta(days=1):
+        return f"{start:%Y-%m-%d}"
+    if start.day == 1 and end.day == 1 and (end.year * 12 + end.month) - (start.year * 12 + start.month) == 1:
+        return f"{start:%Y-%m}"
+    if start.month == start.day == end.month == end.day == 1 and end.year - start.year == 1:
+        return f"{start:%Y}"
+    return None
+
+
+def when(value: Any, now: dt.datetime | None = None, latest: dt.datetime | None = None) -> str:
+    """'today 07:13 UTC+01:00', 'yesterday 18:40 UTC', '21 Nov 2026 07:13 UTC' in the configured zone; a date
+    without a time (a string '2026-11-21', or a datetime with the `latest` instant its day covers) as the date."""
     if isinstance(value, dt.datetime):
         t = value
+        written = precision_text(value, latest)
+        if written is not None:
+            return _partial(written, now or NOW.get()) or written
+    elif isinstance(value, str) and (shown := _partial(value, now or NOW.get())) is not None:
+        return shown
     else:
         try:
             t = dt.datetime.fromisoformat(str(value))
@@ -67,11 +120,7 @@ def when(value: Any, now: dt.datetime | None = None) -> str:
         t = t.replace(tzinfo=dt.UTC)
     z = zone()
     local = t.astimezone(z)
-    ref = now or NOW.get()
-    day = f"{local.day} {local:%b %Y}"
-    if ref is not None:
-        ref_day = (ref if ref.tzinfo else ref.replace(tzinfo=dt.UTC)).astimezone(z).date()
-        day = {0: "today", -1: "yesterday", 1: "tomorrow"}.get((local.date() - ref_day).days, day)
+    day = _day_word(local.date(), now or NOW.get(), z)
     return f"{day} {local:%H:%M} {offset(local)}"
 
 

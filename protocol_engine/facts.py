@@ -27,7 +27,8 @@ FACTS: dict[str, dict[str, str]] = {
                    "in_read_window": "bool"},
     "imprecise": {"rule": "text", "title": "text", "values": "text"},
     "future": {"measure": "text"},
-    "data-issue": {"problem": "text"},
+    # `measure` and `age` when the record is an Observation of a measure with a readable time (MON-10 reads them).
+    "data-issue": {"problem": "text", "measure": "text", "age": "duration"},
     "condition": {
         "valueset": "valueset", "active": "bool", "clinical_status": "text", "onset_ago": "duration",
         "code": "text",

@@ -68,10 +68,12 @@ def load_valueset(path: Path) -> tuple[ValueSet | None, list[Diagnostic]]:
                 continue
             from .valuesets import normalise_code
 
-            system, code, _ = parsed
+            system, code, shown = parsed
             star = code.endswith("*")
             norm = normalise_code(system, code.rstrip("*"))
             target.append((system, norm + ("*" if star else "")))
+            if shown and key == "expansion" and not star:
+                vs.displays[(system, norm)] = shown
     text = data.get("text") or []
     if not isinstance(text, list):
         diags.append(Diagnostic(where, *yamlsource.value_pos(data, "text"), "schema", "'text' must be a list"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 SYSTEMS = {
     "LOINC": "http://loinc.org",
@@ -61,6 +62,21 @@ def normalise_code(system: str, code: str) -> str:
     return code
 
 
+# Names people read for code systems a card may show a bare code of.
+SYSTEM_NAMES = {SYSTEMS["LOINC"]: "LOINC", SYSTEMS["SNOMED"]: "SNOMED CT", SYSTEMS["ICD10"]: "ICD-10-CM",
+                SYSTEMS["RXNORM"]: "RxNorm", SYSTEMS["NDC"]: "NDC", SYSTEMS["ROUTE"]: "HL7 route"}
+# The catalogue's source marks at the end of a value-set entry ("[V VSAC 2.16...]", "[U]", "[V HL7, V openFDA]"),
+# which are provenance for authors, not part of the name a clinician reads; brand brackets ("[Xanax]") stay.
+_SOURCE_MARK = re.compile(r"(\s*\[(?:[VUSD](?:\s[^\]]*)?|[VUSD],[^\]]*)\])+\s*$")
+
+
+def system_name(system: str | None) -> str:
+    if not system:
+        return "code"
+    canonical = canonical_system(system)
+    return SYSTEM_NAMES.get(canonical, canonical)
+
+
 def parse_code(text: str) -> tuple[str, str, str | None] | None:
     """`LOINC#8480-6 Systolic blood pressure` -> (system url, code, display)."""
     found = _CODE_RE.match(text)
@@ -81,6 +97,7 @@ class ValueSet:
     codes: list[tuple[str, str]] = field(default_factory=list)  # (system, normalised code or prefix*)
     excludes: list[tuple[str, str]] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
+    displays: dict[tuple[str, str], str] = field(default_factory=dict)  # as written, source marks removed on read
 
     def code_count(self) -> int:
         return len(self.codes)
@@ -169,6 +186,29 @@ class ValueSetIndex:
         for text in texts:
             found |= self.members_of_text(text)
         return found
+
+    def display_of(self, system: str | None, code: str | None) -> str | None:
+        """The name a value set gives a code (first set that names it), its source marks removed."""
+        if not system or not code:
+            return None
+        canonical = canonical_system(system)
+        key = (canonical, normalise_code(canonical, code))
+        for vs in self.valuesets.values():
+            shown = vs.displays.get(key)
+            if shown:
+                return _SOURCE_MARK.sub("", shown).strip() or None
+        return None
+
+    def label(self, concept: Any) -> str:
+        """A concept as a card shows it: 'code display' as sent; a code sent without a display gets the value
+        set's name for it, else its system's name ('RxNorm 308048'), never a bare number."""
+        for system, code, shown in concept.codings:
+            if code:
+                if shown:
+                    return f"{code} {shown}"
+                named = self.display_of(system, code)
+                return f"{code} {named}" if named else f"{system_name(system)} {code}"
+        return str(concept.label())
 
     def codes_of(self, name: str, system: str) -> list[str]:
         vs = self.valuesets.get(name)

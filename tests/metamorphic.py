@@ -453,6 +453,35 @@ def shuffle_entries(request: dict[str, Any], case_id: str, now: dt.datetime) -> 
     return Rewritten(out) if changed else None
 
 
+# -- qualitative results: text <-> SNOMED CT coded value <-> valueString ------------------------------------------
+# SNOMED CT qualifier values labs send for a qualitative result (protocol.yaml `presence` reads each of them).
+QUALITATIVE = {"positive": ("10828004", "Positive"), "negative": ("260385009", "Negative"),
+               "detected": ("260373001", "Detected"), "not detected": ("260415000", "Not detected")}
+
+
+def _qualitative(mode: str) -> Callable[[dict[str, Any], str, dt.datetime], Rewritten | None]:
+    """A qualitative Observation result written as text (valueCodeableConcept.text) becomes the SNOMED CT coded
+    value with no text (`coded`, as many lab interfaces send it) or a valueString (`string`)."""
+    def apply(request: dict[str, Any], case_id: str, now: dt.datetime) -> Rewritten | None:
+        out = _clone(request)
+        changed = False
+        for res in resources(out):
+            value = res.get("valueCodeableConcept") if res.get("resourceType") == "Observation" else None
+            if not isinstance(value, dict) or value.get("coding") or not isinstance(value.get("text"), str):
+                continue
+            found = QUALITATIVE.get(value["text"].strip().lower())
+            if found is None:
+                continue
+            if mode == "coded":
+                res["valueCodeableConcept"] = {"coding": [{"system": SNOMED, "code": found[0]}]}
+            else:
+                del res["valueCodeableConcept"]
+                res["valueString"] = found[1].upper()
+            changed = True
+        return Rewritten(out) if changed else None
+    return apply
+
+
 # -- additions ----------------------------------------------------------------------------------------------------
 def _coding(system: str, code: str, display: str) -> dict[str, Any]:
     return {"coding": [{"system": system, "code": code, "display": display}], "text": display}
@@ -662,6 +691,11 @@ REWRITES: list[Rewrite] = [
     Rewrite("date-month", "equivalent", "birthDate and onsetDateTime -> YYYY-MM", _reduce("month")),
     Rewrite("date-year", "equivalent", "birthDate and onsetDateTime -> YYYY", _reduce("year")),
     Rewrite("shuffle-entries", "equivalent", "entries of every Bundle in another order", shuffle_entries),
+    Rewrite("qualitative-coded", "equivalent",
+            "a qualitative result's text (Positive, Negative, Detected) -> its SNOMED CT code alone",
+            _qualitative("coded")),
+    Rewrite("qualitative-string", "equivalent", "a qualitative result's valueCodeableConcept text -> valueString",
+            _qualitative("string")),
     Rewrite("other-patient-copies", "addition",
             "a copy of every resource for another patient, one minute newer", other_patient_copies),
     Rewrite("other-patient-normal", "addition",

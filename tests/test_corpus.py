@@ -33,6 +33,8 @@ from adapters.fhir.prefetch import TEMPLATES
 from protocol_engine.testing import hook_context
 
 HL7 = Path(__file__).parent / "corpus" / "hl7-r4"
+# In the '-recent' HL7 charts every example is moved to 45 minutes ago, except these.
+RECENT_AGO = {"blood-pressure": dt.timedelta(hours=3)}
 # The service reads the real clock, so charts are placed relative to it.
 NOW = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
 PROFILES = ("healthy", "type2_diabetes", "hypertension", "ckd_stage3", "anaemia")
@@ -129,8 +131,9 @@ def hl7_charts() -> list[Chart]:
         for res in recent:
             for element in ("effectiveDateTime", "authoredOn"):
                 if element in res:
-                    res[element] = (NOW - dt.timedelta(minutes=45)).isoformat()
-        # A panel whose diastolic is absent (dataAbsentReason) must be reported when it is the current reading.
+                    res[element] = (NOW - RECENT_AGO.get(res["id"], dt.timedelta(minutes=45))).isoformat()
+        # A panel whose diastolic is absent (dataAbsentReason) must be reported when it is the current reading;
+        # its diastolic is then taken from the older complete panel (blood-pressure, 3 h before).
         partial = {_ref(r): "diastolic component has a dataAbsentReason" for r in recent
                    if r["id"] == "blood-pressure-dar"}
         charts.append(Chart(f"hl7-{pid}-recent", pid, recent, partial))
@@ -297,3 +300,107 @@ def test_corpus_is_what_the_oracle_needs(charts: dict[str, Chart]) -> None:
     assert sum(len(c.damaged) for c in charts.values()) >= 10
     assert len({c.patient_id for c in charts.values()}) >= 12
     assert (HL7 / "LICENSE").exists() and len(list(HL7.glob("*.json"))) >= 3
+
+
+# -- expected cards on HL7's examples (issue 16: assert what the service says, not only that it does not crash) ----
+def _hl7(name: str) -> dict[str, Any]:
+    resource: dict[str, Any] = json.loads((HL7 / f"{name}.json").read_text())
+    return resource
+
+
+def _ext(card: dict[str, Any]) -> dict[str, Any]:
+    ext: dict[str, Any] = card["extension"]["protocol-engine"]
+    return ext
+
+
+def _by_rule(cards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {_ext(c)["rule"]: c for c in cards}
+
+
+def test_hl7_recent_chart_cards(service: tuple[Any, Any], charts: dict[str, Chart]) -> None:
+    """HL7's Patient/example, moved to now: the diastolic-absent panel (45 min ago) takes its diastolic from HL7's
+    complete panel of 3 h before (107/60: no BP card), MON-02 names the absent half and the borrowed reading,
+    the heart rate of 44/min is MON-03, the cancelled panel is not used, no Patient record is DQ-03."""
+    app, client = service
+    chart = charts["hl7-example-recent"]
+    service_id, rt = _runtime(app, "order-sign")
+    status, cards = _post(client, service_id, request_for(chart, [], "order-sign", rt.templates))
+    assert status == 200
+    rules = _by_rule(cards)
+    assert {"MON-02", "MON-03", "DQ-03"} <= set(rules), sorted(rules)
+    assert not {"CI-05", "CI-06", "MON-01"} & set(rules), sorted(rules)
+    mon02 = _ext(rules["MON-02"])
+    assert "Observation/blood-pressure-dar" in mon02["evidence"]
+    assert "diastolic: value absent (dataAbsentReason not-performed)" in rules["MON-02"]["summary"]
+    assert "the diastolic (60 mmHg) was taken from the reading of" in rules["MON-02"]["detail"]
+    assert "Observation/blood-pressure" in rules["MON-02"]["detail"]
+    assert "Observation/blood-pressure-cancel" not in json.dumps(cards)
+    assert "Observation/heart-rate" in _ext(rules["MON-03"])["evidence"]
+
+
+def test_hl7_panel_recorded_as_a_date_only_today_is_read_and_shown_as_the_date(service: tuple[Any, Any]) -> None:
+    """HL7's blood-pressure example records `effectiveDateTime` as a date only. Dated today at 190/110 it is a
+    reading of today (CI-05 holds for every instant of the day within the 24 h look-back), and the card shows the
+    date, not an invented '00:00 UTC'."""
+    app, client = service
+    bp = _hl7("observation-example-bloodpressure")
+    bp["effectiveDateTime"] = NOW.date().isoformat()
+    bp["component"][0]["valueQuantity"]["value"] = 190
+    bp["component"][1]["valueQuantity"]["value"] = 110
+    chart = Chart("hl7-example-dateonly", "example", [bp], {})
+    service_id, rt = _runtime(app, "order-sign")
+    status, cards = _post(client, service_id, request_for(chart, [], "order-sign", rt.templates))
+    assert status == 200
+    ci05 = _by_rule(cards).get("CI-05")
+    assert ci05 is not None, sorted(_by_rule(cards))
+    assert _ext(ci05)["evidence"][:1] == ["Observation/blood-pressure"] or "Observation/blood-pressure" in _ext(
+        ci05)["evidence"]
+    assert "190/110" in ci05["summary"] and "today" in ci05["summary"]
+    assert "00:00" not in ci05["summary"] + ci05["detail"], ci05["summary"]
+
+
+def test_hl7_cancelled_panel_alone_is_no_reading(service: tuple[Any, Any]) -> None:
+    """HL7's cancelled panel (status cancelled, both halves dataAbsentReason not-asked), moved to 30 minutes ago,
+    is not a blood pressure: MON-01 asks for one; it is not an uninterpretable reading (MON-02), and no CI-05."""
+    app, client = service
+    bp = _hl7("observation-example-bloodpressure-cancel")
+    bp["effectiveDateTime"] = (NOW - dt.timedelta(minutes=30)).isoformat()
+    chart = Chart("hl7-example-cancelled", "example", [bp], {})
+    service_id, rt = _runtime(app, "order-sign")
+    status, cards = _post(client, service_id, request_for(chart, [], "order-sign", rt.templates))
+    assert status == 200
+    rules = _by_rule(cards)
+    assert "MON-01" in rules and not {"MON-02", "CI-05", "CI-06"} & set(rules), sorted(rules)
+
+
+# -- Synthea-shaped bundles: urn:uuid fullUrls and references, as a Synthea export is sent ----------------------
+def _synthea_shaped(request: dict[str, Any], chart: Chart) -> dict[str, Any]:
+    """The same request with the chart's resources as Synthea exports them: each entry's fullUrl is
+    `urn:uuid:<id>` and every reference to a chart resource (the Patient included) is that urn:uuid."""
+    ids = {_ref(r): r["id"] for r in chart.resources}
+    text = json.dumps(request)
+    for reference, rid in ids.items():
+        text = text.replace(json.dumps(reference), json.dumps(f"urn:uuid:{rid}"))
+    out: dict[str, Any] = json.loads(text)
+    for value in out["prefetch"].values():
+        for entry in (value or {}).get("entry") or () if isinstance(value, dict) else ():
+            if _ref(entry["resource"]) in ids:
+                entry["fullUrl"] = f"urn:uuid:{entry['resource']['id']}"
+    return out
+
+
+@pytest.mark.parametrize("name", [f"carebundle-{p}-11" for p in PROFILES])
+def test_synthea_shaped_chart_gives_the_same_cards(service: tuple[Any, Any], charts: dict[str, Chart],
+                                                    name: str) -> None:
+    from metamorphic import card_keys
+
+    app, client = service
+    chart = charts[name]
+    service_id, rt = _runtime(app, "order-sign")
+    plain = request_for(chart, [], "order-sign", rt.templates, [injected_bp(chart.patient_id)])
+    status, cards = _post(client, service_id, plain)
+    assert status == 200
+    status, shaped_cards = _post(client, service_id, _synthea_shaped(plain, chart))
+    assert status == 200
+    assert card_keys(shaped_cards) == card_keys(cards), f"{name}: {card_keys(shaped_cards)} != {card_keys(cards)}"
+    assert "CI-05" in _by_rule(shaped_cards)
