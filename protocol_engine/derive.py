@@ -291,8 +291,7 @@ class Deriver:
                 problems = [p for r in same for p in r.problem.split("; ") if p and p.split(":")[0] in missing]
                 for half in missing:  # a lone half says which half it lacks, not nothing
                     if not any(p.startswith(f"{half}:") for p in problems):
-                        problems.append(f"{half}: not recorded with this reading (none within "
-                                        f"{display.duration(m.pairing_h)})")
+                        problems.append(f"{half}: not recorded")  # none within the pairing window (G4)
                 best.problem = "; ".join(problems)
                 if missing and now is not None:
                     self._borrow(m, readings, best, missing, now)

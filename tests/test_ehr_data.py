@@ -413,3 +413,40 @@ def test_an_unresolved_chart_medication_is_reported_only_when_it_may_matter(clie
     assert {"DDI-01", "DQ-02"} <= set(with_statement("Lorazepam 1 mg tablet"))
     assert "DQ-02" not in with_statement("Atorvastatin 20 mg tablet")
     assert "DQ-02" in with_statement(None)
+
+
+# -- card labels (issue 16 item 4): no bare codes, no invented midnight ---------------------------------------------
+def test_a_code_without_a_display_is_labelled_from_the_value_set_or_its_system(loaded: Any) -> None:
+    from adapters.fhir.records import Concept
+
+    index = next(iter(loaded.runtimes.values())).pack.index
+    assert index.label(Concept(((RXNORM, "308048", None),))) == "308048 alprazolam 0.5 MG Oral Tablet"
+    assert index.label(Concept((("urn:oid:2.16.840.1.113883.6.88", "206821", None),))) == (
+        "206821 lorazepam 0.5 MG Oral Tablet [Ativan]")  # the OID is RxNorm; source marks are not shown
+    assert index.label(Concept(((RXNORM, "99999999", None),))) == "RxNorm 99999999"
+    assert index.label(Concept((("http://hl7.org/fhir/sid/ndc", "00009009004", None),))).startswith(
+        "00009009004 Xanax (alprazolam) 1 mg tablet")
+    assert index.label(Concept(((RXNORM, "6130", "ketamine"),))) == "6130 ketamine"  # a display sent is kept
+
+
+@pytest.mark.parametrize(("value", "latest", "shown"), [
+    ("2026-11-30", None, "today"),
+    ("2026-11-29", None, "yesterday"),
+    ("2012-09-17", None, "17 Sep 2012"),
+    ("2026-08", None, "Aug 2026"),
+    ("2009", None, "2009"),
+    (dt.datetime(2012, 9, 17, tzinfo=dt.UTC), dt.datetime(2012, 9, 17, 23, 59, 59, 999999, tzinfo=dt.UTC),
+     "17 Sep 2012"),
+    (dt.datetime(2026, 8, 1, tzinfo=dt.UTC), dt.datetime(2026, 8, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+     "Aug 2026"),
+    (dt.datetime(2026, 11, 30, 7, 13, tzinfo=dt.UTC), None, "today 07:13 UTC"),
+    (dt.datetime(2026, 11, 30, 0, 0, tzinfo=dt.UTC), dt.datetime(2026, 11, 30, 0, 0, tzinfo=dt.UTC),
+     "today 00:00 UTC"),  # a full timestamp at midnight is a time, shown as one
+])
+def test_a_date_only_time_is_shown_as_the_date(value: Any, latest: Any, shown: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from protocol_engine import display
+
+    monkeypatch.delenv(display.ZONE_ENV, raising=False)
+    now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+    assert display.when(value, now, latest=latest) == shown
