@@ -635,7 +635,9 @@ class Deriver:
             dose_text = self._dose(order, drug, weight_kg, fact)
             if weight_kg:
                 fact["weight"] = weight_kg
-            ordered = f", ordered {fmt_time(order.authored)}" if order.authored is not None else ""
+            ordered = "" if order.authored is None else (
+                f", ordered {display.day(order.authored.date())}" if order.authored_day_only
+                else f", ordered {fmt_time(order.authored)}")
             fact["describe"] = (f"{'Draft order' if draft else 'Active order'}: {_name(order.medication, self.index)}"
                                 f"{dose_text} {self.route_label(fact['route'])}{ordered}, {order.ref}")
             facts.append(fact)

@@ -124,6 +124,11 @@ def when(value: Any, now: dt.datetime | None = None, latest: dt.datetime | None 
     return f"{day} {local:%H:%M} {offset(local)}"
 
 
+def day(value: dt.date, now: dt.datetime | None = None) -> str:
+    """A date without a time ('today', 'yesterday', '21 Nov 2026'): no zone shift, no invented midnight."""
+    return _day_word(value, now or NOW.get(), zone())
+
+
 def number(value: Any) -> str:
     try:
         x = float(value)
@@ -165,7 +170,9 @@ def unit(code: str | None, table: Mapping[str, str]) -> str:
     """The conventional unit people read for a UCUM code (the code itself when the table has none)."""
     if not code:
         return ""
-    return table.get(code, code)
+    shown = table.get(code, code)
+    # A UCUM annotation alone ("{pill}", "{tablet}") is a word: "1 pill", not "1 {pill}".
+    return shown[1:-1] if shown.startswith("{") and shown.endswith("}") and shown.count("{") == 1 else shown
 
 
 def quantity(value: Any, code: str | None, table: Mapping[str, str]) -> str:

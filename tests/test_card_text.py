@@ -487,3 +487,17 @@ def test_explain_evaluates_with_the_site_file_like_the_other_authoring_commands(
     bad.write_text("rules:\n  CI-05:\n    lookback: 96h\n")
     refused = CliRunner().invoke(main, [*args, "--site", str(bad)])
     assert refused.exit_code == 1 and "error[setting-out-of-range]" in refused.output
+
+
+def test_an_order_dated_without_a_time_shows_its_day_and_an_annotation_unit_reads_as_a_word(loaded: Any) -> None:
+    order = {"resource": {
+        "resourceType": "MedicationRequest", "intent": "order", "subject": {"reference": "Patient/test-patient"},
+        "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                  "code": "6130", "display": "ketamine"}]},
+        "authoredOn": "2026-11-20",  # a date: the sandbox sends these
+        "dosageInstruction": [{"doseAndRate": [{"doseQuantity": {"value": 1, "unit": "{pill}",
+                                                                 "system": "http://unitsofmeasure.org",
+                                                                 "code": "{pill}"}}]}]}}
+    detail = _cards(loaded, [bp(120, 80)], order)["MON-07"]["detail"]
+    assert "Draft order: ketamine 1 pill (route not stated), ordered yesterday, MedicationRequest/" in detail, detail
+    assert "00:00" not in detail and "{pill}" not in detail.split("**Evidence**")[1]

@@ -266,8 +266,9 @@ def medication_request(model: Any, medication: Concept, ref: str,
         repeat = dosage.timing.repeat if dosage.timing else None
         if repeat is not None and repeat.duration is not None and repeat.durationUnit in _DURATION_H:
             duration_h = float(repeat.duration) * _DURATION_H[repeat.durationUnit]
+    day_only = isinstance(model.authoredOn, dt.date) and not isinstance(model.authoredOn, dt.datetime)
     return MedicationRecord(ref, "request", medication, model.status, route, dose,
-                            duration_h, rate, _aware(model.authoredOn), low, concentration)
+                            duration_h, rate, _aware(model.authoredOn), low, concentration, day_only)
 
 
 def medication_statement(model: Any, medication: Concept, ref: str) -> MedicationRecord:

@@ -116,6 +116,7 @@ class MedicationRecord:
     authored: dt.datetime | None = None
     dose_low: Quantity | None = None  # doseRange.low; `dose` then holds doseRange.high (the bound judged)
     concentration: Quantity | None = None  # amount per volume of the product (Medication.ingredient.strength)
+    authored_day_only: bool = False  # authoredOn is a date without a time: show the day, never "00:00"
 
 
 @dataclass(frozen=True)
