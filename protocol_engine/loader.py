@@ -667,7 +667,7 @@ class RuleParser:
         for hit in restated.find(source, self.pack_settings, self.protocol.values, self.setting_units,
                                  protocol_settings, spellings):
             line, col = self._locate(yamlsource.value_pos(node, key), hit.literal)
-            also = f" (the same value as {', '.join(repr(a) for a in hit.also)})" if hit.also else ""
+            also = f" (and {', '.join(repr(a) for a in hit.also)})" if hit.also else ""
             self.error((line, col), "restated-setting",
                        f"'{hit.literal}' restates the setting '{hit.setting}'{also} as a literal: the text keeps "
                        "the old value when the setting changes",

@@ -198,11 +198,10 @@ def find(source: str, settings: Mapping[str, Any], protocol: Mapping[str, Any] |
                     hours = n * time
                     if m.group("c") and i == len(numbers) - 1:
                         hours += float(m.group("c")) * _TIME_UNITS[m.group("cunit").lower()]
-                best = _matches(n, code, hours, cands)
-                if not best and time is None and code is None and written and m.group("c") is None:
-                    best = _matches(n, None, None, cands)  # "2 doses": a word, not a unit
-                if best:
-                    break
+                end = _matches(n, code, hours, cands)
+                if not end and time is None and code is None and written and m.group("c") is None:
+                    end = _matches(n, None, None, cands)  # "2 doses": a word, not a unit
+                best += [c for c in end if c not in best]  # a range restates a setting at each end (50-120/min)
             hit(m.start(), m.group(0) if best and (time or code or m.group("b")) else m.group("a"), best)
         counts = [(w.start(), w.group(0), w.group("w")) for w in WORD_COUNT.finditer(text)]
         if text.strip().lower() in ("once", "twice", "thrice"):  # `{{ 'twice' if ... }} weekly`

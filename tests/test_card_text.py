@@ -302,6 +302,8 @@ def test_restated_names_the_rule_setting_first_and_the_others_beside_it() -> Non
 
     hits = restated.find("in the last 24 h", {"lookback": "24h"}, {"scores": {"window": "24h"}})
     assert [(h.setting, h.also) for h in hits] == [("lookback", ("protocol.scores.window",))]
+    hits = restated.find("outside 50-120/min", {"low": 50, "high": 120}, {}, {"low": "/min", "high": "/min"})
+    assert [(h.literal, h.setting, h.also) for h in hits] == [("50-120/min", "low", ("high",))]
     hits = restated.find("above 180 mmHg", {"count": 180, "systolic_limit": 180}, {}, {"systolic_limit": "mm[Hg]"},
                          {}, {"mmHg": "mm[Hg]"})
     assert hits[0].setting == "systolic_limit" and hits[0].also == ("count",)
