@@ -37,7 +37,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 from prometheus_client import multiprocess  # noqa: E402 - must follow the environment variable
 
-worker_class = "protocol_engine.balanced_worker.BalancedThreadWorker"  # gthread, sharing connections evenly
+worker_class = "protocol_engine.runtime.balanced_worker.BalancedThreadWorker"  # gthread, sharing connections evenly
 threads = int(os.environ.get("PROTOCOL_ENGINE_THREADS", "4"))
 keepalive = 30
 timeout = 30

@@ -17,20 +17,20 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from adapters.fhir.allowlist import AllowList
 from adapters.fhir.client import AllowListedClient, ByteBudget, FhirClient, HttpxFhirClient
-from protocol_engine import called_url, metrics
-from protocol_engine.audit import AuditWriter
-from protocol_engine.config import Settings, load_settings
-from protocol_engine.engine import EngineError
-from protocol_engine.errors import BadRequest, PrefetchUnavailable, ProtocolEngineError
-from protocol_engine.feedback import parse_feedback
-from protocol_engine.logs import configure_logging
-from protocol_engine.openapi import openapi_document
-from protocol_engine.outcome import operation_outcome
-from protocol_engine.pipeline import discovery, run
-from protocol_engine.registry import Loaded, Registry
-from protocol_engine.replay import FailOpenReplay
-from protocol_engine.security import AuthError, Verifier, load_clients
-from protocol_engine.store import Store
+from protocol_engine.core.engine import EngineError
+from protocol_engine.core.errors import BadRequest, PrefetchUnavailable, ProtocolEngineError
+from protocol_engine.hooks.pipeline import discovery, run
+from protocol_engine.runtime import called_url, metrics
+from protocol_engine.runtime.audit import AuditWriter
+from protocol_engine.runtime.config import Settings, load_settings
+from protocol_engine.runtime.feedback import parse_feedback
+from protocol_engine.runtime.logs import configure_logging
+from protocol_engine.runtime.openapi import openapi_document
+from protocol_engine.runtime.outcome import operation_outcome
+from protocol_engine.runtime.registry import Loaded, Registry
+from protocol_engine.runtime.replay import FailOpenReplay
+from protocol_engine.runtime.security import AuthError, Verifier, load_clients
+from protocol_engine.runtime.store import Store
 
 log = logging.getLogger("protocol_engine.http")
 STATIC = Path(__file__).resolve().parent / "protocol_engine" / "static"
@@ -264,7 +264,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/rules")
     def rules_catalogue() -> Response:
-        from protocol_engine.catalogue import catalogue
+        from protocol_engine.authoring.catalogue import catalogue
 
         return jsonify(catalogue(_current().ruleset))
 
@@ -274,7 +274,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         (people, not EHRs, read it: CDS client JWTs do not open it)."""
         import hmac
 
-        from protocol_engine.analytics import activity, period
+        from protocol_engine.runtime.analytics import activity, period
 
         if settings.auth == "required":
             if not settings.admin_token:
@@ -297,7 +297,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.get("/rules/<rule_id>")
     def rule_page(rule_id: str) -> Response:
         """The rule's page for clinical reviewers, generated from its files (HTML)."""
-        from protocol_engine import rulepage
+        from protocol_engine.authoring import rulepage
 
         current = registry.current
         found = rulepage.find(current.ruleset, rule_id)
@@ -316,7 +316,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/demo/patients")
     def demo_patients() -> Response:
-        from protocol_engine.samples import sample_index
+        from protocol_engine.authoring.samples import sample_index
 
         return jsonify(sample_index())
 
@@ -324,7 +324,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def demo_request() -> Response:
         """A ready CDS Hooks request for a sample patient and service (synthetic data only)."""
         from adapters.fhir.prefetch import TEMPLATES
-        from protocol_engine.samples import hook_request
+        from protocol_engine.authoring.samples import hook_request
 
         runtimes = registry.current.runtimes
         service_id = request.args.get("service", "")
@@ -340,7 +340,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/demo/patients/<name>")
     def demo_patient(name: str) -> Response:
-        from protocol_engine.samples import sample
+        from protocol_engine.authoring.samples import sample
 
         data = sample(name)
         if data is None:

@@ -73,8 +73,8 @@ def bodies(size: int, count: int, start: int, now: dt.datetime, repeat: bool) ->
 
 def split(size: int, calls: int, warmup: int, repeat: bool) -> dict[str, float]:
     """Median ms per stage; the warm-up calls use other patients than the measured ones."""
-    from protocol_engine.pipeline import run
-    from protocol_engine.registry import load
+    from protocol_engine.hooks.pipeline import run
+    from protocol_engine.runtime.registry import load
 
     loaded = load(ROOT / "rules")
     gc.collect()
@@ -113,8 +113,8 @@ def main() -> None:
     print(json.dumps({"size": args.size, "calls": args.calls, "repeat": args.repeat,
                       **{k: round(v, 3) for k, v in result.items()}}))
     if args.cprofile:
-        from protocol_engine.pipeline import run
-        from protocol_engine.registry import load
+        from protocol_engine.hooks.pipeline import run
+        from protocol_engine.runtime.registry import load
 
         loaded = load(ROOT / "rules")
         now = dt.datetime.now(dt.UTC)

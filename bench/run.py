@@ -121,8 +121,8 @@ Row = tuple[str, int, Callable[[], Any], Callable[[Any], object], int]  # label,
 
 def latency_rows(post: Callable[[str, bytes], int] | None, sizes: list[int], n: int, now: dt.datetime) -> list[Row]:
     """The rows, driven either over HTTP (`post`) or in-process (`post` None)."""
-    from protocol_engine.pipeline import run
-    from protocol_engine.registry import load
+    from protocol_engine.hooks.pipeline import run
+    from protocol_engine.runtime.registry import load
 
     loaded = None if post is not None else load(ROOT / "rules")
     if loaded is not None:

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .config import DEFAULT_RULES
+from .runtime.config import DEFAULT_RULES
 
 if TYPE_CHECKING:
-    from .registry import Loaded
+    from .runtime.registry import Loaded
 
 
 def _paths(paths: tuple[str, ...]) -> list[Path]:
@@ -40,9 +40,9 @@ def serve(bind: str, workers: int, demo: bool) -> None:
     if demo:
         os.environ.setdefault("PROTOCOL_ENGINE_AUTH", "disabled")
         os.environ.setdefault("PROTOCOL_ENGINE_CORS_ORIGINS", "https://sandbox.cds-hooks.org,http://localhost:3000")
-    from .config import load_settings
-    from .ruleset import load_ruleset
-    from .site import load_site
+    from .pack.ruleset import load_ruleset
+    from .pack.site import load_site
+    from .runtime.config import load_settings
 
     settings = load_settings()
     if settings.site is not None:  # check it once here: a bad one would fail every worker with a traceback
@@ -73,7 +73,7 @@ def serve(bind: str, workers: int, demo: bool) -> None:
 @click.option("--per-ip", default=128, show_default=True, help="Connections per client address.")
 def proxy_config(server_name: str, listen: str, upstream: str, cert: str, key: str, per_ip: int) -> None:
     """Print the nginx site (deploy/nginx-protocol-engine.conf) for the production front end."""
-    from .config import load_settings
+    from .runtime.config import load_settings
 
     click.echo(render_proxy_config(server_name=server_name, listen=listen, upstream=upstream, cert=cert, key=key,
                                    per_ip=per_ip, max_body=load_settings().max_body), nl=False)
@@ -99,8 +99,8 @@ def render_proxy_config(*, server_name: str, listen: str, upstream: str, cert: s
               help="Also check a site settings file (default: PROTOCOL_ENGINE_SITE, if set).")
 def validate(paths: tuple[str, ...], no_git: bool, base: str, site_file: str | None) -> None:
     """Check rule files and value sets (and a site settings file); print every problem, compiler style."""
-    from .site import load_site
-    from .validate import validate_paths
+    from .authoring.validate import validate_paths
+    from .pack.site import load_site
 
     ruleset, diags = validate_paths(_paths(paths), None if no_git else base)
     site_file = site_file or os.environ.get("PROTOCOL_ENGINE_SITE")
@@ -129,10 +129,10 @@ def validate(paths: tuple[str, ...], no_git: bool, base: str, site_file: str | N
 @click.option("-v", "--verbose", is_flag=True)
 def test_cmd(paths: tuple[str, ...], only_rule: str | None, verbose: bool) -> None:
     """Run the test cases beside the rules: PASS/FAIL/SKIP per case."""
-    from .pipeline import build_runtime
-    from .ruleset import load_ruleset
-    from .testing import find_test_files, run_file
-    from .validate import rules_root
+    from .authoring.testing import find_test_files, run_file
+    from .authoring.validate import rules_root
+    from .hooks.pipeline import build_runtime
+    from .pack.ruleset import load_ruleset
 
     given = _paths(paths)
     ruleset, diags = load_ruleset(rules_root(given))
@@ -182,10 +182,10 @@ def _card_line(card: dict[str, Any]) -> str:
 def explain(request_file: str, service_id: str | None, now: str | None, rules_dir: str | None,
             site_file: str | None) -> None:
     """Evaluate a CDS Hooks request offline and show why each rule held or not."""
-    from .engine import EngineError
-    from .errors import ProtocolEngineError
-    from .explain import explain_rule, summary_lines
-    from .pipeline import run
+    from .authoring.explain import explain_rule, summary_lines
+    from .core.engine import EngineError
+    from .core.errors import ProtocolEngineError
+    from .hooks.pipeline import run
 
     site_file = site_file or os.environ.get("PROTOCOL_ENGINE_SITE") or None
     loaded = _load_or_exit(rules_dir, site_file)
@@ -227,8 +227,8 @@ def explain(request_file: str, service_id: str | None, now: str | None, rules_di
 @click.option("--rules", "rules_dir", default=None)
 def list_cmd(status: str | None, rules_dir: str | None) -> None:
     """The rule catalogue: id, version, status, category, hooks, title."""
-    from .catalogue import catalogue
-    from .ruleset import load_ruleset
+    from .authoring.catalogue import catalogue
+    from .pack.ruleset import load_ruleset
 
     ruleset, diags = load_ruleset(Path(rules_dir) if rules_dir else _paths(())[0])
     if ruleset is None:
@@ -244,8 +244,8 @@ def list_cmd(status: str | None, rules_dir: str | None) -> None:
 
 def _load_or_exit(rules_dir: str | None, site: str | None) -> Loaded:
     """The rule set (with the site file, if any) the docs and settings commands describe; errors printed, exit 1."""
-    from .errors import RuleSetError
-    from .registry import load
+    from .core.errors import RuleSetError
+    from .runtime.registry import load
 
     try:
         return load(Path(rules_dir) if rules_dir else _paths(())[0], Path(site) if site else None)
@@ -261,7 +261,7 @@ def _load_or_exit(rules_dir: str | None, site: str | None) -> Loaded:
 def docs(rules_dir: str | None, out_dir: str) -> None:
     """A Markdown page per rule for clinical reviewers (plain words, settings, codes, sources, test cases), with the
     values in force under PROTOCOL_ENGINE_SITE's site settings, if set (site values marked, shipped value beside)."""
-    from .rulepage import index_markdown, pages, to_markdown
+    from .authoring.rulepage import index_markdown, pages, to_markdown
 
     loaded = _load_or_exit(rules_dir, os.environ.get("PROTOCOL_ENGINE_SITE"))
     out = Path(out_dir)
@@ -278,7 +278,7 @@ def docs(rules_dir: str | None, out_dir: str) -> None:
 @click.option("--check", is_flag=True, help="Exit 1 if a file is not in canonical form; change nothing.")
 def fmt(paths: tuple[str, ...], check: bool) -> None:
     """Rewrite rule files in one canonical layout (key order, indentation), keeping comments."""
-    from .formatting import format_file
+    from .authoring.fmt import format_file
 
     targets: list[Path] = []
     for p in _paths(paths):
@@ -308,7 +308,7 @@ def fmt(paths: tuple[str, ...], check: bool) -> None:
 @click.option("--pack", default=None, help="Pack directory (default: the only pack under the rules root).")
 def new(rule_id: str, category: str, title: str, pack: str | None) -> None:
     """Scaffold a rule file and its test file."""
-    from .scaffold import scaffold
+    from .authoring.scaffold import scaffold
 
     for path in scaffold(rule_id, category, title, Path(pack) if pack else None, _paths(())[0]):
         click.echo(f"created {path}")
@@ -316,8 +316,8 @@ def new(rule_id: str, category: str, title: str, pack: str | None) -> None:
 
 def report_period(since: str | None, until: str | None, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
     """The same period as the analytics page: dates are whole UTC days, both included."""
-    from .analytics import period
-    from .errors import BadRequest
+    from .core.errors import BadRequest
+    from .runtime.analytics import period
 
     try:
         start, end, _ = period({k: v for k, v in (("since", since), ("until", until)) if v}, now)
@@ -334,8 +334,8 @@ def report_period(since: str | None, until: str | None, now: dt.datetime) -> tup
 @click.option("--database", default=None, help="SQLAlchemy URL (default: PROTOCOL_ENGINE_DATABASE_URL).")
 def report(since: str | None, until: str | None, fmt_: str, database: str | None) -> None:
     """Per rule: how often it fired, was accepted or overridden, and why."""
-    from .config import load_settings
-    from .store import Store
+    from .runtime.config import load_settings
+    from .runtime.store import Store
 
     url = database or load_settings().database_url
     now = dt.datetime.now(dt.UTC)
@@ -371,7 +371,7 @@ def report(since: str | None, until: str | None, fmt_: str, database: str | None
 @click.option("--rules", "rules_dir", default=None)
 def settings_cmd(site_file: str | None, show_all: bool, rules_dir: str | None) -> None:
     """The service defaults a site may change ([D]): where, value, allowed range, source."""
-    from .model import Setting
+    from .core.model import Setting
 
     loaded = _load_or_exit(rules_dir, site_file or os.environ.get("PROTOCOL_ENGINE_SITE"))
     if loaded.ruleset.site:
@@ -431,8 +431,7 @@ def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None,
     """
     import time
 
-    from .errors import RuleSetError
-    from .impact import (
+    from .authoring.impact import (
         ImpactError,
         as_json,
         case_inputs,
@@ -444,7 +443,8 @@ def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None,
         sample_inputs,
         temporary_dir,
     )
-    from .registry import load
+    from .core.errors import RuleSetError
+    from .runtime.registry import load
 
     started = time.perf_counter()
     rules = Path(rules_dir) if rules_dir else _paths(())[0]

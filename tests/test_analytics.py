@@ -15,9 +15,9 @@ import httpx
 import pytest
 from conftest import ADULT, KETAMINE_ORDER, Gunicorn, bp, request_for
 
-from protocol_engine.feedback import parse_feedback
-from protocol_engine.pipeline import run
-from protocol_engine.store import Store
+from protocol_engine.hooks.pipeline import run
+from protocol_engine.runtime.feedback import parse_feedback
+from protocol_engine.runtime.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGN = "ketamine-order-sign"
@@ -231,8 +231,8 @@ def _clients(tmp: Path) -> tuple[Path, Any]:
 def test_report_and_the_analytics_page_read_the_same_dates_the_same_way() -> None:
     import datetime as dt_
 
-    from protocol_engine.analytics import period
     from protocol_engine.cli import report_period
+    from protocol_engine.runtime.analytics import period
 
     now = dt_.datetime(2026, 12, 5, tzinfo=dt_.UTC)
     since, until, _ = period({"since": "2026-11-01", "until": "2026-11-30"}, now)

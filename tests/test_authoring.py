@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import ADULT, KETAMINE_ORDER, ROOT, bp, request_for
 
 from protocol_engine.cli import main
-from protocol_engine.ruleset import load_ruleset
+from protocol_engine.pack.ruleset import load_ruleset
 
 BROKEN = Path(__file__).resolve().parent / "broken_rules"
 
@@ -87,7 +87,7 @@ def test_validate_catches_a_changed_rule_whose_version_was_not_bumped(tmp_path: 
 def test_the_shipped_rules_validate_and_match_the_json_schema() -> None:
     from jsonschema import Draft202012Validator
 
-    from protocol_engine import yamlsource
+    from protocol_engine.pack import yamlsource
 
     result = CliRunner().invoke(main, ["validate", "--no-git", str(ROOT / "rules")])
     assert result.exit_code == 0, result.output

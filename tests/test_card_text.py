@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 from conftest import ADULT, KETAMINE_ORDER, ROOT, bp
 
-from protocol_engine import display, internal, rulepage
-from protocol_engine.loader import INTERNAL
-from protocol_engine.pipeline import build_runtime, run
-from protocol_engine.ruleset import load_ruleset
-from protocol_engine.testing import build_request, find_test_files, run_file
+from protocol_engine.authoring import rulepage
+from protocol_engine.authoring.testing import build_request, find_test_files, run_file
+from protocol_engine.core import display
+from protocol_engine.hooks.pipeline import build_runtime, run
+from protocol_engine.pack import internal
+from protocol_engine.pack.loader import INTERNAL
+from protocol_engine.pack.ruleset import load_ruleset
 
 PACKS = [ROOT / "rules", ROOT / "tests" / "packs"]
 # UCUM spellings people do not write: bracketed atoms (mm[Hg], [IU]/L, [lb_av]) and curly annotations ({score}).
@@ -290,7 +292,7 @@ POST_DOSE = {"course": {"post_dose_check": {"measure": "blood-pressure", "from":
 ])
 def test_restated_literals_are_found_and_named(text: str, settings: dict[str, Any], units: dict[str, str],
                                                literal: str, setting: str, hint: str) -> None:
-    from protocol_engine import restated
+    from protocol_engine.pack import restated
 
     hits = restated.find(text, settings, POST_DOSE, units, {}, {"mmHg": "mm[Hg]"})
     assert [(h.literal, h.setting) for h in hits] == [(literal, setting)], hits
@@ -298,7 +300,7 @@ def test_restated_literals_are_found_and_named(text: str, settings: dict[str, An
 
 
 def test_restated_names_the_rule_setting_first_and_the_others_beside_it() -> None:
-    from protocol_engine import restated
+    from protocol_engine.pack import restated
 
     hits = restated.find("in the last 24 h", {"lookback": "24h"}, {"scores": {"window": "24h"}})
     assert [(h.setting, h.also) for h in hits] == [("lookback", ("protocol.scores.window",))]
@@ -310,7 +312,7 @@ def test_restated_names_the_rule_setting_first_and_the_others_beside_it() -> Non
 
 
 def test_a_pack_value_in_another_unit_is_found_but_not_offered_as_a_template_name() -> None:
-    from protocol_engine import restated
+    from protocol_engine.pack import restated
 
     hits = restated.find("quantitative hCG at or above 25 mIU/mL", {}, {}, {},
                          {"measures.hcg.positive_at": (25, "[IU]/L")}, {"mIU/mL": "m[IU]/mL"})
@@ -328,7 +330,7 @@ def test_a_pack_value_in_another_unit_is_found_but_not_offered_as_a_template_nam
 ])
 def test_restated_leaves_identifiers_and_other_quantities_alone(text: str, settings: dict[str, Any],
                                                                units: dict[str, str]) -> None:
-    from protocol_engine import restated
+    from protocol_engine.pack import restated
 
     assert restated.find(text, settings, {}, units) == []
 

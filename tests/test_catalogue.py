@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from adapters.fhir.prefetch import TEMPLATES
-from protocol_engine.pipeline import run
-from protocol_engine.samples import hook_request, sample_index
+from protocol_engine.authoring.samples import hook_request, sample_index
+from protocol_engine.hooks.pipeline import run
 
 CATALOGUE = (
     [f"CI-{i:02d}" for i in range(1, 26)] + ["CI-08b", "CI-17b", "CI-18b", "CI-18c", "CI-19b"]

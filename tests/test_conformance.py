@@ -16,7 +16,7 @@ from fhir_server import FhirServer
 
 from adapters.fhir.hook_request import CONTEXT
 from adapters.fhir.prefetch import ALLOWED_TOKENS, TEMPLATES
-from protocol_engine.samples import hook_request
+from protocol_engine.authoring.samples import hook_request
 
 SIGN = "/cds-services/ketamine-order-sign"
 HOOK_OF = {"ketamine-order-select": "order-select", "ketamine-order-sign": "order-sign",

@@ -30,7 +30,7 @@ from carebundle import Imperfection, generate_bundle, inject_defects, to_json
 from metamorphic import LOINC, RXNORM, SNOMED, UCUM, anchors
 
 from adapters.fhir.prefetch import TEMPLATES
-from protocol_engine.testing import hook_context
+from protocol_engine.authoring.testing import hook_context
 
 HL7 = Path(__file__).parent / "corpus" / "hl7-r4"
 # In the '-recent' HL7 charts every example is moved to 45 minutes ago, except these.

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from conftest import ADULT, ROOT, request_for
 
 from protocol_engine.cli import main
-from protocol_engine.course import Course, CourseSpec, Dose, Induction
-from protocol_engine.pipeline import run
-from protocol_engine.registry import load
+from protocol_engine.core.course import Course, CourseSpec, Dose, Induction
+from protocol_engine.hooks.pipeline import run
+from protocol_engine.runtime.registry import load
 
 NOW = dt.datetime(2026, 11, 21, 10, tzinfo=dt.UTC)
 ESKETAMINE = "RXNORM#2201625 esketamine"

@@ -170,7 +170,7 @@ def test_a_medication_known_only_by_ingredient_is_identified(client: Any, loaded
 
 def test_product_code_wins_over_text(loaded: Any) -> None:
     """An esketamine product whose free text says 'ketamine' is esketamine (product code first)."""
-    from adapters.fhir.records import Concept
+    from protocol_engine.core.records import Concept
 
     deriver = loaded.runtimes["ketamine-order-sign"].pack.deriver
     spravato = Concept(((RXNORM, "2201625", None),), "ketamine-class nasal spray")
@@ -417,7 +417,7 @@ def test_an_unresolved_chart_medication_is_reported_only_when_it_may_matter(clie
 
 # -- card labels (issue 16 item 4): no bare codes, no invented midnight ---------------------------------------------
 def test_a_code_without_a_display_is_labelled_from_the_value_set_or_its_system(loaded: Any) -> None:
-    from adapters.fhir.records import Concept
+    from protocol_engine.core.records import Concept
 
     index = next(iter(loaded.runtimes.values())).pack.index
     assert index.label(Concept(((RXNORM, "308048", None),))) == "308048 alprazolam 0.5 MG Oral Tablet"
@@ -445,7 +445,7 @@ def test_a_code_without_a_display_is_labelled_from_the_value_set_or_its_system(l
 ])
 def test_a_date_only_time_is_shown_as_the_date(value: Any, latest: Any, shown: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from protocol_engine import display
+    from protocol_engine.core import display
 
     monkeypatch.delenv(display.ZONE_ENV, raising=False)
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)

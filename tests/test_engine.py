@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from protocol_engine.engine import MAX_RULES_PER_SHARD, _shard_cost, plan_shards
+from protocol_engine.core.engine import MAX_RULES_PER_SHARD, _shard_cost, plan_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
@@ -43,10 +43,10 @@ def test_rules_sharing_the_numerous_fact_types_are_kept_together(loaded: Any) ->
 
 def _facts_of_every_rule_case(monkeypatch: Any) -> list[tuple[Any, list[dict[str, Any]]]]:
     """(compiled service, facts) of every vignette beside every rule, captured on their way to the engine."""
-    from protocol_engine import engine
-    from protocol_engine.pipeline import build_runtime
-    from protocol_engine.ruleset import load_ruleset
-    from protocol_engine.testing import find_test_files, run_file
+    from protocol_engine.authoring.testing import find_test_files, run_file
+    from protocol_engine.core import engine
+    from protocol_engine.hooks.pipeline import build_runtime
+    from protocol_engine.pack.ruleset import load_ruleset
 
     captured: list[tuple[Any, list[dict[str, Any]]]] = []
     real = engine.evaluate
@@ -71,7 +71,7 @@ class _Reference:
     def __init__(self, rules: list[Any]) -> None:
         import durable.engine as durable
 
-        from protocol_engine.compiler import compile_rules, fact_types_read
+        from protocol_engine.core.compiler import compile_rules, fact_types_read
 
         class Quiet(durable.Host):  # type: ignore[misc]
             def _run(self) -> None:
@@ -97,7 +97,7 @@ class _Reference:
         self.host.set_rulesets(definitions)
 
     def evaluate(self, facts: list[dict[str, Any]]) -> dict[str, list[list[int]]]:
-        from protocol_engine.engine import _for_engine
+        from protocol_engine.core.engine import _for_engine
 
         self.fired.clear()
         sid = f"ref-{next(_REFERENCES)}"
@@ -117,7 +117,7 @@ class _Reference:
 
 def test_the_direct_engine_driver_fires_what_durables_own_host_fires(monkeypatch: Any) -> None:
     """Every rule case's facts, evaluated by engine.evaluate and by durable's Python Host: the same findings."""
-    from protocol_engine.engine import evaluate
+    from protocol_engine.core.engine import evaluate
 
     cases = _facts_of_every_rule_case(monkeypatch)
     assert len(cases) > 200
@@ -141,9 +141,9 @@ def test_thousands_of_sessions_leave_the_process_alive(tmp_path: Path) -> None:
         import datetime as dt, sys
         sys.path.insert(0, {str(ROOT)!r})
         from bench.generate import request
-        from protocol_engine import engine
-        from protocol_engine.pipeline import run
-        from protocol_engine.registry import load
+        from protocol_engine.core import engine
+        from protocol_engine.hooks.pipeline import run
+        from protocol_engine.runtime.registry import load
         loaded = load(__import__("pathlib").Path({str(RULES)!r}))
         now = dt.datetime.now(dt.UTC)
         seen = []

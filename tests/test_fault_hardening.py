@@ -67,9 +67,9 @@ def test_feedback_for_a_card_still_in_another_workers_batch_is_stored_and_reconc
 
 def test_failed_trace_batches_are_retried_not_dropped(db_url: str) -> None:
     """Probe: a trace batch written during an outage was logged and dropped."""
-    from protocol_engine import audit
-    from protocol_engine.audit import AuditWriter
-    from protocol_engine.store import Store
+    from protocol_engine.runtime import audit
+    from protocol_engine.runtime.audit import AuditWriter
+    from protocol_engine.runtime.store import Store
 
     store = Store(db_url)
     store.migrate()

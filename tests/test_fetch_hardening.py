@@ -129,7 +129,7 @@ def test_a_paging_link_to_a_port_sharing_the_prefix_is_not_followed(
 
 
 def test_with_authentication_each_client_has_its_own_allow_list(tmp_path: Any, loaded: Any) -> None:
-    from protocol_engine.security import load_clients
+    from protocol_engine.runtime.security import load_clients
 
     path = tmp_path / "clients.yaml"
     path.write_text("clients:\n  - iss: https://a.example\n    jwks: {keys: []}\n"
@@ -144,7 +144,7 @@ def test_with_authentication_each_client_has_its_own_allow_list(tmp_path: Any, l
 
 
 def test_demo_start_allows_no_fhir_server_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    from protocol_engine.config import load_settings
+    from protocol_engine.runtime.config import load_settings
 
     monkeypatch.delenv("PROTOCOL_ENGINE_FHIR_SERVERS", raising=False)
     assert load_settings({"auth": "disabled"}).fhir_servers == ()

@@ -17,7 +17,7 @@ import pytest
 from conftest import request_for
 from fhir_server import FhirServer
 
-from protocol_engine.pipeline import Outcome, run
+from protocol_engine.hooks.pipeline import Outcome, run
 
 NOW = dt.datetime(2026, 11, 21, 10, tzinfo=dt.UTC)
 IV = "SNOMED#47625008 Intravenous route"

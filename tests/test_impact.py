@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import ADULT, KETAMINE_ORDER, bp, request_for
 
+from protocol_engine.authoring.testing import find_test_files, run_file
 from protocol_engine.cli import main
-from protocol_engine.registry import load
-from protocol_engine.testing import find_test_files, run_file
+from protocol_engine.runtime.registry import load
 
 # Each comparison loads two rule sets and evaluates ~500 requests twice: minutes on a busy 2-core machine.
 pytestmark = pytest.mark.timeout(1800)
@@ -72,7 +72,7 @@ def _corpus(tmp: Path) -> Path:
 
 def _chart(systolic: int, diastolic: int) -> dict[str, Any]:
     """A chart Bundle (a sample patient, re-dated to NOW) with its BP panel rewritten."""
-    from protocol_engine.samples import sample
+    from protocol_engine.authoring.samples import sample
 
     bundle = sample("severe-hypertension", NOW)
     assert bundle is not None

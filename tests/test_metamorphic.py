@@ -1,6 +1,6 @@
 """Metamorphic tests over every rule case: FHIR rewrites and irrelevant additions that must not change the cards.
 
-Every case of every rules/**/*.test.yaml is built into its CDS Hooks request (protocol_engine/testing.py), answered
+Every case of every rules/**/*.test.yaml is built into its CDS Hooks request (protocol_engine/authoring/testing.py), answered
 in-process, then answered again after each rewrite of tests/metamorphic.py that applies to it; the cards must be the
 same (rule, indicator, evidence mapped back). A failure prints the case, the rewrite and the card difference.
 
@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from metamorphic import BY_NAME, REWRITES, Rewritten, card_keys, describe, difference
 
-from protocol_engine.pipeline import ServiceRuntime, build_runtime, run
-from protocol_engine.ruleset import RuleSet, load_ruleset
-from protocol_engine.testing import PreparedCase, find_test_files, prepare_file
+from protocol_engine.authoring.testing import PreparedCase, find_test_files, prepare_file
+from protocol_engine.hooks.pipeline import ServiceRuntime, build_runtime, run
+from protocol_engine.pack.ruleset import RuleSet, load_ruleset
 
 ROOT = Path(__file__).resolve().parent.parent
 XFAIL_FILE = Path(__file__).with_name("metamorphic_xfail.json")

@@ -216,7 +216,7 @@ def _mutated(pack: Path, count: int, seed: int, restored: Callable[[], Any] | No
 
 
 def test_mutated_rule_files_never_crash_validate(tmp_path: Path) -> None:
-    from protocol_engine.ruleset import load_ruleset
+    from protocol_engine.pack.ruleset import load_ruleset
 
     pack = tmp_path / "rules" / "ketamine"
     shutil.copytree(ROOT / "rules" / "ketamine", pack)
@@ -264,7 +264,7 @@ def test_mutated_rule_files_never_take_a_running_service_down(tmp_path: Path, lo
 
 @pytest.mark.slow
 def test_soak_with_feedback_and_a_worker_killed_under_load(tmp_path: Path, loaded: Any) -> None:
-    from protocol_engine.store import Feedback, Store
+    from protocol_engine.runtime.store import Feedback, Store
 
     server = Gunicorn(tmp_path).start()
     base = server.base

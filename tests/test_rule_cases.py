@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from protocol_engine.pipeline import build_runtime
-from protocol_engine.ruleset import load_ruleset
-from protocol_engine.testing import find_test_files, run_file
+from protocol_engine.authoring.testing import find_test_files, run_file
+from protocol_engine.hooks.pipeline import build_runtime
+from protocol_engine.pack.ruleset import load_ruleset
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK_ROOTS = [ROOT / "rules", ROOT / "tests" / "packs"]

@@ -261,7 +261,7 @@ def test_demo_mode_is_explicit_and_loud(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 def test_sandbox_client_file_trusts_the_public_sandbox_key() -> None:
-    from protocol_engine.security import load_clients
+    from protocol_engine.runtime.security import load_clients
 
     root = Path(__file__).resolve().parent.parent
     clients = load_clients(root / "examples" / "clients.sandbox.yaml")
@@ -428,7 +428,7 @@ def test_expired_replay_rows_are_purged_whatever_the_second(tmp_path: Path) -> N
 
     from sqlalchemy import func, select
 
-    from protocol_engine.store import SeenToken, Store
+    from protocol_engine.runtime.store import SeenToken, Store
 
     store = Store(f"sqlite:///{tmp_path}/purge.db")
     store.migrate()
@@ -447,7 +447,7 @@ def test_migration_0002_keeps_refusing_tokens_seen_before_the_upgrade(db_url: st
 
     from sqlalchemy import text
 
-    from protocol_engine.store import Store
+    from protocol_engine.runtime.store import Store
 
     store = Store(db_url)
     store.migrate("0001")

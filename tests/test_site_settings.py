@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from protocol_engine.ruleset import load_ruleset
+from protocol_engine.pack.ruleset import load_ruleset
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = Path("/work/shared/clinical/ketamine-protocol.md")
@@ -40,7 +40,7 @@ def test_fixed_settings_keep_their_provenance_and_are_not_adjustable() -> None:
     assert not specs["systolic_limit"].adjustable and specs["systolic_limit"].unit == "mm[Hg]"
     assert "Ketamine Swiss product information" in specs["systolic_limit"].source
     assert ci05.settings == {"lookback": "24h", "systolic_limit": 180, "diastolic_limit": 100}
-    from protocol_engine.catalogue import catalogue
+    from protocol_engine.authoring.catalogue import catalogue
 
     entry = next(r for r in catalogue(ruleset)["rules"] if r["id"] == "CI-05")
     assert entry["setting_specs"][0] == {"name": "lookback", "value": "24h", "adjustable": True, "min": "1h",
@@ -60,9 +60,9 @@ from click.testing import CliRunner  # noqa: E402
 from conftest import ADULT, KETAMINE_ORDER, bp, request_for  # noqa: E402
 
 from protocol_engine.cli import main  # noqa: E402
-from protocol_engine.pipeline import run  # noqa: E402
-from protocol_engine.registry import Registry, load  # noqa: E402
-from protocol_engine.site import load_site  # noqa: E402
+from protocol_engine.hooks.pipeline import run  # noqa: E402
+from protocol_engine.pack.site import load_site  # noqa: E402
+from protocol_engine.runtime.registry import Registry, load  # noqa: E402
 
 NOW = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 GOOD = """\
@@ -206,7 +206,7 @@ def _touch(path: Path) -> None:
 
 
 def test_a_service_refuses_to_start_on_a_bad_site_file(tmp_path: Path) -> None:
-    from protocol_engine.errors import RuleSetError
+    from protocol_engine.core.errors import RuleSetError
     from server import create_app
 
     path = _site(tmp_path, "rules:\n  CI-05:\n    lookback: forever\n")
@@ -280,7 +280,7 @@ def test_rule_pages_show_the_site_value_in_force_with_the_shipped_value_beside_i
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from protocol_engine import rulepage
+    from protocol_engine.authoring import rulepage
     from protocol_engine.cli import main
 
     site = _site(tmp_path, GOOD)

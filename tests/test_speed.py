@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from protocol_engine import valuesets
-from protocol_engine.valuesets import SYSTEMS, ValueSet, ValueSetIndex
+from protocol_engine.core import valuesets
+from protocol_engine.core.valuesets import SYSTEMS, ValueSet, ValueSetIndex
 
 
 def _uncached(index: ValueSetIndex, system: str, code: str) -> set[str]:
@@ -230,7 +230,7 @@ def test_a_rule_reload_forgets_every_validated_element(tmp_path: Any) -> None:
     from fhir.resources.R4B.observation import Observation
 
     from adapters.fhir import validation
-    from protocol_engine.registry import Registry
+    from protocol_engine.runtime.registry import Registry
 
     rules = tmp_path / "rules"
     shutil.copytree(Path(__file__).resolve().parent.parent / "rules", rules)

@@ -188,7 +188,7 @@ def test_acknowledged_feedback_survives_a_hard_kill(db_url: str, loaded: Any, tm
     assert len(acknowledged) >= 50
     server.start()
     try:
-        from protocol_engine.store import Feedback, Store
+        from protocol_engine.runtime.store import Feedback, Store
 
         store = Store(db_url)
         with store.session() as s:
@@ -203,7 +203,7 @@ def test_acknowledged_feedback_survives_a_hard_kill(db_url: str, loaded: Any, tm
 
 def test_workers_booting_together_on_a_fresh_sqlite_file_all_migrate(tmp_path: Path) -> None:
     """Regression: two gunicorn workers raced to create alembic_version and one failed to boot."""
-    from protocol_engine.store import Store
+    from protocol_engine.runtime.store import Store
 
     url = f"sqlite:///{tmp_path}/fresh.db"
     errors: list[BaseException] = []
@@ -226,8 +226,8 @@ def test_workers_booting_together_on_a_fresh_sqlite_file_all_migrate(tmp_path: P
 
 
 def test_traces_queued_together_are_written_in_one_batch_and_a_bad_one_loses_no_other(db_url: str) -> None:
-    from protocol_engine.audit import AuditWriter
-    from protocol_engine.store import Store
+    from protocol_engine.runtime.audit import AuditWriter
+    from protocol_engine.runtime.store import Store
 
     store = Store(db_url)
     store.migrate()
@@ -300,8 +300,8 @@ def test_feedback_for_a_card_never_on_record_is_deleted_after_the_wait(store_app
     feedback joined to a card on record stays as long as the card does."""
     from sqlalchemy import select
 
-    from protocol_engine.feedback import parse_feedback
-    from protocol_engine.store import Feedback
+    from protocol_engine.runtime.feedback import parse_feedback
+    from protocol_engine.runtime.store import Feedback
 
     cards = _sign(store_app, loaded)
     store = store_app.extensions["protocol_engine"]["store"]

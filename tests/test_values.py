@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 
 from adapters.fhir.dates import bounds, whole_years
-from protocol_engine import units
-from protocol_engine.pipeline import ServiceRuntime, build_runtime, run
-from protocol_engine.ranges import _straddles
-from protocol_engine.ruleset import RuleSet, load_ruleset
-from protocol_engine.templates import Span, environment
-from protocol_engine.testing import build_request, when
-from protocol_engine.valuesets import SYSTEMS, canonical_system
-from protocol_engine.yamlsource import load, plain
+from protocol_engine.authoring.testing import build_request, when
+from protocol_engine.core import units
+from protocol_engine.core.ranges import _straddles
+from protocol_engine.core.templates import Span, environment
+from protocol_engine.core.valuesets import SYSTEMS, canonical_system
+from protocol_engine.hooks.pipeline import ServiceRuntime, build_runtime, run
+from protocol_engine.pack.ruleset import RuleSet, load_ruleset
+from protocol_engine.pack.yamlsource import load, plain
 
 ROOT = Path(__file__).resolve().parent.parent
 UTC = dt.UTC
@@ -124,7 +124,7 @@ def test_oid_and_who_codes_find_the_same_value_sets() -> None:
     ("blood-pressure", "kPa", 16, 120.01),
 ])
 def test_measure_units_convert(measure: str, unit: str, value: float, expected: float) -> None:
-    from adapters.fhir.records import Quantity
+    from protocol_engine.core.records import Quantity
 
     ruleset, _ = _loaded()
     deriver = ruleset.packs[0].deriver
@@ -135,7 +135,7 @@ def test_measure_units_convert(measure: str, unit: str, value: float, expected: 
 @pytest.mark.parametrize(("unit", "problem"), [("mIU/dose", "not convertible"), (None, "unit missing"),
                                                 ("mg", "not convertible")])
 def test_unknown_units_are_not_guessed(unit: str | None, problem: str) -> None:
-    from adapters.fhir.records import Quantity
+    from protocol_engine.core.records import Quantity
 
     ruleset, _ = _loaded()
     deriver = ruleset.packs[0].deriver
@@ -145,7 +145,7 @@ def test_unknown_units_are_not_guessed(unit: str | None, problem: str) -> None:
 
 def test_hcg_spellings_reach_the_quantitative_threshold() -> None:
     """30 mIU/mL is 30 IU/L: positive at the 25 IU/L threshold whatever the spelling."""
-    from adapters.fhir.records import Quantity
+    from protocol_engine.core.records import Quantity
 
     ruleset, _ = _loaded()
     deriver = ruleset.packs[0].deriver

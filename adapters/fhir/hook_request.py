@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol_engine.errors import BadRequest
+from protocol_engine.core.errors import BadRequest
 
 _REF = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 _USER_TYPES = {

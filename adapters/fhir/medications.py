@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .records import Concept
+from protocol_engine.core.records import Concept
 
 _HISTORY = re.compile(r"/_history/[^/]+$")
 _RELATIVE = re.compile(r"^Medication/[A-Za-z0-9\-.]{1,64}$")

@@ -23,12 +23,7 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.quantity import Quantity as Quantity_model
 from pydantic import ValidationError
 
-from protocol_engine.valuesets import canonical_system
-
-from . import identity, validation
-from .dates import bounds
-from .medications import MedicationIndex, Resolution
-from .records import (
+from protocol_engine.core.records import (
     AdministrationRecord,
     AllergyRecord,
     AppointmentRecord,
@@ -44,6 +39,11 @@ from .records import (
     PatientRecord,
     Quantity,
 )
+from protocol_engine.core.valuesets import canonical_system
+
+from . import identity, validation
+from .dates import bounds
+from .medications import MedicationIndex, Resolution
 
 UCUM = "http://unitsofmeasure.org"
 MODELS: dict[str, Any] = {

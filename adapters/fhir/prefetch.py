@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urljoin
 
-from protocol_engine.errors import PrefetchUnavailable
+from protocol_engine.core.errors import PrefetchUnavailable
 
 from . import allowlist
 from .client import FetchError, FhirClient

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from protocol_engine.store import Base
+from protocol_engine.runtime.store import Base
 
 connection = context.config.attributes.get("connection")
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)

@@ -18,7 +18,7 @@ from .model import Citation, Finding, Rule
 from .templates import NOW_KEY, UNITS_KEY, environment
 
 if TYPE_CHECKING:
-    from .site import Site
+    from ..pack.site import Site
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import display, yamlsource
-from .durations import parse_hours
-from .model import Citation, Rule
-from .pipeline import ServiceRuntime
-from .ruleset import RULE_SUFFIX, TEST_SUFFIX, Pack, RuleSet
+from ..core import display
+from ..core.durations import parse_hours
+from ..core.model import Citation, Rule
+from ..hooks.pipeline import ServiceRuntime
+from ..pack import yamlsource
+from ..pack.ruleset import RULE_SUFFIX, TEST_SUFFIX, Pack, RuleSet
 from .testing import run_file
 
 SAFETY = ("This page supports clinical review; it does not replace clinical judgement. The deploying organisation "

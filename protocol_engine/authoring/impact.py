@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import settingspec, yamlsource
-from .engine import EngineError
-from .errors import ProtocolEngineError
-from .model import HOOKS, Rule
-from .pipeline import ServiceRuntime, run
-from .registry import Loaded
-from .ruleset import Pack
+from ..core.engine import EngineError
+from ..core.errors import ProtocolEngineError
+from ..core.model import HOOKS, Rule
+from ..hooks.pipeline import ServiceRuntime, run
+from ..pack import settingspec, yamlsource
+from ..pack.ruleset import Pack
+from ..runtime.registry import Loaded
 from .testing import CASE_KEYS, build_request, find_test_files, when
 
 RequestFor = Callable[[Loaded], tuple[str, dict[str, Any]] | None]

@@ -15,7 +15,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError
 
-from .errors import Diagnostic
+from ..core.errors import Diagnostic
 
 
 class _Constructor(RoundTripConstructor):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from . import yamlsource
-from .errors import Diagnostic
-from .ruleset import RULE_SUFFIX, TEST_SUFFIX, RuleSet, load_ruleset, pack_roots
+from ..core.errors import Diagnostic
+from ..pack import yamlsource
+from ..pack.ruleset import RULE_SUFFIX, TEST_SUFFIX, RuleSet, load_ruleset, pack_roots
 
 
 def rules_root(paths: list[Path]) -> Path:

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.fhir.dates import whole_years
-from adapters.fhir.records import (
+
+from ..pack.protocol import Measure, Protocol
+from . import display, units
+from .anchors import Anchor
+from .course import Course, Dose
+from .durations import parse_hours
+from .model import Fact, Rule
+from .records import (
     Chart,
     Concept,
     DataIssue,
@@ -24,13 +31,6 @@ from adapters.fhir.records import (
     OrderIssue,
     Quantity,
 )
-
-from . import display, units
-from .anchors import Anchor
-from .course import Course, Dose
-from .durations import parse_hours
-from .model import Fact, Rule
-from .protocol import Measure, Protocol
 from .valuesets import ValueSetIndex
 
 _H = 3600.0

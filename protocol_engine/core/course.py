@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import yamlsource
+from ..pack import yamlsource
 from .durations import parse_hours
 from .errors import Diagnostic
 

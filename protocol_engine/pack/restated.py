@@ -24,9 +24,9 @@ from typing import Any
 from jinja2 import nodes
 from jinja2.exceptions import TemplateSyntaxError
 
-from . import units as ucum
-from .durations import parse_hours
-from .templates import environment
+from ..core import units as ucum
+from ..core.durations import parse_hours
+from ..core.templates import environment
 
 _TIME_UNITS = {"minute": 1 / 60, "minutes": 1 / 60, "min": 1 / 60, "mins": 1 / 60, "m": 1 / 60,
                "hour": 1.0, "hours": 1.0, "h": 1.0, "hr": 1.0, "hrs": 1.0,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from adapters.fhir import validation
 
+from ..core.errors import Diagnostic, RuleSetError
+from ..hooks.pipeline import ServiceRuntime, build_runtime
+from ..pack.ruleset import RuleSet, load_ruleset
+from ..pack.site import Site, load_site, tenant_sites
 from . import metrics
-from .errors import Diagnostic, RuleSetError
-from .pipeline import ServiceRuntime, build_runtime
-from .ruleset import RuleSet, load_ruleset
-from .site import Site, load_site, tenant_sites
 
 log = logging.getLogger("protocol_engine.rules")
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import settingspec, units, yamlsource
-from .errors import Diagnostic
+from ..core import units
+from ..core.errors import Diagnostic
+from ..core.model import Setting
+from . import settingspec, yamlsource
 from .loader import did_you_mean
-from .model import Setting
 from .ruleset import RuleSet
 
 TOP_KEYS = ("site", "rules", "protocols")

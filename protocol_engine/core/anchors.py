@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapters.fhir import identity, normalise
-from adapters.fhir.records import Chart, DataIssue
 
-from .protocol import Service
+from ..pack.protocol import Service
+from .records import Chart, DataIssue
 
 if TYPE_CHECKING:
-    from .ruleset import Pack
+    from ..pack.ruleset import Pack
 
 
 def _time(t: dt.datetime) -> str:

@@ -27,7 +27,7 @@ import httpx
 import jwt
 from jwt import PyJWK
 
-from . import yamlsource
+from ..pack import yamlsource
 
 log = logging.getLogger("protocol_engine.auth")
 

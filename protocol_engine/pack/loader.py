@@ -13,13 +13,11 @@ from typing import Any
 from jinja2 import meta, nodes
 from jinja2.exceptions import TemplateError, TemplateSyntaxError
 
-from . import display, restated, settingspec, yamlsource
-from .durations import parse_hours
-from .errors import Diagnostic
-from .facts import FACTS
-from .internal import INTERNAL  # noqa: F401  (re-exported: tests read clinician text with it)
-from .internal import pattern as internal_pattern
-from .model import (
+from ..core import display
+from ..core.durations import parse_hours
+from ..core.errors import Diagnostic
+from ..core.facts import FACTS
+from ..core.model import (
     CATEGORIES,
     HOOKS,
     INDICATORS,
@@ -36,8 +34,11 @@ from .model import (
     Suggestion,
     Variant,
 )
+from ..core.templates import TEMPLATE_GLOBALS, UNITS_KEY, environment
+from . import restated, settingspec, yamlsource
+from .internal import INTERNAL  # noqa: F401  (re-exported: tests read clinician text with it)
+from .internal import pattern as internal_pattern
 from .protocol import Protocol
-from .templates import TEMPLATE_GLOBALS, UNITS_KEY, environment
 
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 PLAIN_KEYS = ("when", "then")

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from .errors import BadRequest
+from ..core.errors import BadRequest
 
 OUTCOMES = ("accepted", "overridden")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ruamel.yaml.comments import CommentedMap
 
-from . import yamlsource
+from ..pack import yamlsource
 
 ORDER = ("rule", "version", "status", "effective", "category", "title", "hooks", "drugs", "plain", "settings",
          "suppressed_by", "when", "card", "citation", "notes")

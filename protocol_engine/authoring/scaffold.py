@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .model import CATEGORIES
-from .ruleset import pack_roots
+from ..core.model import CATEGORIES
+from ..pack.ruleset import pack_roots
 
 RULE = """rule: {rule_id}
 version: 0.1.0
@@ -60,7 +60,7 @@ def scaffold(rule_id: str, category: str, title: str, pack: Path | None, root: P
         if len(packs) != 1:
             raise SystemExit("several packs; choose one with --pack")
         pack = packs[0]
-    from .protocol import load_protocol
+    from ..pack.protocol import load_protocol
 
     protocol, _ = load_protocol(pack / "protocol.yaml")
     measure = next(iter(protocol.measures)) if protocol and protocol.measures else "measure-name"

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import yamlsource
-from .durations import parse_hours
-from .errors import Diagnostic
-from .pipeline import Outcome, ServiceRuntime, run
-from .ruleset import RULE_SUFFIX, TEST_SUFFIX, RuleSet
-from .valuesets import parse_code
+from ..core.durations import parse_hours
+from ..core.errors import Diagnostic
+from ..core.valuesets import parse_code
+from ..hooks.pipeline import Outcome, ServiceRuntime, run
+from ..pack import yamlsource
+from ..pack.ruleset import RULE_SUFFIX, TEST_SUFFIX, RuleSet
 
 UCUM = "http://unitsofmeasure.org"
 CASE_KEYS = {"name", "given", "expect", "hook", "patient", "order", "todo", "now", "orders", "selections",

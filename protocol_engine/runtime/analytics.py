@@ -8,8 +8,8 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import BadRequest
-from .ruleset import RuleSet
+from ..core.errors import BadRequest
+from ..pack.ruleset import RuleSet
 from .store import Store
 
 BUCKETS = ("day", "week")

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..core.course import CourseSpec, parse_course
+from ..core.durations import parse_hours
+from ..core.errors import Diagnostic
+from ..core.model import Setting
 from . import settingspec, yamlsource
-from .course import CourseSpec, parse_course
-from .durations import parse_hours
-from .errors import Diagnostic
 from .internal import pattern as internal_pattern
-from .model import Setting
 
 MEASURE_KINDS = ("quantity", "pair", "presence", "score")
 
@@ -264,7 +264,7 @@ DEFAULTABLE = ("drugs", "hooks")  # what a pack may declare once for every rule 
 
 
 def _check_defaults(data: Any, protocol: Protocol, where: str) -> list[Diagnostic]:
-    from .model import HOOKS  # model imports nothing from here; local import keeps the module order free
+    from ..core.model import HOOKS  # model imports nothing from here; local import keeps the module order free
 
     node = data.get("defaults")
     if node is None:

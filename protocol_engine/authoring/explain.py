@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .compiler import drug_scope
-from .model import Fact, FieldTest, Pattern, Rule
+from ..core.compiler import drug_scope
+from ..core.model import Fact, FieldTest, Pattern, Rule
 
 _SYMBOL = {"eq": "=", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in", "not_in": "not in"}
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-FOLDER = Path(__file__).resolve().parent / "samples"
+FOLDER = Path(__file__).resolve().parent.parent / "samples"
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)$")
 TIME_KEYS = {"effectiveDateTime", "authoredOn", "onsetDateTime", "issued", "recordedDate"}
 

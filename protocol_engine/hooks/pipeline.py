@@ -9,18 +9,18 @@ from typing import Any
 
 from adapters.fhir import hook_request, normalise, prefetch
 from adapters.fhir.client import FhirClient
-from adapters.fhir.records import DataIssue
 
-from . import anchors, engine, ranges
-from . import cards as card_renderer
-from .anchors import Anchor
-from .errors import RuleSetError, UnknownService
-from .facts import SOURCES
-from .model import Finding, Rule
-from .protocol import Service
-from .ruleset import Pack, RuleSet
-from .site import Site
-from .valuesets import SYSTEMS
+from ..core import anchors, engine, ranges
+from ..core import cards as card_renderer
+from ..core.anchors import Anchor
+from ..core.errors import RuleSetError, UnknownService
+from ..core.facts import SOURCES
+from ..core.model import Finding, Rule
+from ..core.records import DataIssue
+from ..core.valuesets import SYSTEMS
+from ..pack.protocol import Service
+from ..pack.ruleset import Pack, RuleSet
+from ..pack.site import Site
 
 ORDER_HOOKS = ("order-select", "order-sign")
 
@@ -70,7 +70,7 @@ def build_runtime(ruleset: RuleSet) -> dict[str, ServiceRuntime]:
         for key, template in templates.items():
             problems = prefetch.template_problems(template, tokens)
             if problems:
-                from .errors import Diagnostic
+                from ..core.errors import Diagnostic
 
                 raise RuleSetError([Diagnostic(pack.protocol.path, 1, 1, "bad-prefetch-template",
                                                f"{service_id} prefetch '{key}': {'; '.join(problems)}")])

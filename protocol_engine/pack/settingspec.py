@@ -15,10 +15,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..core.durations import parse_hours
+from ..core.errors import Diagnostic
+from ..core.model import Location, Setting
 from . import yamlsource
-from .durations import parse_hours
-from .errors import Diagnostic
-from .model import Location, Setting
 
 SETTING_KEYS = ("value", "unit", "default", "min", "max", "choices", "source")
 

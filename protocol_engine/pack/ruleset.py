@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core.derive import Deriver
+from ..core.errors import Diagnostic
+from ..core.model import HOOKS, Rule
+from ..core.valuesets import ValueSet, ValueSetIndex, parse_code
 from . import yamlsource
-from .derive import Deriver
-from .errors import Diagnostic
 from .loader import did_you_mean, parse_rule
-from .model import HOOKS, Rule
 from .protocol import Protocol, Service, load_protocol
-from .valuesets import ValueSet, ValueSetIndex, parse_code
 
 if TYPE_CHECKING:
     from .site import Site
@@ -66,7 +66,7 @@ def load_valueset(path: Path) -> tuple[ValueSet | None, list[Diagnostic]]:
                 diags.append(Diagnostic(where, *yamlsource.value_pos(items, i), "bad-code",
                                         f"'{item}' is not SYSTEM#code (LOINC, SNOMED, ICD10, RXNORM, ROUTE, or a URL)"))
                 continue
-            from .valuesets import normalise_code
+            from ..core.valuesets import normalise_code
 
             system, code, shown = parsed
             star = code.endswith("*")

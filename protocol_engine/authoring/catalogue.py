@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ruleset import RuleSet
+from ..pack.ruleset import RuleSet
 
 
 def catalogue(ruleset: RuleSet) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules"
+DEFAULT_RULES = Path(__file__).resolve().parent.parent.parent / "rules"
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
             if name == "public_url" and value:
                 value = str(value).rstrip("/")
             values[name] = value
-    from .display import ZONE_ENV, zone_problem
+    from ..core.display import ZONE_ENV, zone_problem
 
     problem = zone_problem(env.get(ZONE_ENV, "").strip() or "UTC")
     if problem:  # cards would show times in a zone nobody asked for: refuse to start
