@@ -1,3 +1,35 @@
-"""protocol-engine: declarative clinical-protocol rules served over CDS Hooks."""
+"""protocol-engine: declarative clinical-protocol rules served over CDS Hooks.
+
+Module map, by audience (each folder's modules start with a one-line docstring saying their one job):
+
+  core/       the pure per-request evaluation: typed records in, findings and cards out. No network, no
+              database, no process state, no FHIR JSON.
+              records (the typed chart the FHIR adapter fills), model (rules, findings), facts (the fact
+              catalogue), anchors (what a call evaluates against), derive (chart -> facts), course (dose
+              segmentation), compiler + engine (durable_rules), ranges (imprecise values), cards + templates
+              (card rendering), valuesets, units, durations, display, errors.
+  pack/       rule files -> a loaded pack: yamlsource (YAML with positions), loader (rule files), protocol
+              (protocol.yaml) + course_spec, settingspec + site (settings and site overlays), restated, ruleset (every pack
+              of a rules directory).
+  hooks/      one CDS Hooks call without HTTP: pipeline (compiled services, discovery, request -> prefetch ->
+              chart -> facts -> findings -> cards), sessions (the proposed sessions of appointment-book).
+  authoring/  tools for rule authors: testing (the rule-case runner), validate (repository conventions), fmt,
+              scaffold, explain, catalogue, rulepage, impact, samples (sample patients for the page and impact).
+  runtime/    the service process: config, registry (reloads), security (JWT) + replay, store + audit +
+              feedback + analytics (database), metrics, logs, openapi, outcome, balanced_worker (gunicorn).
+  cli.py      the `protocol-engine` command.
+
+Outside this package: adapters/fhir/ reads FHIR R4 (hook request parsing, prefetch and fetch, FHIR JSON -> core
+records); server.py is the Flask app (the only HTTP code).
+
+Import rule (checked by tests/test_layout.py): a layer imports only the layers before it.
+
+  core  <-  adapters.fhir  <-  pack  <-  hooks  <-  authoring, runtime  <-  cli.py, server.py
+
+- core imports no other project module; it may name pack types for type checking only (`if TYPE_CHECKING`).
+  It never imports flask, sqlalchemy, alembic, httpx, jwt, prometheus_client, gunicorn or fhir.resources.
+- adapters.fhir imports only core (its records and errors): no package cycle.
+- pack imports core; hooks imports core, pack and adapters.fhir; authoring and runtime never import each other.
+"""
 
 __version__ = "0.1.0"

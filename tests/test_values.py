@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from adapters.fhir.dates import bounds, whole_years
+from adapters.fhir.dates import bounds
 from protocol_engine.authoring.testing import build_request, when
 from protocol_engine.core import units
+from protocol_engine.core.durations import whole_years
 from protocol_engine.core.ranges import _straddles
 from protocol_engine.core.templates import Span, environment
 from protocol_engine.core.valuesets import SYSTEMS, canonical_system

@@ -56,8 +56,3 @@ def _days(year: int, m1: int, d1: int, m2: int, d2: int) -> tuple[dt.datetime, d
     start = dt.datetime(year, m1, d1, tzinfo=dt.UTC)
     end = dt.datetime(year, m2, d2, tzinfo=dt.UTC) + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
     return start, end
-
-
-def whole_years(birth: dt.date, on: dt.date) -> int:
-    """G13: completed years of age on a day."""
-    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.engine import EngineError
 from ..core.errors import ProtocolEngineError
@@ -26,10 +26,12 @@ from ..core.model import HOOKS, Rule
 from ..hooks.pipeline import ServiceRuntime, run
 from ..pack import settingspec, yamlsource
 from ..pack.ruleset import Pack
-from ..runtime.registry import Loaded
 from .testing import CASE_KEYS, build_request, find_test_files, when
 
-RequestFor = Callable[[Loaded], tuple[str, dict[str, Any]] | None]
+if TYPE_CHECKING:  # the registry's loaded rule set, named for type checking only (authoring never imports runtime)
+    from ..runtime.registry import Loaded
+
+RequestFor = Callable[["Loaded"], tuple[str, dict[str, Any]] | None]
 
 
 class ImpactError(Exception):

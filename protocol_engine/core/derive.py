@@ -11,15 +11,12 @@ import datetime as dt
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from adapters.fhir.dates import whole_years
-
-from ..pack.protocol import Measure, Protocol
 from . import display, units
 from .anchors import Anchor
 from .course import Course, Dose
-from .durations import parse_hours
+from .durations import parse_hours, whole_years
 from .model import Fact, Rule
 from .records import (
     Chart,
@@ -32,6 +29,9 @@ from .records import (
     Quantity,
 )
 from .valuesets import ValueSetIndex
+
+if TYPE_CHECKING:  # the pack's typed declarations; derive reads them, the pack layer builds them
+    from ..pack.protocol import Measure, Protocol
 
 _H = 3600.0
 

@@ -1,7 +1,8 @@
-"""Time windows as rule files write them (`30m`, `24h`, `14d`, `2w`, `1y`), in hours."""
+"""Time windows as rule files write them (`30m`, `24h`, `14d`, `2w`, `1y`), in hours; whole years of age."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 _UNITS_H = {"m": 1 / 60, "h": 1.0, "d": 24.0, "w": 168.0, "y": 8766.0}
@@ -20,3 +21,8 @@ def parse_hours(text: object) -> float | None:
 
 def is_duration(text: object) -> bool:
     return parse_hours(text) is not None
+
+
+def whole_years(birth: dt.date, on: dt.date) -> int:
+    """G13: completed years of age on a day."""
+    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))

@@ -21,6 +21,7 @@ from ..core.valuesets import SYSTEMS
 from ..pack.protocol import Service
 from ..pack.ruleset import Pack, RuleSet
 from ..pack.site import Site
+from .sessions import proposed_sessions
 
 ORDER_HOOKS = ("order-select", "order-sign")
 
@@ -125,8 +126,8 @@ def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, bod
     unrecognised: list[DataIssue] = []
     sessions: list[Anchor] = []
     if service.anchor == "appointment":
-        sessions = anchors.sessions(service, pack, request.context.get("appointments"), booking_issues,
-                                    request.patient_id, booking_foreign, unrecognised)
+        sessions = proposed_sessions(service, pack, request.context.get("appointments"), booking_issues,
+                                     request.patient_id, booking_foreign, unrecognised)
         if not sessions and not booking_issues and not booking_foreign and not unrecognised:
             timings["total_ms"] = _ms(t0)
             trace["skipped"] = "no proposed appointment is a session of this protocol"

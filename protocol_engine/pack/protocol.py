@@ -8,11 +8,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.course import CourseSpec, parse_course
+from ..core.course import CourseSpec
 from ..core.durations import parse_hours
 from ..core.errors import Diagnostic
 from ..core.model import Setting
 from . import settingspec, yamlsource
+from .course_spec import parse_course
 from .internal import pattern as internal_pattern
 
 MEASURE_KINDS = ("quantity", "pair", "presence", "score")

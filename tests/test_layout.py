@@ -1,0 +1,126 @@
+"""The import rule written at the top of protocol_engine/__init__.py, checked on the source (ast, nothing imported).
+
+A layer imports only the layers before it: core <- adapters.fhir <- pack <- hooks <- authoring, runtime <- cli,
+server. Imports inside `if TYPE_CHECKING:` create no import-time dependency and may name any project type, but
+core never imports HTTP, storage, the FHIR client or FHIR JSON models, not even for type checking.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Which project layers each layer may import at run time.
+ALLOWED: dict[str, set[str]] = {
+    "core": {"core"},
+    "adapters": {"adapters", "core"},
+    "pack": {"pack", "core"},
+    "hooks": {"hooks", "pack", "adapters", "core"},
+    "authoring": {"authoring", "hooks", "pack", "adapters", "core"},
+    "runtime": {"runtime", "hooks", "pack", "adapters", "core"},
+    "top": {"top", "runtime", "authoring", "hooks", "pack", "adapters", "core"},
+}
+# Third-party packages the pure core must never import: HTTP, storage, the FHIR client, process state, FHIR JSON.
+CORE_FORBIDDEN = {"flask", "flask_cors", "werkzeug", "sqlalchemy", "alembic", "httpx", "jwt", "prometheus_client",
+                  "gunicorn", "fhir", "fhir_core", "pydantic", "click"}
+LAYERS = ("core", "pack", "hooks", "authoring", "runtime")
+
+
+def layer_of(module: str) -> str | None:
+    """The layer of a dotted project module name; None for the standard library and third-party packages."""
+    parts = module.split(".")
+    if parts[0] == "adapters":
+        return "adapters"
+    if parts[0] == "server":
+        return "top"
+    if parts[0] != "protocol_engine":
+        return None
+    if len(parts) > 1 and parts[1] in LAYERS:
+        return parts[1]
+    return "top"  # protocol_engine itself and protocol_engine.cli
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(source: str, module: str, is_package: bool = False) -> list[tuple[str, bool, int]]:
+    """(imported module, imported under TYPE_CHECKING, line) for every import statement of a module's source."""
+    tree = ast.parse(source)
+    type_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            type_only |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    package = module if is_package else module.rpartition(".")[0]
+    found: list[tuple[str, bool, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, id(node) in type_only, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            # `from protocol_engine import core` imports the subpackage: name it so its layer is seen.
+            names = [f"{target}.{a.name}" for a in node.names] if layer_of(target) == "top" else [target]
+            found += [(n, id(node) in type_only, node.lineno) for n in names]
+    return found
+
+
+def violations(source: str, module: str, is_package: bool = False) -> list[str]:
+    here = layer_of(module)
+    assert here is not None, module
+    out = []
+    for target, type_only, line in imports(source, module, is_package):
+        there = layer_of(target)
+        if here == "core" and target.split(".")[0] in CORE_FORBIDDEN:
+            out.append(f"{module}:{line} core imports {target}")
+        elif there is not None and not type_only and there not in ALLOWED[here]:
+            out.append(f"{module}:{line} {here} imports {target} ({there})")
+    return out
+
+
+def project_modules() -> list[Path]:
+    paths = [*(ROOT / "protocol_engine").rglob("*.py"), *(ROOT / "adapters").rglob("*.py"), ROOT / "server.py"]
+    return sorted(p for p in paths if "migrations" not in p.parts)
+
+
+def test_every_module_keeps_the_import_rule() -> None:
+    found = []
+    for path in project_modules():
+        found += violations(path.read_text(encoding="utf-8"), module_name(path), path.name == "__init__.py")
+    assert found == []
+
+
+def test_every_module_of_protocol_engine_is_in_a_layer_folder() -> None:
+    """Nothing new at the top of the package but the command line: a new module says its audience by its folder."""
+    top = sorted(p.name for p in (ROOT / "protocol_engine").glob("*.py"))
+    assert top == ["__init__.py", "cli.py"]
+
+
+@pytest.mark.parametrize("line", [
+    "import flask", "from sqlalchemy import select", "import httpx", "from adapters.fhir.client import FhirClient",
+    "from adapters.fhir import prefetch", "from ..runtime import store", "from protocol_engine.hooks import pipeline",
+    "from fhir.resources.R4B.observation import Observation",
+])
+def test_the_rule_fails_when_core_imports_io_or_a_later_layer(line: str) -> None:
+    assert violations(line + "\n", "protocol_engine.core.derive") != []
+
+
+def test_type_only_imports_of_later_layers_are_allowed_but_not_of_http() -> None:
+    allowed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..pack.protocol import Protocol\n"
+    assert violations(allowed, "protocol_engine.core.derive") == []
+    http = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import flask\n"
+    assert violations(http, "protocol_engine.core.derive") != []
+
+
+def test_the_fhir_adapter_never_imports_the_engine_beyond_core() -> None:
+    assert violations("from protocol_engine.pack import ruleset\n", "adapters.fhir.normalise") != []
+    assert violations("from protocol_engine.core.records import Chart\n", "adapters.fhir.normalise") == []
