@@ -183,8 +183,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             return _outcome(404, "not-found", f"no CDS service with id '{service_id[:64]}'")
         try:
             body = _body()
-            outcome = run(current.runtimes, current.ruleset.revision, service_id, body, g.now, fhir_client(),
-                          settings.fhir_timeout, settings.request_deadline)
+            decision = run(current.runtimes, current.ruleset.revision, service_id, body, g.now, fhir_client(),
+                           settings.fhir_timeout, settings.request_deadline)
         except _Unsupported:
             return _outcome(415, "not-supported", "send the request as application/json")
         except PrefetchUnavailable as exc:
@@ -197,19 +197,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         except EngineError:
             log.exception("rule evaluation failed for service %s", service_id)
             return _outcome(500, "exception", "rule evaluation failed; the error has been logged")
-        trace = outcome.trace
+        trace = decision.trace()
         total = time.perf_counter() - g.started
         metrics.LATENCY.labels(service_id).observe(total)
-        for stage, ms in trace["timings"].items():
+        for stage, ms in decision.timings.items():
             if stage != "total_ms":
                 metrics.STAGE.labels(service_id, stage.removesuffix("_ms")).observe(ms / 1000)
-        for card in outcome.cards:
-            metrics.CARDS.labels(card["extension"]["protocol-engine"]["rule"], card["indicator"]).inc()
-        if "skipped" not in trace:
-            audit.record(trace, f"Patient/{body['context']['patientId']}", g.now)
-        response = jsonify({"cards": outcome.cards})
+        for card in decision.issued:
+            metrics.CARDS.labels(card.rule.id, card.json["indicator"]).inc()
+        if decision.skipped is None:
+            audit.record(trace, f"Patient/{decision.patient_id}", g.now)
+        response = jsonify({"cards": decision.cards})
         if request.args.get("trace") == "1" and settings.extra.get("expose_trace", settings.auth == "disabled"):
-            response = jsonify({"cards": outcome.cards, "extension": {"protocol-engine-trace": trace}})
+            response = jsonify({"cards": decision.cards, "extension": {"protocol-engine-trace": trace}})
         return response
 
     @app.post("/cds-services/<service_id>/feedback")
@@ -323,7 +323,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.get("/demo/request")
     def demo_request() -> Response:
         """A ready CDS Hooks request for a sample patient and service (synthetic data only)."""
-        from adapters.fhir.prefetch import TEMPLATES
         from protocol_engine.authoring.samples import hook_request
 
         runtimes = registry.current.runtimes
@@ -331,9 +330,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         rt = runtimes.get(service_id)
         if rt is None:
             return _outcome(404, "not-found", "no such service")
-        by_key = {key: rtype for rtype, (key, _, _) in TEMPLATES.items()}
-        body = hook_request(request.args.get("patient", ""), rt.service.hook, g.now,
-                            {k: by_key[k] for k in rt.templates})
+        body = hook_request(request.args.get("patient", ""), rt.service.hook, g.now, rt.resource_types())
         if body is None:
             return _outcome(404, "not-found", "no such sample patient")
         return jsonify(body)

@@ -91,7 +91,7 @@ def split(size: int, calls: int, warmup: int, repeat: bool) -> dict[str, float]:
             total, cpu = (time.perf_counter() - t) * 1000, (time.thread_time() - cpu) * 1000
             if i < warmup:
                 continue
-            tm = outcome.trace["timings"]
+            tm = outcome.timings
             ms = {k: v * 1000 for k, v in spent.items()}
             row = {"validation": ms["validation"], "chart glue": ms["to_chart"] - ms["validation in to_chart"],
                    "derive": tm["derive_ms"] - (ms["validation"] - ms["validation in to_chart"]),

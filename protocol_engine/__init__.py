@@ -9,12 +9,15 @@ Module map, by audience (each folder's modules start with a one-line docstring s
               segmentation), compiler + engine (durable_rules), ranges (imprecise values), cards + templates
               (card rendering), valuesets, units, durations, display, errors.
   pack/       rule files -> a loaded pack: yamlsource (YAML with positions), loader (rule files), protocol
-              (protocol.yaml) + course_spec, settingspec + site (settings and site overlays), restated, ruleset (every pack
-              of a rules directory).
-  hooks/      one CDS Hooks call without HTTP: pipeline (compiled services, discovery, request -> prefetch ->
-              chart -> facts -> findings -> cards), sessions (the proposed sessions of appointment-book).
-  authoring/  tools for rule authors: testing (the rule-case runner), validate (repository conventions), fmt,
-              scaffold, explain, catalogue, rulepage, impact, samples (sample patients for the page and impact).
+              (protocol.yaml) + course_spec, settingspec + site (settings, site overlays), restated, ruleset
+              (every pack of a rules directory).
+  hooks/      one CDS Hooks call without HTTP, one way: prepare (body -> Prepared, no I/O), gather (prefetch
+              resolved, missing data fetched through the caller's client, FHIR JSON -> Chart), evaluate (Chart
+              -> Decision, pure); pipeline (the services a rule set compiles to, discovery, run = the three),
+              sessions (appointment-book's proposed sessions).
+  authoring/  tools for rule authors: vignette (the test shorthand -> a request), testing (the rule-case
+              runner), validate (repository conventions), fmt, scaffold, explain, catalogue, rulepage, impact,
+              samples (sample patients for the page and impact).
   runtime/    the service process: config, registry (reloads), security (JWT) + replay, store + audit +
               feedback + analytics (database), metrics, logs, openapi, outcome, balanced_worker (gunicorn).
   cli.py      the `protocol-engine` command.

@@ -15,6 +15,7 @@ import click
 from .runtime.config import DEFAULT_RULES
 
 if TYPE_CHECKING:
+    from .core.cards import Issued
     from .runtime.registry import Loaded
 
 
@@ -155,20 +156,20 @@ def test_cmd(paths: tuple[str, ...], only_rule: str | None, verbose: bool) -> No
                 for problem in r.problems:
                     click.echo(f"     - {problem}")
                 click.echo("     actual cards:")
-                for c in r.cards or []:
+                for c in r.issued:
                     click.echo(_card_line(c))
-                if not r.cards:
+                if not r.issued:
                     click.echo("       (none)")
             elif verbose:
-                for c in r.cards:
+                for c in r.issued:
                     click.echo(_card_line(c))
     skipped = f", {counts['SKIP']} skipped" if counts["SKIP"] else ""
     click.echo(f"{counts['PASS']} passed, {counts['FAIL']} failed{skipped}")
     sys.exit(1 if counts["FAIL"] else 0)
 
 
-def _card_line(card: dict[str, Any]) -> str:
-    return f"       {card['indicator']:8} {card['extension']['protocol-engine']['rule']:7} {card['summary']}"
+def _card_line(card: Issued) -> str:
+    return f"       {card.json['indicator']:8} {card.rule.id:7} {card.json['summary']}"
 
 
 @main.command()
@@ -200,7 +201,7 @@ def explain(request_file: str, service_id: str | None, now: str | None, rules_di
             raise click.ClickException(f"no service answers hook {hook!r}; pass --service")
     when = dt.datetime.fromisoformat(now.replace("Z", "+00:00")) if now else dt.datetime.now(dt.UTC)
     try:
-        outcome = run(loaded.runtimes, loaded.ruleset.revision, service_id, body, when, None)
+        decision = run(loaded.runtimes, loaded.ruleset.revision, service_id, body, when, None)
     except (ProtocolEngineError, EngineError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     rt = loaded.runtimes[service_id]
@@ -209,16 +210,16 @@ def explain(request_file: str, service_id: str | None, now: str | None, rules_di
     if site is not None:
         changes = ", ".join(f"{o.owner} {o.setting} {o.shipped} -> {o.value}" for o in site.overrides)
         click.echo(f"site settings '{site.name}' (revision {site.revision}): {changes or 'no changes'}")
-    if outcome.trace.get("skipped"):
-        click.echo(f"skipped: {outcome.trace['skipped']}")
-    fired = {f["rule"] for f in outcome.trace["fired"] + outcome.trace["shadow"]}
+    if decision.skipped:
+        click.echo(f"skipped: {decision.skipped}")
+    fired = {f["rule"] for f in decision.fired + decision.shadow}
     click.echo("facts:")
-    for fact in outcome.facts:
+    for fact in decision.facts:
         click.echo(f"  {fact['t']:12} {fact.get('describe', '')}")
     for rule in rt.rules:
-        for line in explain_rule(rule, outcome.facts, rule.id in fired):
+        for line in explain_rule(rule, decision.facts, rule.id in fired):
             click.echo(line)
-    for line in summary_lines(outcome.cards):
+    for line in summary_lines(decision.issued):
         click.echo(line)
 
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.server import Gunicorn, free_port  # noqa: E402,F401 - free_port is imported by tests
-from protocol_engine.authoring.testing import build_request  # noqa: E402
+from protocol_engine.authoring.vignette import build_request  # noqa: E402
 from protocol_engine.runtime.registry import load  # noqa: E402
 
 RULES = ROOT / "rules"

@@ -1,6 +1,6 @@
 """Rewrites of a CDS Hooks request that must not change its cards, and the oracle that compares cards.
 
-Each rewrite takes a complete request (as `protocol_engine.authoring.testing.build_request` makes it from a rule case) and
+Each rewrite takes a complete request (as `protocol_engine.authoring.vignette.build_request` makes it from a rule case) and
 returns the same clinical situation in another FHIR shape that real EHRs send (a medicationReference instead of a
 codeable concept, an OID instead of a URI, two Observations instead of a panel, another time zone, ...), or with
 data added that is not this patient's or not about this protocol. The oracle then demands the same cards.

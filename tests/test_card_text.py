@@ -17,7 +17,8 @@ import pytest
 from conftest import ADULT, KETAMINE_ORDER, ROOT, bp
 
 from protocol_engine.authoring import rulepage
-from protocol_engine.authoring.testing import build_request, find_test_files, run_file
+from protocol_engine.authoring.testing import find_test_files, run_file
+from protocol_engine.authoring.vignette import build_request
 from protocol_engine.core import display
 from protocol_engine.hooks.pipeline import build_runtime, run
 from protocol_engine.pack import internal
@@ -148,7 +149,7 @@ def _ci05(rules: Path, now: dt.datetime, given: list[dict[str, Any]]) -> tuple[l
     body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": given},
                          runtimes["ketamine-order-sign"], now)
     out = run(runtimes, ruleset.revision, "ketamine-order-sign", body, now, None)
-    return [c for c in out.cards if c["extension"]["protocol-engine"]["rule"] == "CI-05"], out.trace
+    return [c for c in out.cards if c["extension"]["protocol-engine"]["rule"] == "CI-05"], out.trace()
 
 
 def test_a_changed_setting_changes_the_card_text_and_the_plain_words(tmp_path: Path) -> None:
@@ -207,7 +208,7 @@ def test_a_rule_in_shadow_never_silences_the_card_below_it(tmp_path: Path, chang
     body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": [bp(184, 106)]},
                          runtimes["ketamine-order-sign"], now)
     out = run(runtimes, ruleset.revision, "ketamine-order-sign", body, now, None)
-    trace = out.trace
+    trace = out.trace()
     shown = [c["extension"]["protocol-engine"]["rule"] for c in out.cards]
     assert "CI-06" in shown and "CI-05" not in shown
     assert "CI-05" in [s["rule"] for s in trace["shadow"]]

@@ -29,8 +29,8 @@ import pytest
 from carebundle import Imperfection, generate_bundle, inject_defects, to_json
 from metamorphic import LOINC, RXNORM, SNOMED, UCUM, anchors
 
-from adapters.fhir.prefetch import TEMPLATES
-from protocol_engine.authoring.testing import hook_context
+from adapters.fhir.prefetch import TYPE_OF_KEY
+from protocol_engine.authoring.vignette import hook_context
 
 HL7 = Path(__file__).parent / "corpus" / "hl7-r4"
 # In the '-recent' HL7 charts every example is moved to 45 minutes ago, except these.
@@ -170,10 +170,9 @@ def request_for(chart: Chart, others: list[dict[str, Any]], hook: str, templates
                 extra: list[dict[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     context, active = hook_context(hook, chart.patient_id, [ketamine_draft(chart.patient_id)], None, "corpus", NOW)
     records = chart.resources + list(extra) + active + others
-    type_of_key = {key: rtype for rtype, (key, _, _) in TEMPLATES.items()}
     prefetch: dict[str, Any] = {}
     for key in templates:
-        rtype = type_of_key.get(key)
+        rtype = TYPE_OF_KEY.get(key)
         if rtype == "Patient":
             prefetch[key] = next((r for r in chart.resources if r["resourceType"] == "Patient"), None)
             continue

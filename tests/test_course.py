@@ -51,7 +51,7 @@ def test_a_completed_esketamine_induction_answers_200_with_each_spelling(tmp_pat
     course = next(f for f in outcome.facts if f["t"] == "course")
     assert course["phase"] == "maintenance" and course["induction_complete"] is True
     assert {f["t"] for f in outcome.facts} >= {"score"}
-    assert "RSP-03" in {f["rule"] for f in outcome.trace["fired"]}
+    assert "RSP-03" in {f["rule"] for f in outcome.trace()["fired"]}
 
 
 @pytest.mark.parametrize("written, message", [

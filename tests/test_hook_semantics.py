@@ -17,7 +17,8 @@ import pytest
 from conftest import request_for
 from fhir_server import FhirServer
 
-from protocol_engine.hooks.pipeline import Outcome, run
+from protocol_engine.hooks.evaluate import Decision
+from protocol_engine.hooks.pipeline import run
 
 NOW = dt.datetime(2026, 11, 21, 10, tzinfo=dt.UTC)
 IV = "SNOMED#47625008 Intravenous route"
@@ -37,17 +38,17 @@ def maintenance(last: str = "-1d", route: str | None = IV) -> list[dict[str, Any
     return [{"administration": KETAMINE, "at": at, "id": f"dose-{i}", **extra} for i, at in enumerate(doses)]
 
 
-def call(loaded: Any, hook: str, case: dict[str, Any], body: dict[str, Any] | None = None) -> Outcome:
+def call(loaded: Any, hook: str, case: dict[str, Any], body: dict[str, Any] | None = None) -> Decision:
     service = SERVICE[hook]
     request = body if body is not None else request_for(loaded, service, {"patient": ADULT, **case}, NOW)
     return run(loaded.runtimes, "test", service, request, NOW, None)
 
 
-def rules(outcome: Outcome) -> set[str]:
+def rules(outcome: Decision) -> set[str]:
     return {c["extension"]["protocol-engine"]["rule"] for c in outcome.cards}
 
 
-def card(outcome: Outcome, rule: str) -> dict[str, Any]:
+def card(outcome: Decision, rule: str) -> dict[str, Any]:
     return next(c for c in outcome.cards if c["extension"]["protocol-engine"]["rule"] == rule)
 
 
@@ -164,7 +165,7 @@ def test_hl7_shaped_appointment_is_recognised_by_its_service_type(loaded: Any) -
     outcome = call(loaded, "appointment-book", {}, booking(loaded, [hl7_appointment("hl7-1", start)],
                                                           maintenance("-1d")))
     assert "TIM-01" in rules(outcome)
-    assert outcome.trace["anchors"] == [{"kind": "appointment", "at": start, "ref": "Appointment/hl7-1"}]
+    assert outcome.trace()["anchors"] == [{"kind": "appointment", "at": start, "ref": "Appointment/hl7-1"}]
 
 
 def test_booked_and_non_session_appointments_are_context_not_sessions(loaded: Any) -> None:
@@ -176,9 +177,9 @@ def test_booked_and_non_session_appointments_are_context_not_sessions(loaded: An
     # No session is checked; on a protocol course the unrecognised proposed one is said (DQ-07), not all clear.
     assert rules(outcome) == {"DQ-07"}
     assert card(outcome, "DQ-07")["extension"]["protocol-engine"]["evidence"] == ["Appointment/dental"]
-    assert outcome.trace["anchors"][0]["kind"] == "now"
+    assert outcome.trace()["anchors"][0]["kind"] == "now"
     alone = call(loaded, "appointment-book", {}, booking(loaded, [already], maintenance("-1d")))
-    assert alone.cards == [] and alone.trace.get("skipped")
+    assert alone.cards == [] and alone.trace().get("skipped")
     no_course = call(loaded, "appointment-book", {}, booking(loaded, [dental], []))
     assert no_course.cards == []
 
@@ -236,7 +237,7 @@ def test_encounter_period_start_is_the_moment_of_the_session(loaded: Any) -> Non
     started = (NOW - dt.timedelta(hours=1)).isoformat()
     body["prefetch"]["encounter"] = hl7_encounter(body["context"]["encounterId"], started)
     outcome = call(loaded, "encounter-start", {}, body)
-    assert outcome.trace["anchors"][0] == {"kind": "encounter", "at": started,
+    assert outcome.trace()["anchors"][0] == {"kind": "encounter", "at": started,
                                            "ref": f"Encounter/{body['context']['encounterId']}"}
     course = next(f for f in outcome.facts if f["t"] == "course")
     assert course["since_last"] == pytest.approx(47.0)
@@ -260,7 +261,7 @@ def test_a_missing_encounter_is_fetched_from_the_fhir_server(
     body["fhirServer"] = server.base
     outcome = run(loaded.runtimes, "test", SERVICE["encounter-start"], body, NOW, HttpxFhirClient())
     assert [r["path"] for r in server.requests] == [f"/fhir/Encounter/{body['context']['encounterId']}"]
-    assert outcome.trace["sources"]["encounter"] == "fetched" and "MON-06" in rules(outcome)
+    assert outcome.trace()["sources"]["encounter"] == "fetched" and "MON-06" in rules(outcome)
 
 
 def test_discovery_declares_the_encounter_prefetch_for_encounter_start(loaded: Any) -> None:
@@ -290,7 +291,7 @@ UNRELATED = [
 ]
 
 
-def _cards(outcome: Outcome) -> list[tuple[str, str, str]]:
+def _cards(outcome: Decision) -> list[tuple[str, str, str]]:
     return sorted((c["extension"]["protocol-engine"]["rule"], c["indicator"], c["summary"]) for c in outcome.cards)
 
 
@@ -347,11 +348,11 @@ def test_another_patients_proposed_appointment_is_set_aside_not_evaluated(loaded
     alone = call(loaded, "appointment-book", {}, booking(loaded, [other], maintenance("-5d")))
     assert rules(alone) == {"DQ-05"}
     assert "Appointment/other" in card(alone, "DQ-05")["extension"]["protocol-engine"]["evidence"]
-    assert alone.trace["anchors"][0]["kind"] == "now"
+    assert alone.trace()["anchors"][0]["kind"] == "now"
     both = call(loaded, "appointment-book", {}, booking(loaded, [hl7_appointment("own", own), other],
                                                         maintenance("-5d")))
     assert "TIM-01" not in rules(both) and "DQ-05" in rules(both)
-    assert [a.get("ref") for a in both.trace["anchors"]] == ["Appointment/own"]
+    assert [a.get("ref") for a in both.trace()["anchors"]] == ["Appointment/own"]
     assert not any("Appointment/other" in c["extension"]["protocol-engine"]["evidence"]
                    for c in both.cards if c["extension"]["protocol-engine"]["rule"] != "DQ-05")
 

@@ -142,7 +142,7 @@ def _rules_fired(loaded: Any, case: dict[str, Any], tenant: str | None = None) -
     current = loaded.for_tenant(tenant)
     body = request_for(current, "ketamine-order-sign", case, NOW)
     outcome = run(current.runtimes, current.ruleset.revision, "ketamine-order-sign", body, NOW, None)
-    return {c["extension"]["protocol-engine"]["rule"]: c for c in outcome.cards} | {"_trace": outcome.trace}
+    return {c["extension"]["protocol-engine"]["rule"]: c for c in outcome.cards} | {"_trace": outcome.trace()}
 
 
 def test_a_site_value_changes_the_decision_and_is_shown_in_the_card_and_trace(tmp_path: Path) -> None:

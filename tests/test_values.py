@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from adapters.fhir.dates import bounds
-from protocol_engine.authoring.testing import build_request, when
+from protocol_engine.authoring.vignette import build_request, when
 from protocol_engine.core import units
 from protocol_engine.core.durations import whole_years
 from protocol_engine.core.ranges import _straddles

@@ -35,6 +35,8 @@ TEMPLATES: dict[str, tuple[str, str, str | None]] = {
     # encounter-start's anchor: the encounter that is starting (its period.start is the moment of the session)
     "Encounter": ("encounter", "Encounter/{{context.encounterId}}", None),
 }
+# The same table read the other way: prefetch key -> resource type.
+TYPE_OF_KEY: dict[str, str] = {key: rtype for rtype, (key, _, _) in TEMPLATES.items()}
 _TOKEN = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 ALLOWED_TOKENS = ("userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId")
 MAX_PAGES = 50
@@ -85,7 +87,6 @@ def render_template(template: str, request: HookRequest) -> str:
 class Resolved:
     payloads: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)  # key -> prefetch | fetched | null
-    fetch_ms: float = 0.0
     deadline: float = 0.0  # time.monotonic() by which every read for this request must be done
 
 
@@ -178,7 +179,6 @@ def resolve(request: HookRequest, templates: dict[str, str], client: FhirClient 
     missing: list[str] = []
     deadline = time.monotonic() + deadline_s
     result.deadline = deadline
-    key_type = {TEMPLATES[t][0]: t for t in TEMPLATES}
     for key in templates:
         if key in request.prefetch:
             value = request.prefetch[key]
@@ -211,8 +211,7 @@ def resolve(request: HookRequest, templates: dict[str, str], client: FhirClient 
         return result
     if request.fhir_server is None or client is None:
         raise PrefetchUnavailable(missing, "not prefetched and no fhirServer to fetch from")
-    started = time.monotonic()
-    futures = {key: _POOL.submit(_fetch, key, key_type[key], request, templates, client, now, lookback_h,
+    futures = {key: _POOL.submit(_fetch, key, TYPE_OF_KEY[key], request, templates, client, now, lookback_h,
                                  timeout, deadline) for key in missing}
     wait(futures.values(), timeout=max(deadline - time.monotonic(), 0))
     failed: list[str] = []
@@ -229,7 +228,6 @@ def resolve(request: HookRequest, templates: dict[str, str], client: FhirClient 
         except FetchError as exc:
             failed.append(key)
             reasons.append(f"{key}: {exc}")
-    result.fetch_ms = (time.monotonic() - started) * 1000
     if failed:
         raise PrefetchUnavailable(failed, "could not be fetched from fhirServer", detail="; ".join(reasons))
     return result

@@ -6,8 +6,7 @@ plain Python only to show an informaticist why a rule did or did not hold.
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..core.cards import Issued
 from ..core.compiler import drug_scope
 from ..core.model import Fact, FieldTest, Pattern, Rule
 
@@ -72,8 +71,7 @@ def _brief(fact: Fact) -> str:
     return ", ".join(f"{k}={v}" for k, v in fact.items() if k not in ("t", "n", "refs"))
 
 
-def summary_lines(cards: list[dict[str, Any]]) -> list[str]:
+def summary_lines(cards: list[Issued]) -> list[str]:
     if not cards:
         return ["cards: none (every rule checked; nothing to say)"]
-    return ["cards:"] + [f"  {c['indicator']:8} {c['extension']['protocol-engine']['rule']:7} {c['summary']}"
-                         for c in cards]
+    return ["cards:"] + [f"  {c.json['indicator']:8} {c.rule.id:7} {c.json['summary']}" for c in cards]

@@ -26,7 +26,8 @@ from ..core.model import HOOKS, Rule
 from ..hooks.pipeline import ServiceRuntime, run
 from ..pack import settingspec, yamlsource
 from ..pack.ruleset import Pack
-from .testing import CASE_KEYS, build_request, find_test_files, when
+from .testing import CASE_KEYS, find_test_files
+from .vignette import build_request, when
 
 if TYPE_CHECKING:  # the registry's loaded rule set, named for type checking only (authoring never imports runtime)
     from ..runtime.registry import Loaded
@@ -146,11 +147,8 @@ def _case_request(pack_name: str, case: dict[str, Any], at: dt.datetime) -> Requ
 
 def sample_inputs(head: Loaded, now: dt.datetime) -> Iterator[Input]:
     """Every bundled sample patient through every service of the pack."""
-    from adapters.fhir.prefetch import TEMPLATES
-
     from .samples import hook_request, sample_index
 
-    by_key = {key: rtype for rtype, (key, _, _) in TEMPLATES.items()}
     for entry in sample_index():
         for rt in [r for _, r in sorted(head.runtimes.items())]:
             pack_name, hook, name = rt.pack.protocol.name, rt.service.hook, entry["name"]
@@ -160,7 +158,7 @@ def sample_inputs(head: Loaded, now: dt.datetime) -> Iterator[Input]:
                 found = _service(loaded, pack_name, hook)
                 if found is None:
                     return None
-                body = hook_request(name, hook, now, {k: by_key[k] for k in found[1].templates if k in by_key})
+                body = hook_request(name, hook, now, found[1].resource_types())
                 return (found[0], body) if body is not None else None
 
             yield Input("sample", f"sample {name} at {hook}", request_for, now)
@@ -170,11 +168,8 @@ def corpus_inputs(corpus: Path, now: dt.datetime) -> Iterator[Input]:
     """Under the corpus directory: each *.json CDS Hooks request, sent to the service of its hook; and each
     FHIR Bundle holding a Patient (a chart, e.g. from a synthetic-EHR generator), sent to every service of the
     pack that can take it (order hooks only when the Bundle holds a draft MedicationRequest)."""
-    from adapters.fhir.prefetch import TEMPLATES
-
     from .samples import bundle_request
 
-    by_key = {key: rtype for rtype, (key, _, _) in TEMPLATES.items()}
     for path in sorted(corpus.rglob("*.json")):
         try:
             body = json.loads(path.read_text(encoding="utf-8"))
@@ -200,8 +195,7 @@ def corpus_inputs(corpus: Path, now: dt.datetime) -> Iterator[Input]:
                                  None)
                     if found is None:
                         return None
-                    built = bundle_request(bundle, label, hook, now,
-                                           {k: by_key[k] for k in found[1].templates if k in by_key})
+                    built = bundle_request(bundle, label, hook, now, found[1].resource_types())
                     return (found[0], built) if built is not None else None
 
                 yield Input("corpus", f"{name} at {hook}", chart_for, now)
@@ -218,11 +212,10 @@ def answer(loaded: Loaded, item: Input) -> Answer:
         return Answer(error="no service answers this hook")
     sid, body = built
     try:
-        outcome = run(loaded.runtimes, loaded.ruleset.revision, sid, body, item.now, None)
+        decision = run(loaded.runtimes, loaded.ruleset.revision, sid, body, item.now, None)
     except (ProtocolEngineError, EngineError) as exc:
         return Answer(error=f"{type(exc).__name__}: {str(exc)[:120]}")
-    cards = {c["extension"]["protocol-engine"]["rule"]: c for c in outcome.cards}
-    return Answer(cards, {f.rule.id for f in outcome.findings})
+    return Answer({c.rule.id: c.json for c in decision.issued}, {f.rule.id for f in decision.findings})
 
 
 def _rules(loaded: Loaded) -> dict[str, tuple[Rule, Pack]]:

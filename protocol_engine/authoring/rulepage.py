@@ -166,8 +166,7 @@ def build(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime], pack: Pack, rul
     for i, case in enumerate(traw.get("cases") or []):
         name = str(case.get("name") or case.get("todo") or f"case {i + 1}")
         result = by_name.get(name)
-        card = next((c for c in (result.cards if result else [])
-                     if c["extension"]["protocol-engine"]["rule"] == rule.id), None)
+        card = next((c.json for c in (result.issued if result else []) if c.rule.id == rule.id), None)
         page.cases.append(CaseRow(
             name, str(case.get("hook", defaults.get("hook", "order-sign"))),
             _given(list(defaults.get("given") or []) + list(case.get("given") or [])),

@@ -89,7 +89,7 @@ def bundle_request(bundle: dict[str, Any], name: str, hook: str, now: dt.datetim
     if draft is not None and order_override:
         draft = {**draft, **order_override}
     chart = [r for r in resources if r is not draft and r.get("resourceType") != "Patient"]
-    from .testing import DEFAULT_SESSION, hook_context
+    from .vignette import DEFAULT_SESSION, hook_context
 
     context, active = hook_context(hook, patient["id"], [draft] if draft else [], None, "demo", now,
                                    [{**DEFAULT_SESSION, "start": "+7d"}] if hook == "appointment-book" else None)

@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from .cards import Issued
 from .records import Chart
 
 
@@ -61,31 +62,32 @@ def encounter(chart: Chart, encounter_id: Any, now: dt.datetime) -> Anchor:
     return Anchor("encounter", now, ref)
 
 
-def name_session(card: dict[str, Any], anchor: Anchor) -> dict[str, Any]:
+def name_session(card: Issued, anchor: Anchor) -> Issued:
     """A card of appointment-book names the proposed appointment it is about (detail and evidence)."""
-    ext = card["extension"]["protocol-engine"]
+    ext = card.json["extension"]["protocol-engine"]
     if anchor.ref not in ext["evidence"]:
         ext["evidence"] = [*ext["evidence"], anchor.ref]
     planned = [(t, ref) for t, ref in anchor.planned if ref in ext["evidence"]]
     also = "".join(f" The previous dose counted here is the proposed session {_time(t)} ({ref}) booked in this "
                    f"same request, a planned dose, not a recorded one." for t, ref in planned)
-    card["detail"] = f"For the proposed session {_time(anchor.time)} ({anchor.ref}).{also}\n\n{card['detail']}"
+    detail = card.json["detail"]
+    card.json["detail"] = f"For the proposed session {_time(anchor.time)} ({anchor.ref}).{also}\n\n{detail}"
     return card
 
 
-def merge(cards: list[dict[str, Any]], more: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge(cards: list[Issued], more: list[Issued]) -> list[Issued]:
     """Cards of several proposed sessions: a rule saying the same thing about two sessions gives one card."""
     for card in more:
-        rule = card["extension"]["protocol-engine"]["rule"]
-        twin = next((c for c in cards if c["extension"]["protocol-engine"]["rule"] == rule
-                     and c["summary"] == card["summary"]), None)
+        twin = next((c for c in cards if c.rule.id == card.rule.id and c.json["summary"] == card.json["summary"]),
+                    None)
         if twin is None:
             cards.append(card)
             continue
-        evidence = twin["extension"]["protocol-engine"]["evidence"]
-        added = [ref for ref in card["extension"]["protocol-engine"]["evidence"] if ref not in evidence]
+        twin.findings += card.findings
+        evidence = twin.json["extension"]["protocol-engine"]["evidence"]
+        added = [ref for ref in card.json["extension"]["protocol-engine"]["evidence"] if ref not in evidence]
         evidence.extend(added)
         sessions = [ref for ref in added if ref.startswith("Appointment/")]
         if sessions:
-            twin["detail"] = f"Also for the proposed session(s) {', '.join(sessions)}.\n\n{twin['detail']}"
+            twin.json["detail"] = f"Also for the proposed session(s) {', '.join(sessions)}.\n\n{twin.json['detail']}"
     return cards

@@ -7,6 +7,7 @@ import html
 import logging
 import re
 import uuid
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -186,10 +187,22 @@ def render(finding: Finding, ruleset: str, patient_id: str | None, site: Site | 
     return card
 
 
-def render_all(findings: list[Finding], ruleset: str, patient_id: str | None, site: Site | None = None,
-               pack: str = "", now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """Cards for live rules, critical first; draft rules, and rules before their `effective` date, run in
-    shadow and give no card."""
-    live = [f for f in settle(findings, now) if f.rule.live(now)]
+@dataclass
+class Issued:
+    """A card as sent (`json`, the CDS Hooks card) with the rule it speaks for and the findings it says.
+
+    Callers read `rule` and `findings` here; they never dig the rule id back out of the card's JSON.
+    """
+
+    json: dict[str, Any]
+    rule: Rule
+    findings: list[Finding] = field(default_factory=list)
+
+
+def render_all(settled: list[Finding], ruleset: str, patient_id: str | None, site: Site | None = None,
+               pack: str = "", now: dt.datetime | None = None) -> list[Issued]:
+    """Cards for the live rules of settled findings, critical first; draft rules, and rules before their
+    `effective` date, run in shadow and give no card."""
+    live = [f for f in settled if f.rule.live(now)]
     live.sort(key=lambda f: (RANK[f.indicator], f.rule.id))
-    return [render(f, ruleset, patient_id, site, pack, now) for f in live]
+    return [Issued(render(f, ruleset, patient_id, site, pack, now), f.rule, [f]) for f in live]

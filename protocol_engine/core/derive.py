@@ -346,8 +346,7 @@ class Deriver:
         return f"{m.label} {value}, {fmt_time(r.time, r.latest)}, {', '.join(r.refs)}"
 
     # -- the whole fact set -------------------------------------------------------------
-    def facts(self, chart: Chart, now: dt.datetime, hook: str, patient_id: str | None,
-              anchor: Anchor | None = None) -> list[Fact]:
+    def facts(self, chart: Chart, now: dt.datetime, hook: str, anchor: Anchor | None = None) -> list[Fact]:
         anchor = anchor or Anchor("now", now)
         display.NOW.set(now)  # the describe texts say "today 07:13" against this call's time
         facts: list[Fact] = []

@@ -1,0 +1,302 @@
+"""The FHIR shorthand of rule test files -> a complete CDS Hooks request (pinned `now`, relative dates).
+
+`given: [{observation: "LOINC#85354-9", at: -30m, components: ...}]` becomes the Bundles of every prefetch key of
+the service, `order:` its draft order, `appointments:` / `encounter:` the context of those hooks. Used by the rule
+case runner (testing.py), `impact`, the sample patients and the tests' request builders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from adapters.fhir.prefetch import TEMPLATES
+
+from ..core.durations import parse_hours
+from ..core.valuesets import parse_code
+from ..hooks.pipeline import ServiceRuntime
+
+UCUM = "http://unitsofmeasure.org"
+# Keys of a `given` entry that place a raw `resource` in its Bundle rather than describe it.
+ENTRY_KEYS = ("fullUrl", "mode", "key")
+
+
+def when(value: Any, now: dt.datetime) -> dt.datetime:
+    """`-30m`, `-10d`, `+1h` relative to now, or an absolute ISO time."""
+    text = str(value)
+    hours = parse_hours(text) if text[:1] in "+-" else None
+    if hours is not None:
+        return now + dt.timedelta(hours=hours)
+    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def birth_date(value: Any, now: dt.datetime) -> str:
+    text = str(value)
+    if text.startswith("-") and text.endswith("y"):
+        years = int(text[1:-1])
+        day = now.date()
+        try:
+            return day.replace(year=day.year - years).isoformat()
+        except ValueError:  # 29 February
+            return day.replace(year=day.year - years, day=28).isoformat()
+    if text.startswith(("-", "+")):
+        return when(text, now).date().isoformat()
+    return text
+
+
+def concept(code: str) -> dict[str, Any]:
+    parsed = parse_code(code)
+    if parsed is None:
+        return {"text": code}
+    system, value, display = parsed
+    coding: dict[str, Any] = {"system": system, "code": value}
+    if display:
+        coding["display"] = display
+    out: dict[str, Any] = {"coding": [coding]}
+    if display:
+        out["text"] = display
+    return out
+
+
+def value_of(value: Any) -> dict[str, Any]:
+    """`172 mm[Hg]` -> valueQuantity; `positive` -> valueCodeableConcept; `12` -> unitless quantity."""
+    if isinstance(value, bool):
+        return {"valueBoolean": value}
+    if isinstance(value, (int, float)):
+        return {"valueQuantity": {"value": value}}
+    text = str(value).strip()
+    number, _, unit = text.partition(" ")
+    try:
+        amount = float(number) if "." in number else int(number)
+    except ValueError:
+        return {"valueCodeableConcept": {"text": text}}
+    quantity: dict[str, Any] = {"value": amount}
+    if unit:
+        quantity.update({"unit": unit, "system": UCUM, "code": unit}) if unit != "mmHg" else quantity.update(
+            {"unit": unit})
+    return {"valueQuantity": quantity}
+
+
+def expand(item: dict[str, Any], now: dt.datetime, patient_id: str, n: int) -> dict[str, Any]:
+    """One `given` entry -> one FHIR R4 resource."""
+    subject = {"reference": f"Patient/{patient_id}"}
+    if "resource" in item:
+        return dict(item["resource"])
+    if "observation" in item:
+        res: dict[str, Any] = {"resourceType": "Observation", "id": item.get("id", f"obs-{n}"),
+                               "status": item.get("status", "final"), "code": concept(item["observation"]),
+                               "subject": subject}
+        if "at" in item:
+            res["effectiveDateTime"] = when(item["at"], now).isoformat()
+        if "value" in item:
+            res.update(value_of(item["value"]))
+        if "components" in item:
+            res["component"] = [{"code": concept(code), **value_of(v)} for code, v in item["components"].items()]
+        if "reference_high" in item:
+            res["referenceRange"] = [{"high": value_of(item["reference_high"])["valueQuantity"]}]
+        if "interpretation" in item:
+            res["interpretation"] = [concept(item["interpretation"])]
+        return res
+    if "condition" in item:
+        res = {"resourceType": "Condition", "id": item.get("id", f"cond-{n}"), "code": concept(item["condition"]),
+               "subject": subject}
+        status = item.get("status", "active")
+        if status is not None:
+            res["clinicalStatus"] = {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}]}
+        verification = item.get("verification", "confirmed")
+        res["verificationStatus"] = {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}]}
+        if "onset" in item:
+            res["onsetDateTime"] = when(item["onset"], now).isoformat()
+        return res
+    if "medication" in item:
+        kind = item.get("kind", "request")
+        if kind == "statement":
+            return {"resourceType": "MedicationStatement", "id": item.get("id", f"ms-{n}"),
+                    "status": item.get("status", "active"), "medicationCodeableConcept": concept(item["medication"]),
+                    "subject": subject}
+        return medication_request(item, f"mr-{n}", patient_id, now, item.get("status", "active"))
+    if "administration" in item:
+        res = {"resourceType": "MedicationAdministration", "id": item.get("id", f"ma-{n}"),
+               "status": item.get("status", "completed"), "medicationCodeableConcept": concept(item["administration"]),
+               "subject": subject, "effectiveDateTime": when(item.get("at", "-1d"), now).isoformat()}
+        dosage: dict[str, Any] = {}
+        if "route" in item:
+            dosage["route"] = concept(item["route"])
+        if "dose" in item:
+            dosage["dose"] = value_of(item["dose"])["valueQuantity"]
+        if dosage:
+            res["dosage"] = dosage
+        return res
+    if "allergy" in item:
+        res = {"resourceType": "AllergyIntolerance", "id": item.get("id", f"al-{n}"), "code": concept(item["allergy"]),
+               "patient": subject}
+        if item.get("status", "active"):
+            res["clinicalStatus"] = {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                "code": item.get("status", "active")}]}
+        if "verification" in item:
+            res["verificationStatus"] = {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+                "code": item["verification"]}]}
+        return res
+    raise ValueError(f"unknown given entry: {sorted(item)}")
+
+
+def medication_request(spec: dict[str, Any], default_id: str, patient_id: str, now: dt.datetime,
+                       status: str) -> dict[str, Any]:
+    if "resource" in spec:  # a MedicationRequest written out in full (vendor shapes: doseRange, OIDs, rates)
+        return {"id": spec.get("id", default_id), "status": status, **spec["resource"]}
+    res: dict[str, Any] = {"resourceType": "MedicationRequest", "id": spec.get("id", default_id), "status": status,
+                           "intent": "order", "medicationCodeableConcept": concept(spec["medication"]),
+                           "subject": {"reference": f"Patient/{patient_id}"}, "authoredOn": now.isoformat()}
+    dosage: dict[str, Any] = {}
+    if "route" in spec:
+        dosage["route"] = concept(spec["route"])
+    dose_and_rate: dict[str, Any] = {}
+    if "dose" in spec:
+        dose_and_rate["doseQuantity"] = value_of(spec["dose"])["valueQuantity"]
+    if "rate" in spec:
+        dose_and_rate["rateQuantity"] = value_of(spec["rate"])["valueQuantity"]
+    if dose_and_rate:
+        dosage["doseAndRate"] = [dose_and_rate]
+    if "duration" in spec:
+        minutes = (parse_hours(str(spec["duration"])) or 0) * 60
+        dosage["timing"] = {"repeat": {"duration": round(minutes, 3), "durationUnit": "min"}}
+    if dosage:
+        res["dosageInstruction"] = [dosage]
+    return res
+
+
+def appointment(spec: dict[str, Any], default_id: str, patient_id: str, now: dt.datetime) -> dict[str, Any]:
+    """A proposed Appointment as appointment-book's `appointments` Bundle carries it.
+
+    Shorthand: `start`/`end` (relative like `+7d` or ISO; `start: null` for none), `type` (appointmentType),
+    `service` (serviceType), `reason` (reasonCode), each a code (`SYSTEM#code display`) or text (with none of
+    the three, a "Ketamine treatment session" type); `status` (default proposed). Or a raw FHIR Appointment
+    under `resource`.
+    """
+    if "resource" in spec:
+        return dict(spec["resource"])
+    res: dict[str, Any] = {"resourceType": "Appointment", "id": spec.get("id", default_id),
+                           "status": spec.get("status", "proposed"),
+                           "participant": [{"actor": {"reference": f"Patient/{patient_id}"},
+                                            "status": "needs-action"}]}
+    if spec.get("start", "+0h") is not None:
+        start = when(spec.get("start", "+0h"), now)
+        res["start"] = start.isoformat()
+        end = when(spec["end"], now) if "end" in spec else start + dt.timedelta(hours=2)
+        res["end"] = end.isoformat()
+    if not {"type", "service", "reason"} & set(spec):
+        spec = {**spec, **DEFAULT_SESSION}  # a case books a treatment session unless it says what else
+    if "type" in spec:
+        res["appointmentType"] = concept(spec["type"])
+    if "service" in spec:
+        res["serviceType"] = [concept(spec["service"])]
+    if "reason" in spec:
+        res["reasonCode"] = [concept(spec["reason"])]
+    return res
+
+
+DEFAULT_SESSION = {"type": "Ketamine treatment session"}
+
+
+def encounter(spec: dict[str, Any], encounter_id: str, patient_id: str, now: dt.datetime) -> dict[str, Any]:
+    """The Encounter encounter-start is about, as its prefetch carries it: `start` (period.start), `status`."""
+    if "resource" in spec:
+        return dict(spec["resource"])
+    res: dict[str, Any] = {"resourceType": "Encounter", "id": encounter_id, "status": spec.get("status", "arrived"),
+                           "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB",
+                                     "display": "ambulatory"},
+                           "subject": {"reference": f"Patient/{patient_id}"}}
+    if spec.get("start", "+0h") is not None:
+        res["period"] = {"start": when(spec.get("start", "+0h"), now).isoformat()}
+    return res
+
+
+def hook_context(hook: str, patient_id: str, drafts: list[dict[str, Any]], selections: list[str] | None,
+                 label: str, now: dt.datetime | None = None, appointments: list[dict[str, Any]] | None = None,
+                 encounter_spec: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The hook's context as an EHR sends it, and the chart resources that go with it.
+
+    Outside order hooks the draft orders become active chart orders. appointment-book carries an
+    `appointments` Bundle of proposed Appointments (by default one treatment session starting at `now`);
+    encounter-start an `encounterId`, its Encounter (starting at `now` by default) joining the chart.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    context: dict[str, Any] = {"userId": f"Practitioner/{label}-prescriber", "patientId": patient_id}
+    active: list[dict[str, Any]] = []
+    if hook in ("order-select", "order-sign"):
+        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
+                                  "entry": [{"resource": r} for r in drafts]}
+        if hook == "order-select":
+            context["selections"] = selections or [f"MedicationRequest/{r['id']}" for r in drafts[:1]]
+    else:
+        active = [{**r, "status": "active"} for r in drafts]
+    if hook in ("encounter-start", "patient-view"):
+        context["encounterId"] = f"{label}-encounter"
+    if hook == "encounter-start":
+        active.append(encounter(encounter_spec or {}, context["encounterId"], patient_id, now))
+    if hook == "appointment-book":
+        specs = appointments if appointments is not None else [DEFAULT_SESSION]
+        context["appointments"] = {"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": appointment(spec, f"{label}-appointment-{i}", patient_id, now)}
+            for i, spec in enumerate(specs)]}
+    return context, active
+
+
+def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) -> dict[str, Any]:
+    """A complete CDS Hooks request with every prefetch key of the service filled."""
+    patient_id = "test-patient"
+    hook = rt.service.hook
+    given = list(case.get("given") or [])
+    resources = [expand(item, now, patient_id, i) for i, item in enumerate(given)]
+    placement = {id(r): item for r, item in zip(resources, given, strict=True)}
+    patient_spec = case.get("patient", {})
+    patient = None
+    if patient_spec is not None:
+        patient = {"resourceType": "Patient", "id": patient_id, "gender": patient_spec.get("gender", "female")}
+        if patient_spec.get("birthDate") is not None:
+            patient["birthDate"] = birth_date(patient_spec["birthDate"], now)
+    orders = case.get("orders")
+    if orders is None:
+        orders = [case["order"]] if case.get("order") else []
+    draft = [medication_request(o, f"draft-{i}", patient_id, now, "draft") for i, o in enumerate(orders)]
+    context, active = hook_context(hook, patient_id, draft, case.get("selections"), "test", now,
+                                   case.get("appointments"), case.get("encounter"))
+    if case.get("draft_orders") is not None and hook in ("order-select", "order-sign"):
+        # Raw FHIR: the draftOrders Bundle exactly as written (vendor shapes, urn:uuid fullUrls, Medications).
+        context["draftOrders"] = case["draft_orders"]
+        if hook == "order-select" and not case.get("selections"):
+            context["selections"] = [f"MedicationRequest/{e['resource']['id']}"
+                                     for e in case["draft_orders"].get("entry") or ()
+                                     if e.get("resource", {}).get("resourceType") == "MedicationRequest"][:1]
+    resources += active
+    prefetch: dict[str, Any] = {}
+    for key, rtype in rt.resource_types().items():
+        if rtype == "Patient":
+            prefetch[key] = patient
+            continue
+        if rtype == "Encounter":  # a read, not a search: the resource itself
+            prefetch[key] = next((r for r in resources if r["resourceType"] == "Encounter"), None)
+            continue
+        entries = []
+        for r in resources:
+            item = placement.get(id(r), {})
+            target = item.get("key") or (TEMPLATES[r["resourceType"]][0] if r["resourceType"] in TEMPLATES else None)
+            if target is None:
+                raise ValueError(f"given {r['resourceType']} needs 'key:' (the prefetch key whose Bundle holds it)")
+            if target != key:
+                continue
+            entry: dict[str, Any] = {"resource": r}
+            if "fullUrl" in item:
+                entry["fullUrl"] = item["fullUrl"]
+            if "mode" in item:
+                entry["search"] = {"mode": item["mode"]}
+            entries.append(entry)
+        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    for key, value in (case.get("prefetch") or {}).items():
+        prefetch[key] = value  # raw FHIR (or null) for this key, exactly as written
+    return {"hook": hook, "hookInstance": f"test-{hook}", "context": context, "prefetch": prefetch}

@@ -1,0 +1,62 @@
+"""Stage 2 of a hook call: the request's prefetch resolved, what is missing fetched, and FHIR JSON -> Chart.
+
+The only stage that may do network I/O, and only through the FhirClient its caller passes (the HTTP side builds
+it for the request's allow-listed fhirServer; the rule-case runner, `explain` and `impact` pass none and so read
+the prefetch alone).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.fhir import normalise, prefetch
+from adapters.fhir.client import FhirClient
+
+from ..core.records import Chart
+from .prepare import Prepared
+
+
+@dataclass
+class Gathered:
+    chart: Chart
+    sources: dict[str, Any]  # per prefetch key: where its data came from (trace)
+    medications: dict[str, int] | None = None  # Medications read from fhirServer: wanted and fetched (trace)
+
+
+def gather(prepared: Prepared, client: FhirClient | None, now: dt.datetime, fhir_timeout: float = 2.0,
+           deadline_s: float = 3.0) -> Gathered:
+    """The patient's chart for this call. Raises PrefetchUnavailable when a key can be neither read nor fetched."""
+    rt, request, timings = prepared.runtime, prepared.request, prepared.timings
+    pack = rt.pack
+    t = time.perf_counter()
+    resolved = prefetch.resolve(request, rt.templates, client, now, pack.protocol.fetch, fhir_timeout, deadline_s)
+    timings["prefetch_ms"] = _ms(t)
+    t = time.perf_counter()
+    payloads = list(resolved.payloads.values())
+    draft, orders = prepared.draft, prepared.orders
+    meds = normalise.medication_index(payloads, draft, request.fhir_server)
+    wanted = normalise.references_to_fetch(payloads, draft, meds)
+    medications = None
+    if wanted:  # Medications no Bundle of the request holds: read from fhirServer, within the same deadline
+        fetched = prefetch.read_all(wanted, request, client, fhir_timeout, resolved.deadline)
+        meds.add_payloads(fetched)
+        medications = {"wanted": len(wanted), "fetched": len(fetched)}
+        timings["medication_fetch_ms"] = _ms(t)
+    if orders is not None and not orders.order_issues and not wanted:
+        # The draft orders were read once already, by prepare(), and nothing changed since.
+        chart = normalise.to_chart(payloads, None, None, pack.index.has_any, request.patient_id, meds)
+        chart.draft_orders, chart.foreign = orders.draft_orders, orders.foreign + chart.foreign
+    else:  # a Medication fetched since, or an order prepare() could not read: read them again with the chart
+        chart = normalise.to_chart(payloads, draft, prepared.selections, pack.index.has_any, request.patient_id,
+                                   meds)
+    chart.issues = prepared.booking_issues + chart.issues
+    chart.foreign = prepared.booking_foreign + chart.foreign
+    timings["parse_ms"] = _ms(t)
+    return Gathered(chart, resolved.sources, medications)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
