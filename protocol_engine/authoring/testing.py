@@ -57,9 +57,13 @@ def card_matches(card: dict[str, Any], want: dict[str, Any]) -> list[str]:
             actual = f"{src.get('label', '')} {src.get('url', '')}".strip()
         else:
             actual = card.get(key)
-        if isinstance(expected, dict) and "contains" in expected:
-            if not isinstance(actual, str) or str(expected["contains"]) not in actual:
+        if isinstance(expected, dict) and ("contains" in expected or "excludes" in expected):
+            # {contains: text} and {excludes: text}, alone or together: a case can tell two wordings apart
+            # even when one contains the other's words.
+            if "contains" in expected and (not isinstance(actual, str) or str(expected["contains"]) not in actual):
                 diffs.append(f"{key} does not contain {expected['contains']!r}: {actual!r}")
+            if "excludes" in expected and (not isinstance(actual, str) or str(expected["excludes"]) in actual):
+                diffs.append(f"{key} contains {expected['excludes']!r}, which it must not: {actual!r}")
         elif isinstance(expected, dict) and "max_length" in expected:
             if not isinstance(actual, str) or len(actual) > int(expected["max_length"]):
                 diffs.append(f"{key} longer than {expected['max_length']}")
