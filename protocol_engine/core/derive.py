@@ -888,10 +888,6 @@ def _span(hours: float) -> str:
     return f"{fmt_num(round(hours / 24, 1))} days"
 
 
-def pick_values(fact: Fact, names: Iterable[str]) -> dict[str, Any]:
-    return {k: fact[k] for k in names if k in fact}
-
-
 class Readings:
     """One measure's readings, newest first, built from observations only as far as a caller iterates."""
 

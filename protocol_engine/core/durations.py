@@ -19,10 +19,6 @@ def parse_hours(text: object) -> float | None:
     return float(found.group(1)) * _UNITS_H[found.group(2)]
 
 
-def is_duration(text: object) -> bool:
-    return parse_hours(text) is not None
-
-
 def whole_years(birth: dt.date, on: dt.date) -> int:
     """G13: completed years of age on a day."""
     return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))

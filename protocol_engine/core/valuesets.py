@@ -99,9 +99,6 @@ class ValueSet:
     text: list[str] = field(default_factory=list)
     displays: dict[tuple[str, str], str] = field(default_factory=dict)  # as written, source marks removed on read
 
-    def code_count(self) -> int:
-        return len(self.codes)
-
 
 # Distinct (system, code) answers remembered per index (so per rule-set load): a 20-Observation call
 # asked the same few codes 158 times. Codes, not patients: a code says nothing about whose chart it
