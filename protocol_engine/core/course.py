@@ -30,7 +30,7 @@ class PostDoseCheck:
 
 @dataclass(frozen=True)
 class CourseSpec:
-    gap_h: float = 60 * _DAY_H
+    gap_h: float | None = None  # a longer pause starts a new course; None (no `course.gap`): never
     induction: dict[str, Induction] = field(default_factory=dict)
     post_dose_check: PostDoseCheck | None = None
     session_h: float = 0.0  # administrations of one drug within this long of a session's first are that session
@@ -85,7 +85,7 @@ class Course:
         ordered = _sessions(sorted(doses, key=lambda d: (d.time, d.ref)), spec.session_h)
         start = 0
         for i in range(1, len(ordered)):
-            if _hours(ordered[i - 1].time, ordered[i].time) > spec.gap_h:
+            if spec.gap_h is not None and _hours(ordered[i - 1].time, ordered[i].time) > spec.gap_h:
                 start = i
         return cls(spec, at, tuple(ordered), tuple(ordered[start:]))
 
@@ -115,7 +115,8 @@ class Course:
     @property
     def new_course(self) -> bool:
         """A dose at the anchor starts a new course (G10)."""
-        return not self.doses or _hours(self.last.time, self.at) > self.spec.gap_h
+        gap = self.spec.gap_h
+        return not self.doses or (gap is not None and _hours(self.last.time, self.at) > gap)
 
     def course_day(self) -> float:
         return _hours(self.first.time, self.at) / _DAY_H

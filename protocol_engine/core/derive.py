@@ -78,17 +78,16 @@ class Deriver:
         rules = list(rules)
         self.read_window = read_windows(rules)
         self.borrow_window = read_windows(rules, shortest=True)
-        sem = protocol.semantics
-        self.obs_valid = set(sem.get("observation_valid_status", ["final", "amended", "corrected"]))
-        self.future_tol_h = parse_hours(sem.get("future_tolerance", "5m")) or 5 / 60
-        self.cond_active = set(sem.get("condition_active_status", ["active", "recurrence", "relapse"]))
-        self.cond_excluded = set(sem.get("condition_excluded_verification", ["refuted", "entered-in-error"]))
-        med = sem.get("medication_active_status", {})
-        self.med_active = {"request": set(med.get("request", ["active"])),
-                           "statement": set(med.get("statement", ["active", "intended"]))}
-        self.med_on_hold = set(sem.get("medication_on_hold_status", ["on-hold"]))
-        self.admin_status = set(sem.get("administration_status", ["completed", "in-progress", "stopped"]))
-        self.allergy_active = set(sem.get("allergy_active_status", ["active"]))
+        sem = protocol.semantics  # every key present: the pack layer fills what a pack leaves out (protocol.py)
+        self.obs_valid = set(sem["observation_valid_status"])
+        self.future_tol_h = parse_hours(sem["future_tolerance"]) or 5 / 60
+        self.cond_active = set(sem["condition_active_status"])
+        self.cond_excluded = set(sem["condition_excluded_verification"])
+        med = sem["medication_active_status"]
+        self.med_active = {"request": set(med["request"]), "statement": set(med["statement"])}
+        self.med_on_hold = set(sem["medication_on_hold_status"])
+        self.admin_status = set(sem["administration_status"])
+        self.allergy_active = set(sem["allergy_active_status"])
         self.measure_of_vs: dict[str, list[tuple[str, str]]] = {}
         for m in protocol.measures.values():
             for role, vs in ((("value", m.valueset),) if m.kind != "pair" else

@@ -43,8 +43,11 @@ def parse_course(node: Any, where: str, drugs: list[str],
     for key in node:
         if key not in known:
             error(yamlsource.key_pos(node, key), f"course: unknown key '{key}' (known: {', '.join(sorted(known))})")
-    gap_h = 60 * _DAY_H
-    if "gap" in node:
+    gap_h = None
+    if "gap" not in node:  # the pack says when a course starts over; the engine assumes no clinical pause
+        error(yamlsource.node_pos(node), "course.gap is required: the pause after which doses start a new course "
+                                         "(a number of days, or like 60d, 8w)")
+    else:
         days = _days(node["gap"])
         if days is None or days <= 0:
             error(yamlsource.value_pos(node, "gap"), f"course.gap: '{node['gap']}' is not a positive duration "
@@ -82,7 +85,7 @@ def parse_course(node: Any, where: str, drugs: list[str],
     check = None
     check_node = node.get("post_dose_check")
     if check_node is not None:
-        if not isinstance(check_node, dict) or "measure" not in check_node:
+        if not isinstance(check_node, dict) or not {"measure", "from", "to"} <= set(check_node):
             error(yamlsource.value_pos(node, "post_dose_check"),
                   "course.post_dose_check needs {measure, from, to}")
         elif check_node["measure"] not in measures:
@@ -90,8 +93,8 @@ def parse_course(node: Any, where: str, drugs: list[str],
                   f"course.post_dose_check.measure: '{check_node['measure']}' is not a measure of this protocol")
         else:
             bounds = []
-            for key, default in (("from", "30m"), ("to", "90m")):
-                hours = parse_hours(check_node.get(key, default))
+            for key in ("from", "to"):  # required: the window is the pack's clinical choice
+                hours = parse_hours(check_node.get(key))
                 if hours is None or hours < 0:
                     error(yamlsource.value_pos(check_node, key),
                           f"course.post_dose_check.{key}: '{check_node.get(key)}' is not a duration (like 30m, 2h)")

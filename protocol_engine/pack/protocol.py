@@ -57,6 +57,29 @@ class Service:
     sessions: str | None = None  # value set recognising protocol sessions among proposed appointments
 
 
+# What FHIR statuses mean when a pack's `semantics:` does not say: FHIR R4's own definitions, listed in
+# rules/README.md. The loaded Protocol carries every key, so the engine (core/derive.py) holds no defaults.
+SEMANTICS_DEFAULTS: dict[str, Any] = {
+    "observation_valid_status": ["final", "amended", "corrected"],
+    "future_tolerance": "5m",
+    "condition_active_status": ["active", "recurrence", "relapse"],
+    "condition_excluded_verification": ["refuted", "entered-in-error"],
+    "medication_active_status": {"request": ["active"], "statement": ["active", "intended"]},
+    "medication_on_hold_status": ["on-hold"],
+    "administration_status": ["completed", "in-progress", "stopped"],
+    "allergy_active_status": ["active"],
+}
+
+
+def _semantics(declared: dict[str, Any]) -> dict[str, Any]:
+    """The pack's semantics with every key present: declared values over SEMANTICS_DEFAULTS."""
+    out = {**SEMANTICS_DEFAULTS, **declared}
+    meds = declared.get("medication_active_status")
+    out["medication_active_status"] = {**SEMANTICS_DEFAULTS["medication_active_status"],
+                                       **(meds if isinstance(meds, dict) else {})}
+    return out
+
+
 @dataclass
 class Protocol:
     name: str
@@ -226,7 +249,7 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
         version=str(raw["version"]),
         title=raw.get("title", raw["protocol"]),
         path=where,
-        semantics=raw.get("semantics") or {},
+        semantics=_semantics(raw.get("semantics") or {}),
         drugs={k: v["valueset"] for k, v in (raw.get("drugs") or {}).items()},
         routes={k: v["valueset"] for k, v in (raw.get("routes") or {}).items()},
         measures=measures,
