@@ -16,8 +16,8 @@ Module map, by audience (each folder's modules start with a one-line docstring s
               -> Decision, pure); pipeline (the services a rule set compiles to, discovery, run = the three),
               sessions (appointment-book's proposed sessions).
   authoring/  tools for rule authors: vignette (the test shorthand -> a request), testing (the rule-case
-              runner), validate (repository conventions), fmt, scaffold, explain, catalogue, rulepage, impact,
-              samples (sample patients for the page and impact).
+              runner), conventions (the repository checks of `validate`), fmt, scaffold, explain, catalogue,
+              rulepage, impact, samples (sample patients for the page and impact).
   runtime/    the service process: config, registry (reloads), security (JWT) + replay, store + audit +
               feedback + analytics (database), metrics, logs, openapi, outcome, balanced_worker (gunicorn).
   cli.py      the `protocol-engine` command.

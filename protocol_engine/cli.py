@@ -100,7 +100,7 @@ def render_proxy_config(*, server_name: str, listen: str, upstream: str, cert: s
               help="Also check a site settings file (default: PROTOCOL_ENGINE_SITE, if set).")
 def validate(paths: tuple[str, ...], no_git: bool, base: str, site_file: str | None) -> None:
     """Check rule files and value sets (and a site settings file); print every problem, compiler style."""
-    from .authoring.validate import validate_paths
+    from .authoring.conventions import validate_paths
     from .pack.site import load_site
 
     ruleset, diags = validate_paths(_paths(paths), None if no_git else base)
@@ -130,8 +130,8 @@ def validate(paths: tuple[str, ...], no_git: bool, base: str, site_file: str | N
 @click.option("-v", "--verbose", is_flag=True)
 def test_cmd(paths: tuple[str, ...], only_rule: str | None, verbose: bool) -> None:
     """Run the test cases beside the rules: PASS/FAIL/SKIP per case."""
+    from .authoring.conventions import rules_root
     from .authoring.testing import find_test_files, run_file
-    from .authoring.validate import rules_root
     from .hooks.pipeline import build_runtime
     from .pack.ruleset import load_ruleset
 
