@@ -61,7 +61,7 @@ def prepare(runtime: ServiceRuntime, body: Any) -> Prepared:
         # Answer [] early only when every draft order in scope was identified as not a protocol drug.
         if not pack.deriver.order_in_scope(prepared.orders):
             prepared.skipped = "every draft order in scope identified; none is of this protocol's drugs"
-    elif service.anchor == "appointment":
+    if service.anchor == "appointment" and prepared.skipped is None:
         prepared.sessions = proposed_sessions(service, pack, request.context.get("appointments"),
                                               prepared.booking_issues, request.patient_id, prepared.booking_foreign,
                                               prepared.unrecognised)
