@@ -276,12 +276,16 @@ def medication_statement(model: Any, medication: Concept, ref: str) -> Medicatio
 
 
 def administration(model: Any, medication: Concept, ref: str) -> AdministrationRecord:
-    start = _aware(model.effectiveDateTime)
-    if start is None and model.effectivePeriod is not None:
+    # A date without a time (`2026-11-29`) is the whole day, as for Observations: a range, never midnight.
+    when = bounds(model.effectiveDateTime)
+    if when is None and model.effectivePeriod is not None:
         # A period with only an end (charted when the infusion stopped) still places the dose.
-        start = _aware(model.effectivePeriod.start) or _aware(model.effectivePeriod.end)
+        when = bounds(model.effectivePeriod.start) or bounds(model.effectivePeriod.end)
+    if when is not None and when[1] - when[0] > dt.timedelta(days=1):
+        when = None  # a month or a year cannot place a dose in a course: reported as not counted (derive)
     route = concept(model.dosage.route) if model.dosage is not None and model.dosage.route else None
-    return AdministrationRecord(ref, medication, model.status, start, route)
+    return AdministrationRecord(ref, medication, model.status, when[0] if when else None, route,
+                                when[1] if when else None)
 
 
 def allergy(model: Any, ref: str) -> AllergyRecord:

@@ -45,6 +45,7 @@ class Dose:
     status: str
     ref: str
     route: str  # a name of protocol.yaml `routes`, "other" or "unspecified"
+    latest: dt.datetime | None = None  # recorded as a date only: `time` is the day's start, this its end
 
 
 def _hours(a: dt.datetime, b: dt.datetime) -> float:

@@ -396,7 +396,10 @@ class Deriver:
         facts.extend(self._medications(chart))
         facts.extend(self._allergies(chart))
         course = self.course(chart, now, anchor)
-        facts.append(self._course_fact(course, anchor, readings))
+        course_fact = self._course_fact(course, anchor, readings)
+        if any(d.latest is not None for d in course.all_doses):
+            _course_ranges(course_fact, self._course_fact(self.course(chart, now, anchor, True), anchor, readings))
+        facts.append(course_fact)
         facts.extend(self._orders(chart, hook, governing, course, now))
         facts.extend(self._scores(readings, course))
         for foreign in chart.foreign:
@@ -550,21 +553,27 @@ class Deriver:
                 return route
         return "other"
 
-    def _doses(self, chart: Chart, horizon: dt.datetime) -> list[Dose]:
-        """G9 prior doses recorded up to `horizon`."""
+    def _doses(self, chart: Chart, horizon: dt.datetime, latest_end: dt.datetime | None = None) -> list[Dose]:
+        """G9 prior doses recorded up to `horizon`. A dose recorded as a date only is placed at its day's start,
+        or with `latest_end` at its day's end (no later than `latest_end`): the two ends of its range."""
         doses = []
         for a in chart.administrations:
             if a.status not in self.admin_status or a.start is None or a.start > horizon:
                 continue
             drug = self.drug_of(a.medication)
             if drug is not None:
-                doses.append(Dose(a.start, drug, a.status or "", a.ref, self.route_of(a.route)))
+                latest = a.start_latest if a.start_latest is not None and a.start_latest > a.start else None
+                t = a.start if latest_end is None or latest is None else max(a.start, min(latest, latest_end))
+                doses.append(Dose(t, drug, a.status or "", a.ref, self.route_of(a.route), latest))
         return doses
 
-    def course(self, chart: Chart, now: dt.datetime, anchor: Anchor) -> Course:
-        """The one course model (G9, G10) at the anchor; doses recorded after it are not prior doses."""
+    def course(self, chart: Chart, now: dt.datetime, anchor: Anchor, at_latest: bool = False) -> Course:
+        """The one course model (G9, G10) at the anchor; doses recorded after it are not prior doses.
+
+        `at_latest`: doses recorded as a date only placed at the end of their day (no later than the anchor)
+        instead of its start; facts read from both courses are ranges (core/ranges.py)."""
         horizon = min(now, anchor.time) + dt.timedelta(hours=self.future_tol_h)
-        doses = self._doses(chart, horizon)
+        doses = self._doses(chart, horizon, min(now, anchor.time) if at_latest else None)
         if anchor.planned and doses:  # earlier proposed sessions of the same booking: planned doses of the course
             latest = max(doses, key=lambda d: d.time)
             doses += [Dose(t, latest.drug, "planned", ref, latest.route) for t, ref in anchor.planned]
@@ -586,9 +595,9 @@ class Deriver:
             "since_last": since, "new_course": course.new_course,
             "course_day": int(day), "course_week": int(day // 7) + 1,
             "doses_7d": course.doses_within(168.0),
-            "induction_complete": phase == "maintenance", "last_at": last.time.isoformat(), "refs": refs,
-            "until": anchor.phrase(),
-            "describe": f"{lead} {fmt_time(last.time)} ({_span(since)} {anchor.phrase()}"
+            "induction_complete": phase == "maintenance", "last_at": at_text(last.time, last.latest),
+            "refs": refs, "until": anchor.phrase(),
+            "describe": f"{lead} {fmt_time(last.time, last.latest)} ({_span(since)} {anchor.phrase()}"
                         f"{f' {fmt_time(anchor.time)}' if anchor.ref else ''}, dose {len(course.doses)} of the "
                         f"course, {phase}), {last.ref}",
         }
@@ -657,7 +666,8 @@ class Deriver:
             fact = {"t": "order", "drug": course.drug, "route": route, "draft": False,
                     "new_course": course.new_course, "weight_known": weight_kg is not None,
                     "refs": [course.last.ref],
-                    "describe": f"Current {course.drug} course, last dose {fmt_time(course.last.time)} "
+                    "describe": f"Current {course.drug} course, last dose "
+                                f"{fmt_time(course.last.time, course.last.latest)} "
                                 f"{self.route_label(route)}, {course.last.ref}"}
             if weight_kg:
                 fact["weight"] = weight_kg
@@ -865,6 +875,27 @@ def read_windows(rules: Iterable[Rule], shortest: bool = False) -> dict[str, flo
                         pick = min if shortest else max
                         windows[name] = pick(windows.get(name, pick(hours)), *hours)
     return windows
+
+
+def _course_ranges(early: Fact, late: Fact) -> None:
+    """The course fact when a dose was recorded as a date only: `early` is read with such doses at the start of
+    their day, `late` at its end. Every value that differs becomes a range (core/ranges.py: a rule holding at
+    one end only is answered by DQ-04), each end one consistent placement of the doses; the fact keeps the
+    late end, the shorter time since the last dose, as `_elapsed_range` does for readings."""
+    ranges: dict[str, list[Any]] = {}
+    for key, value in early.items():
+        if key in ("describe", "refs", "last_at", "until", "t") or isinstance(value, (list, dict)):
+            continue
+        other = late.get(key)
+        if other is not None and other != value:
+            ranges[key] = [other, value]
+            early[key] = other
+    if ranges:
+        early["ranges"] = ranges
+        early["describe"] = str(early["describe"]).replace(
+            f"({_span(float(ranges['since_last'][1]))} ",
+            f"({_span(float(ranges['since_last'][0]))} to {_span(float(ranges['since_last'][1]))} ",
+            1) if "since_last" in ranges else early["describe"]
 
 
 def _elapsed_range(fact: Fact, field: str, now: dt.datetime, earliest: dt.datetime,

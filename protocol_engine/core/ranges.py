@@ -38,10 +38,15 @@ def _spanned(finding: Finding, ranged: dict[Any, Fact]) -> Finding:
         for name, fact in match.items():
             original = ranged.get(fact.get("n"))
             if original is not None:
-                fact = {**fact, **{k: Span(lo, hi) for k, (lo, hi) in original["ranges"].items()}}
+                fact = {**fact, **{k: Span(min(lo, hi), max(lo, hi)) for k, (lo, hi) in original["ranges"].items()
+                                   if _number(lo) and _number(hi)}}
             bound[name] = fact
         matches.append(bound)
     return Finding(finding.rule, tuple(matches), finding.held)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _straddles(rule: Rule, fact: Fact) -> bool:

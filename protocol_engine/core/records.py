@@ -126,6 +126,7 @@ class AdministrationRecord:
     status: str | None
     start: dt.datetime | None
     route: Concept | None = None  # dosage.route: the route of the course outside order hooks
+    start_latest: dt.datetime | None = None  # a date without a time (`2026-11-29`): `start` is that day's start
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,85 @@
+"""Issue 16, second probe (a new user's real-EHR shapes): the probe's own payloads (tests/data/probe16b, written by
+the probe's harness, not by this project), evaluated at the probe's time, plus metamorphic rewrites.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol_engine.hooks.pipeline import run
+
+DATA = Path(__file__).resolve().parent / "data" / "probe16b"
+PROBE_NOW = dt.datetime(2026, 11, 30, 13, 0, tzinfo=dt.UTC)  # the payloads were written at 12:57 UTC
+
+
+def payload(name: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads((DATA / f"{name}.json").read_text())
+    return body
+
+
+def cards(loaded: Any, body: dict[str, Any], now: dt.datetime = PROBE_NOW) -> dict[str, dict[str, Any]]:
+    out = run(loaded.runtimes, "r", f"ketamine-{body['hook']}", copy.deepcopy(body), now, None)
+    return {c["extension"]["protocol-engine"]["rule"]: c for c in out.cards}
+
+
+def text(card: dict[str, Any]) -> str:
+    return f"{card['summary']}\n{card.get('detail', '')}"
+
+
+def _admin(body: dict[str, Any]) -> dict[str, Any]:
+    resource: dict[str, Any] = body["prefetch"]["medicationAdministrations"]["entry"][0]["resource"]
+    return resource
+
+
+# -- 1. a dose recorded as a date only is the whole day, not midnight --------------------------------------
+def test_a_date_only_dose_yesterday_leaves_the_duplicate_check_undecided(loaded: Any) -> None:
+    got = cards(loaded, payload("J8b-admin-dateonly-yesterday"))  # "2026-11-29": 13 h to 37 h before 13:00
+    assert "TIM-02" not in got  # under 20 h only if given after 17:00
+    assert "TIM-02" in got["DQ-04"]["detail"] and "MedicationAdministration/ma1" in got["DQ-04"]["detail"]
+    assert "TIM-01" in got  # under 48 h at both ends of the day
+    for card in got.values():
+        assert "00:00" not in text(card), text(card)
+    assert "yesterday" in text(got["TIM-01"])
+
+
+def test_a_date_only_dose_today_is_a_probable_duplicate_at_both_ends(loaded: Any) -> None:
+    got = cards(loaded, payload("J5-admin-dateonly-today"))
+    assert "TIM-02" in got and "DQ-04" not in got
+    assert "00:00" not in text(got["TIM-02"]) and "today" in text(got["TIM-02"])
+
+
+def test_a_full_time_dose_is_decided_as_before(loaded: Any) -> None:
+    got = cards(loaded, payload("J9-admin-yesterday-2000Z"))
+    assert "TIM-02" in got and "DQ-04" not in got
+
+
+@pytest.mark.parametrize("rewrite", ["period-start", "period-end"])
+def test_a_date_only_period_reads_as_the_same_day(loaded: Any, rewrite: str) -> None:
+    body = payload("J8b-admin-dateonly-yesterday")
+    admin = _admin(body)
+    day = admin.pop("effectiveDateTime")
+    admin["effectivePeriod"] = {"start": day} if rewrite == "period-start" else {"end": day}
+    assert sorted(cards(loaded, body)) == sorted(cards(loaded, payload("J8b-admin-dateonly-yesterday")))
+
+
+def test_late_in_the_day_after_the_date_only_dose_no_end_is_under_20h(loaded: Any) -> None:
+    got = cards(loaded, payload("J8b-admin-dateonly-yesterday"), PROBE_NOW.replace(hour=22))  # 22 h to 46 h
+    assert "TIM-02" not in got and "DQ-04" not in got and "TIM-01" in got
+
+
+def test_a_date_only_dose_is_segmented_into_the_course_at_both_ends(loaded: Any) -> None:
+    """Two earlier timed doses of the course and a date-only one yesterday: still one course, dose 3."""
+    body = payload("J8b-admin-dateonly-yesterday")
+    entries = body["prefetch"]["medicationAdministrations"]["entry"]
+    for i, day in enumerate(("2026-11-23T09:00:00Z", "2026-11-26T09:00:00Z")):
+        earlier = copy.deepcopy(entries[0]["resource"])
+        earlier["id"], earlier["effectiveDateTime"] = f"ma-early{i}", day
+        entries.append({"resource": earlier})
+    got = cards(loaded, body)
+    assert "dose 3 of the course" in text(got["TIM-01"]) and "13-37 h ago" in got["TIM-01"]["summary"]
