@@ -1,75 +1,41 @@
-"""The Flask app factory: the only module that knows HTTP. `gunicorn 'server:create_app()'`."""
+"""The Flask app factory; with protocol_engine/http/, the only code that knows HTTP. `gunicorn 'server:create_app()'`.
+
+It builds the service (settings, rules, store, JWT verifier, FHIR client), authenticates every call, answers
+every error as an OperationOutcome and registers the views, which live in protocol_engine/http/ as blueprints:
+cds (the CDS Hooks endpoints), operations (health, metrics, OpenAPI, rule pages, analytics) and demo (the page).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request, send_from_directory
+from flask import Flask, Response, g, request
 from flask_cors import CORS
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from adapters.fhir.allowlist import AllowList
-from adapters.fhir.client import AllowListedClient, ByteBudget, FhirClient, HttpxFhirClient
-from protocol_engine.core.engine import EngineError
-from protocol_engine.core.errors import BadRequest, PrefetchUnavailable, ProtocolEngineError
-from protocol_engine.hooks.pipeline import discovery, run
+from adapters.fhir.client import FhirClient, HttpxFhirClient
+from protocol_engine.core.errors import ProtocolEngineError
+from protocol_engine.http.cds import cds
+from protocol_engine.http.common import outcome
+from protocol_engine.http.demo import demo
+from protocol_engine.http.operations import operations
 from protocol_engine.runtime import called_url, metrics
 from protocol_engine.runtime.audit import AuditWriter
 from protocol_engine.runtime.config import Settings, load_settings
-from protocol_engine.runtime.feedback import parse_feedback
 from protocol_engine.runtime.logs import configure_logging
-from protocol_engine.runtime.openapi import openapi_document
-from protocol_engine.runtime.outcome import operation_outcome
-from protocol_engine.runtime.registry import Loaded, Registry
+from protocol_engine.runtime.registry import Registry
 from protocol_engine.runtime.replay import FailOpenReplay
 from protocol_engine.runtime.security import AuthError, Verifier, load_clients
 from protocol_engine.runtime.store import Store
 
 log = logging.getLogger("protocol_engine.http")
-STATIC = Path(__file__).resolve().parent / "protocol_engine" / "static"
-JSON_TYPES = ("application/json", "application/fhir+json")
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/", "/openapi.json", "/static/", "/demo/", "/favicon.ico")
-
-
-def _outcome(status: int, code: str, message: str, field: str | None = None) -> Response:
-    response = jsonify(operation_outcome(code, message, [field] if field else None))
-    response.status_code = status
-    response.headers["Content-Type"] = "application/fhir+json"
-    return response
-
-
-def _raw_body() -> bytes:
-    limit = request.max_content_length
-    if request.content_length is None and limit is not None and request.environ.get("wsgi.input_terminated"):
-        # A chunked body has no Content-Length for Werkzeug to refuse up front, and its limited stream stops
-        # at the limit without saying so: read one byte past it to tell "exactly the limit" from "cut".
-        raw = request.environ["wsgi.input"].read(limit + 1)
-        if len(raw) > limit:
-            raise RequestEntityTooLarge()
-        return bytes(raw)
-    return request.get_data(cache=False)
-
-
-def _body() -> Any:
-    mime = (request.mimetype or "").lower()
-    if mime not in JSON_TYPES:
-        raise _Unsupported()
-    raw = _raw_body()
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest("the body is not valid JSON", "body") from exc
-
-
-class _Unsupported(Exception):
-    pass
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -117,15 +83,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                                          "settings": settings, "verifier": verifier,
                                          "fhir_servers": settings.fhir_servers, "fhir_client": client}
 
-    def fhir_client() -> AllowListedClient:
-        """The fetcher for this call: only the FHIR servers its caller is allowed to name, within its byte budget."""
-        if verifier is not None:
-            caller = verifier.clients.get(str(g.claims.get("iss"))) if "claims" in g else None
-            entries = caller.fhir_servers if caller else ()
-        else:
-            entries = app.extensions["protocol_engine"]["fhir_servers"]
-        return AllowListedClient(client, AllowList(entries), ByteBudget(settings.fhir_request_max_bytes))
-
     def expected_url() -> str:
         """The URL the caller's JWT must name: from configuration, or a Host we were told to trust."""
         if settings.public_url:
@@ -142,10 +99,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     log.warning("protocol-engine ready: rule set %s, %d rules, services %s, database %s",
                 loaded.revision, len(loaded.all_rules()), ", ".join(sorted(loaded.services)),
                 store.engine.url.render_as_string(hide_password=True))
-
-    def _current() -> Loaded:
-        """The rule set for this caller: its tenant's site settings when the clients file gives it some."""
-        return registry.current.for_tenant((g.get("claims") or {}).get("tenant"))
 
     @app.before_request
     def authenticate() -> Response | None:
@@ -172,177 +125,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    @app.get("/cds-services")
-    def discover() -> Response:
-        return jsonify(discovery(_current().runtimes))
-
-    @app.post("/cds-services/<service_id>")
-    def invoke(service_id: str) -> Response:
-        current = _current()
-        if service_id not in current.runtimes:
-            return _outcome(404, "not-found", f"no CDS service with id '{service_id[:64]}'")
-        try:
-            body = _body()
-            decision = run(current.runtimes, current.ruleset.revision, service_id, body, g.now, fhir_client(),
-                           settings.fhir_timeout, settings.request_deadline)
-        except _Unsupported:
-            return _outcome(415, "not-supported", "send the request as application/json")
-        except PrefetchUnavailable as exc:
-            metrics.FETCH_ERRORS.labels(service_id).inc()
-            log.warning("412 %s: %s%s", service_id, exc, f" ({exc.detail})" if exc.detail else "")
-            return _outcome(412, "processing", f"required data unavailable for prefetch key(s) "
-                                               f"{', '.join(exc.keys)}: {exc.reason}", exc.keys[0])
-        except BadRequest as exc:
-            return _outcome(400, "invalid", str(exc), exc.field)
-        except EngineError:
-            log.exception("rule evaluation failed for service %s", service_id)
-            return _outcome(500, "exception", "rule evaluation failed; the error has been logged")
-        trace = decision.trace()
-        total = time.perf_counter() - g.started
-        metrics.LATENCY.labels(service_id).observe(total)
-        for stage, ms in decision.timings.items():
-            if stage != "total_ms":
-                metrics.STAGE.labels(service_id, stage.removesuffix("_ms")).observe(ms / 1000)
-        for card in decision.issued:
-            metrics.CARDS.labels(card.rule.id, card.json["indicator"]).inc()
-        if decision.skipped is None:
-            audit.record(trace, f"Patient/{decision.patient_id}", g.now)
-        response = jsonify({"cards": decision.cards})
-        if request.args.get("trace") == "1" and settings.extra.get("expose_trace", settings.auth == "disabled"):
-            response = jsonify({"cards": decision.cards, "extension": {"protocol-engine-trace": trace}})
-        return response
-
-    @app.post("/cds-services/<service_id>/feedback")
-    def feedback(service_id: str) -> Response:
-        if service_id not in registry.current.runtimes:
-            return _outcome(404, "not-found", f"no CDS service with id '{service_id[:64]}'")
-        try:
-            items = parse_feedback(_body(), service_id, settings.max_feedback_items)
-        except _Unsupported:
-            return _outcome(415, "not-supported", "send the feedback as application/json")
-        except BadRequest as exc:
-            return _outcome(exc.status, exc.code, str(exc), exc.field)
-        uuids = [i["card_uuid"] for i in items]
-        try:
-            # Feedback for a card not (yet) on record is stored all the same: its trace may still be in another
-            # worker's write batch, or the database was away when it was served. The report joins feedback to
-            # cards by uuid, so it is reconciled as soon as the card's row lands; an EHR is never told "never".
-            unmatched = len(set(uuids) - store.known_cards(uuids))
-            added = store.add_feedback(items, g.now)
-        except Exception as exc:
-            metrics.DB_ERRORS.labels("feedback").inc()
-            log.error("feedback not stored: %s", type(exc).__name__)
-            response = _outcome(503, "transient", "feedback could not be stored; retry later")
-            response.headers["Retry-After"] = "5"
-            return response
-        if unmatched:
-            metrics.FEEDBACK_UNMATCHED.inc(unmatched)
-        return jsonify({"stored": added, "received": len(items)})
-
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return jsonify({"status": "ok"})
-
-    @app.get("/readyz")
-    def readyz() -> Response:
-        ok_db = store.ping()
-        current = registry.current
-        body = {"status": "ok" if ok_db else "unavailable", "ruleset": current.ruleset.revision,
-                "rules": len(current.ruleset.all_rules()), "database": "ok" if ok_db else "unavailable",
-                "lastReloadErrors": len(registry.last_errors)}
-        response = jsonify(body)
-        response.status_code = 200 if ok_db else 503
-        return response
-
-    @app.get("/metrics")
-    def metrics_endpoint() -> Response:
-        return Response(metrics.render(), mimetype="text/plain; version=0.0.4")
-
-    @app.get("/openapi.json")
-    def openapi() -> Response:
-        return jsonify(openapi_document(sorted(registry.current.runtimes)))
-
-    @app.get("/rules")
-    def rules_catalogue() -> Response:
-        from protocol_engine.authoring.catalogue import catalogue
-
-        return jsonify(catalogue(_current().ruleset))
-
-    @app.get("/analytics/data")
-    def analytics_data() -> Response:
-        """Override analytics for the protocol's owners; with auth on, behind PROTOCOL_ENGINE_ADMIN_TOKEN
-        (people, not EHRs, read it: CDS client JWTs do not open it)."""
-        import hmac
-
-        from protocol_engine.runtime.analytics import activity, period
-
-        if settings.auth == "required":
-            if not settings.admin_token:
-                return _outcome(403, "forbidden", "analytics are off: set PROTOCOL_ENGINE_ADMIN_TOKEN to open them")
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
-                response = _outcome(401, "login", "analytics need the operator token (PROTOCOL_ENGINE_ADMIN_TOKEN)")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="analytics"'
-                return response
-        try:
-            since, until, bucket = period(request.args, g.now)
-            return jsonify(activity(store, registry.current.ruleset, since, until, bucket))
-        except BadRequest as exc:
-            return _outcome(400, "invalid", str(exc), exc.field)
-        except Exception as exc:
-            metrics.DB_ERRORS.labels("analytics").inc()
-            log.error("analytics not read: %s", type(exc).__name__)
-            return _outcome(503, "transient", "the store is unavailable; retry later")
-
-    @app.get("/rules/<rule_id>")
-    def rule_page(rule_id: str) -> Response:
-        """The rule's page for clinical reviewers, generated from its files (HTML)."""
-        from protocol_engine.authoring import rulepage
-
-        current = registry.current
-        found = rulepage.find(current.ruleset, rule_id)
-        if found is None:
-            return _outcome(404, "not-found", "no such rule")
-        page = rulepage.build(current.ruleset, current.runtimes, *found)
-        return Response(rulepage.to_html(page), mimetype="text/html")
-
-    @app.get("/")
-    def index() -> Response:
-        return send_from_directory(STATIC, "index.html")
-
-    @app.get("/static/<path:name>")
-    def static_file(name: str) -> Response:
-        return send_from_directory(STATIC, name)
-
-    @app.get("/demo/patients")
-    def demo_patients() -> Response:
-        from protocol_engine.authoring.samples import sample_index
-
-        return jsonify(sample_index())
-
-    @app.get("/demo/request")
-    def demo_request() -> Response:
-        """A ready CDS Hooks request for a sample patient and service (synthetic data only)."""
-        from protocol_engine.authoring.samples import hook_request
-
-        runtimes = registry.current.runtimes
-        service_id = request.args.get("service", "")
-        rt = runtimes.get(service_id)
-        if rt is None:
-            return _outcome(404, "not-found", "no such service")
-        body = hook_request(request.args.get("patient", ""), rt.service.hook, g.now, rt.resource_types())
-        if body is None:
-            return _outcome(404, "not-found", "no such sample patient")
-        return jsonify(body)
-
-    @app.get("/demo/patients/<name>")
-    def demo_patient(name: str) -> Response:
-        from protocol_engine.authoring.samples import sample
-
-        data = sample(name)
-        if data is None:
-            return _outcome(404, "not-found", "no such sample patient")
-        return jsonify(data)
+    for blueprint in (cds, operations, demo):
+        app.register_blueprint(blueprint)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -350,7 +134,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         code = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}.get(status, "invalid")
         message = {413: f"the body is larger than the limit of {settings.max_body} bytes",
                    405: f"{request.method} is not allowed on {request.path}"}.get(status, exc.description or "")
-        response = _outcome(status, code, message)
+        response = outcome(status, code, message)
         if status == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]
         return response
@@ -358,8 +142,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.errorhandler(Exception)
     def server_error(exc: Exception) -> Response:
         if isinstance(exc, ProtocolEngineError) and exc.status < 500:
-            return _outcome(exc.status, exc.code, str(exc))
+            return outcome(exc.status, exc.code, str(exc))
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return _outcome(500, "exception", "internal error; it has been logged")
+        return outcome(500, "exception", "internal error; it has been logged")
 
     return app

@@ -20,14 +20,16 @@ Module map, by audience (each folder's modules start with a one-line docstring s
               rulepage, impact, samples (sample patients for the page and impact).
   runtime/    the service process: config, registry (reloads), security (JWT) + replay, store + audit +
               feedback + analytics (database), metrics, logs, openapi, outcome, balanced_worker (gunicorn).
+  http/       the HTTP views as Flask blueprints server.py registers: cds (CDS Hooks endpoints), operations
+              (health, metrics, OpenAPI, rule pages, analytics), demo (the web page), common.
   cli.py      the `protocol-engine` command.
 
 Outside this package: adapters/fhir/ reads FHIR R4 (hook request parsing, prefetch and fetch, FHIR JSON -> core
-records); server.py is the Flask app (the only HTTP code).
+records); server.py is the Flask app factory (with http/, the only HTTP code).
 
 Import rule (checked by tests/test_layout.py): a layer imports only the layers before it.
 
-  core  <-  adapters.fhir  <-  pack  <-  hooks  <-  authoring, runtime  <-  cli.py, server.py
+  core  <-  adapters.fhir  <-  pack  <-  hooks  <-  authoring, runtime  <-  cli.py, http/, server.py
 
 - core imports no other project module; it may name pack types for type checking only (`if TYPE_CHECKING`).
   It never imports flask, sqlalchemy, alembic, httpx, jwt, prometheus_client, gunicorn or fhir.resources.

@@ -1,7 +1,7 @@
 """The import rule written at the top of protocol_engine/__init__.py, checked on the source (ast, nothing imported).
 
 A layer imports only the layers before it: core <- adapters.fhir <- pack <- hooks <- authoring, runtime <- cli,
-server. Imports inside `if TYPE_CHECKING:` create no import-time dependency and may name any project type, but
+http/, server. Imports inside `if TYPE_CHECKING:` create no import-time dependency and may name any project type, but
 core never imports HTTP, storage, the FHIR client or FHIR JSON models, not even for type checking.
 """
 
