@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 from flask import Response, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -64,23 +64,19 @@ def state() -> dict[str, Any]:
 
 
 def settings() -> Settings:
-    found: Settings = state()["settings"]
-    return found
+    return cast(Settings, state()["settings"])
 
 
 def registry() -> Registry:
-    found: Registry = state()["registry"]
-    return found
+    return cast(Registry, state()["registry"])
 
 
 def store() -> Store:
-    found: Store = state()["store"]
-    return found
+    return cast(Store, state()["store"])
 
 
 def audit() -> AuditWriter:
-    found: AuditWriter = state()["audit"]
-    return found
+    return cast(AuditWriter, state()["audit"])
 
 
 def current() -> Loaded:
