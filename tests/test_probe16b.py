@@ -83,3 +83,41 @@ def test_a_date_only_dose_is_segmented_into_the_course_at_both_ends(loaded: Any)
         entries.append({"resource": earlier})
     got = cards(loaded, body)
     assert "dose 3 of the course" in text(got["TIM-01"]) and "13-37 h ago" in got["TIM-01"]["summary"]
+
+
+# -- 2. a reading set aside for its status is said, with its value ------------------------------------------
+@pytest.mark.parametrize(("name", "status"), [("B11-prelim-severe", "preliminary"),
+                                              ("B11b-prelim-severe-nobp", "preliminary"),
+                                              ("B12-registered-severe-nobp", "registered")])
+def test_a_severe_reading_set_aside_for_its_status_gets_a_data_quality_card(loaded: Any, name: str,
+                                                                            status: str) -> None:
+    got = cards(loaded, payload(name))
+    assert "CI-05" not in got  # G1: not used [D]
+    assert f"Observation/bp2: BP 195/115 mmHg, today 12:26 UTC, status {status}, was not used" in got["DQ-02"]["detail"]
+    assert ("MON-01" in got) == name.endswith("nobp")
+
+
+def test_a_set_aside_reading_outside_every_read_window_stays_quiet(loaded: Any) -> None:
+    got = cards(loaded, payload("B11-prelim-severe"), PROBE_NOW + dt.timedelta(days=400))
+    assert "Observation/bp2" not in "".join(text(c) for c in got.values())
+
+
+def test_entered_in_error_is_still_no_reading_at_all(loaded: Any) -> None:
+    body = payload("B11-prelim-severe")  # metamorphic: the same reading, withdrawn
+    for entry in body["prefetch"]["observations"]["entry"]:
+        if entry["resource"]["id"] == "bp2":
+            entry["resource"]["status"] = "entered-in-error"
+    assert "Observation/bp2" not in "".join(text(c) for c in cards(loaded, body).values())
+
+
+def test_a_preliminary_hcg_does_not_stand_in_for_a_pregnancy_test(loaded: Any) -> None:
+    body = payload("B11-prelim-severe")
+    body["prefetch"]["patient"]["gender"] = "female"
+    before = cards(loaded, body)
+    hcg = {"resourceType": "Observation", "id": "hcg1", "status": "preliminary",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "2106-3"}]},
+           "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-11-30T10:00:00Z",
+           "valueQuantity": {"value": 2, "unit": "mIU/mL", "system": "http://unitsofmeasure.org", "code": "m[IU]/mL"}}
+    body["prefetch"]["observations"]["entry"].append({"resource": hcg})
+    after = cards(loaded, body)
+    assert ("MON-10" in before) == ("MON-10" in after)

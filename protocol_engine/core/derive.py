@@ -181,6 +181,8 @@ class Deriver:
                 # G1 ignores a valid non-final status quietly; a reading of a measure the rules need with no
                 # status or no readable time is invalid, and reported rather than silently dropped.
                 if obs.status in OBSERVATION_STATUSES and obs.time is not None:
+                    if obs.status in _SET_ASIDE:
+                        self._set_aside(obs, now, issues)
                     continue
                 if not self.index.members(obs.codes, ()).intersection(self.measure_of_vs):
                     continue
@@ -205,6 +207,28 @@ class Deriver:
             items.sort(key=lambda e: e[0], reverse=True)
             out[name] = Readings(self, self.p.measures[name], items, issues)
         return out, future
+
+    def _set_aside(self, obs: LazyObservation, now: dt.datetime, issues: list[DataIssue]) -> None:
+        """A reading not used for its status (G1: preliminary, registered, unknown) inside the read window of its
+        measure is said, with its value, never silently left out (a preliminary 195/115 is still a 195/115)."""
+        assert obs.time is not None
+        for vs in self.index.members(obs.codes, ()):
+            for name, _ in self.measure_of_vs.get(vs, ()):
+                window = self.read_window.get(name)
+                age = _age_h(now, obs.time_latest or obs.time)
+                if age < -self.future_tol_h or (window is not None and age > window):
+                    continue
+                m = self.p.measures[name]
+                record = obs.record()
+                value = ""
+                if not isinstance(record, DataIssue):
+                    reading = self._panel(m, record) if m.kind == "pair" else self._single(m, record)
+                    value = (self.describe_reading(m, reading).split(", ")[0] if reading.readable
+                             else f"{m.label} (value not readable)")
+                issues.append(DataIssue(obs.ref, f"{value or m.label}, {fmt_time(obs.time, obs.time_latest)}, "
+                                                 f"status {obs.status}, was not used (only "
+                                                 f"{', '.join(sorted(self.obs_valid))} readings are)", True))
+                return
 
     def _single(self, m: Measure, obs: ObservationRecord) -> Reading:
         if m.kind == "presence":
@@ -411,7 +435,8 @@ class Deriver:
                 # counted in the course; said, not silently left out.
                 issues.append(DataIssue(a.ref, "dose time missing or less precise than a day: not counted in "
                                                "the course (timing checks may be incomplete)"))
-        measured = self._measured(chart, {issue.ref for issue in issues}, now)
+        # A reading set aside for its status is no result of its measure (MON-10 still asks for a final hCG).
+        measured = self._measured(chart, {issue.ref for issue in issues if not issue.set_aside}, now)
         for issue in issues:  # last: readings validated on demand above may have added some
             fact = {"t": "data-issue", "refs": [issue.ref], "problem": issue.problem,
                     "describe": f"{issue.ref}: {issue.problem}"}
@@ -850,6 +875,7 @@ class Deriver:
 
 
 _STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(MG/ML|mg/mL|mg/ml)\b")
+_SET_ASIDE = frozenset({"registered", "preliminary", "unknown"})  # a measurement, not yet or not surely final
 OBSERVATION_STATUSES = frozenset({"registered", "preliminary", "final", "amended", "corrected", "cancelled",
                                   "entered-in-error", "unknown"})
 

@@ -170,6 +170,7 @@ class DataIssue:
 
     ref: str
     problem: str
+    set_aside: bool = False  # readable, but not used for its status (G1): not an unreadable result of its measure
 
 
 @dataclass(frozen=True)
