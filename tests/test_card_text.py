@@ -30,6 +30,7 @@ PACKS = [ROOT / "rules", ROOT / "tests" / "packs"]
 UCUM = re.compile(r"\w*\[(?:Hg|IU|lb_av|in_i|degF|iU)\]|\{(?:score|beats|breaths|Score)\}")
 # A sentence end glued to the next sentence: "positive**.Esketamine", "mmHg.Re-check".
 GLUED = re.compile(r"[a-z0-9)\]*_][.!?;:](?:\*\*|_)?[A-Z][a-z]")
+FOOTER = re.compile(r"^_Rule [A-Z]{2,4}-\d{2}[a-z]? v\d+\.\d+\.\d+ .*$", re.M)
 UNRENDERED = re.compile(r"\{\{|\{%|%\}|\}\}")
 # A Python repr leaked into the text, e.g. a template reading `.values` of a dict (DQ-04, probe 36).
 PYREPR = re.compile(r"<built-in|<bound method|<function |object at 0x")
@@ -52,9 +53,11 @@ def _all_cards() -> tuple[list[tuple[str, str, dict[str, Any]]], set[str]]:
 
 CARDS, RULES = _all_cards()
 # The generic marks and every pack's own source ids (protocol.yaml `internal_labels`: "SP-PDR", "KET-CH").
-MARKS = internal.pattern(label for root in PACKS for pack in getattr(load_ruleset(root)[0], "packs", ())
-                         for label in pack.protocol.internal_labels)
-assert MARKS is not INTERNAL and MARKS.search("see SP-PDR")
+# And the packs' rule ids: "Checks that could not run: DOS-01" tells a clinician nothing (issue 19, DQ-06).
+MARKS = internal.pattern((label for root in PACKS for pack in getattr(load_ruleset(root)[0], "packs", ())
+                          for label in pack.protocol.internal_labels),
+                         (r.id for root in PACKS for r in getattr(load_ruleset(root)[0], "all_rules", list)()))
+assert MARKS is not INTERNAL and MARKS.search("see SP-PDR") and MARKS.search("see DOS-01.")
 
 
 def test_every_active_rule_renders_a_card_in_its_own_cases() -> None:
@@ -67,6 +70,7 @@ def test_no_ucum_code_internal_label_or_template_residue_in_what_clinicians_read
     problems = []
     for rule, case, card in CARDS:
         text = card["source"]["label"] if field == "source" else card[field]
+        text = FOOTER.sub("", text)  # the card's own rule and version, for whoever reports it, is not prose
         for name, pattern in (("UCUM code", UCUM), ("internal label", MARKS), ("template residue", UNRENDERED),
                               ("Python repr", PYREPR)):
             found = pattern.search(text)
@@ -371,6 +375,40 @@ def test_validate_refuses_restated_settings_in_titles_and_internal_labels_in_pla
     assert re.search(rf"{re.escape(str(path))}:{then_line}:\d+: error\[internal-label\]: the plain.then shows 'KET-CH'",
                      found), found
     assert "setting 'systolic_limit': the source shows 'SP-PDR'" in found
+
+
+def test_validate_reports_every_internal_mark_and_rule_id_in_card_text_each_where_it_is(tmp_path: Path) -> None:
+    rules = _copy_rules(tmp_path)
+    path = _edit(rules, "CI-05",
+                 ("raise blood pressure (peak about 40 minutes after the dose). Do not give the dose while",
+                  "raise blood pressure (see CI-06, per G8.). Do not give the dose (G12) while"),
+                 ("re-check after 10 minutes of rest", "re-check (see CI-06) after 10 minutes of rest"))
+    found = "\n".join(_diags(rules))
+    lines = path.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines, 1) if "per G8." in line)
+    second = next(i for i, line in enumerate(lines, 1) if "(see CI-06)" in line)
+    for line, mark in ((first, "CI-06"), (first, "G8"), (first, "G12"), (second, "CI-06")):
+        col = lines[line - 1].index(mark + ("" if line == first else ")")) + 1
+        assert f"{path}:{line}:{col}: error[internal-label]: the detail shows '{mark}'" in found, found
+    assert "name the check in words (its title), not its id" in found
+    # ICD-10 codes are not marks; plain words (for the rule page's reviewers) may name other rules.
+    assert not internal.INTERNAL.search("G93.6 and Q28.2") and internal.INTERNAL.search("(G12)")
+    assert not re.search(r"error\[internal-label\]: the plain", found)
+
+
+def test_a_literal_written_twice_is_reported_twice_each_where_it_is(tmp_path: Path) -> None:
+    rules = _copy_rules(tmp_path)
+    path = _edit(rules, "CI-05",
+                 ("raise blood pressure (peak about 40 minutes after the dose).",
+                  "raise blood pressure over 24 hours."),
+                 ("re-check after 10 minutes of rest", "re-check within 24 hours after 10 minutes of rest"))
+    found = [d for d in _diags(rules) if "restates the setting 'lookback'" in d]
+    lines = path.read_text().splitlines()
+    at = [(i, line.index("24 hours") + 1) for i, line in enumerate(lines, 1)
+          if "24 hours" in line and not line.startswith("title")]
+    assert len(at) == 2 and len({d.split(": error")[0] for d in found}) == 2, found
+    for line, col in at:
+        assert any(d.startswith(f"{path}:{line}:{col}: error[restated-setting]") for d in found), (at, found)
 
 
 def test_a_protocol_setting_source_may_not_use_internal_ids(tmp_path: Path) -> None:

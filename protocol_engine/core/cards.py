@@ -50,7 +50,13 @@ def _context(finding: Finding, patient_id: str | None, now: dt.datetime | None =
             if not name.startswith("_"):
                 ctx.setdefault(name, _escaped(fact))
     ctx.setdefault("order", _escaped(first.get("_scope", {})))
-    ctx["matches"] = [{k: _escaped(v) for k, v in m.items() if not k.startswith("_")} for m in finding.matches]
+    # One entry per distinct set of facts: a rule with no drug scope holds once per order in scope (`_scope`),
+    # and its matches differ only there (DQ-06 listed one unreadable order once per draft order).
+    distinct: dict[tuple[tuple[str, int], ...], dict[str, Any]] = {}
+    for m in finding.matches:
+        named = {k: v for k, v in m.items() if not k.startswith("_")}
+        distinct.setdefault(tuple(sorted((k, id(v)) for k, v in named.items())), named)
+    ctx["matches"] = [{k: _escaped(v) for k, v in m.items()} for m in distinct.values()]
     ctx["evidence"] = finding.evidence
     ctx["patient_id"] = patient_id or ""
     ctx["indicator"] = finding.indicator

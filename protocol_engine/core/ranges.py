@@ -93,7 +93,7 @@ def evaluate(compiled: engine.CompiledRules, facts: list[Fact]) -> list[Finding]
             "t": IMPRECISE, "rule": rule.id, "title": rule.title, "n": n,
             "refs": [ref for f in values for ref in f.get("refs", ())],
             "values": "; ".join(str(f.get("describe", f["t"])) for f in values),
-            "describe": f"{rule.id} ({rule.title}) cannot be decided: "
+            "describe": f"{rule.title} cannot be decided: "  # evidence a clinician reads: the check in words
                         + "; ".join(str(f.get("describe", f["t"])) for f in values),
         })
     more = engine.evaluate(compiled, low_facts + extra)

@@ -143,10 +143,11 @@ def _name_blocked_checks(facts: list[dict[str, Any]], rules: list[Rule]) -> None
         unread = set(fact.get("unread") or ())
         if "dose" in unread:
             unread |= {"dose_per_kg", "infusion_time"}
-        blocked = [r.id for r in checks if fact.get("drug") in r.drugs and any(
+        # Named by title: a clinician reads "Ketamine dose above the weight-based limit", not "DOS-01".
+        blocked = [r.title for r in checks if fact.get("drug") in r.drugs and any(
             p.fact == "order" and any(t.field in unread for t in p.tests)
             for conj in r.conjuncts for p in (*conj.positives, *conj.negatives))]
-        fact["checks"] = ", ".join(blocked) if blocked else "none of this hook's checks read them"
+        fact["checks"] = "; ".join(dict.fromkeys(blocked)) if blocked else "none of this hook's checks read them"
 
 
 def _ms(start: float) -> float:

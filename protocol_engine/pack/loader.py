@@ -60,8 +60,10 @@ class RuleParser:
     """Parses one rule file; collects every problem rather than stopping at the first."""
 
     def __init__(self, path: Path, protocol: Protocol, valuesets: set[str],
-                 site: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None) -> None:
+                 site: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None,
+                 rule_ids: frozenset[str] = frozenset()) -> None:
         self.path = path
+        self.rule_ids = rule_ids  # the pack's rule ids: typed into clinician text they are internal marks
         self.site = site or {}
         self.specs: dict[str, Setting] = {}
         self.where = str(path)
@@ -521,16 +523,25 @@ class RuleParser:
             self.error(pos, "template-undefined-var", f"the {key} template uses '{var}', which is not bound",
                        did_you_mean(var, sorted(names)), len(var))
 
-    def _check_internal(self, node: Any, key: Any, source: str, what: str | None = None) -> None:
+    def _check_internal(self, node: Any, key: Any, source: str, what: str | None = None,
+                        card: bool = True) -> None:
+        """Every internal mark of the field, each at its own place (not only the first). Rule ids are marks in
+        what a clinician reads (`card`); the plain words are for reviewers of the rule page, where ids are
+        the page names."""
+        marks = internal_pattern(self.protocol.internal_labels, self.rule_ids if card else ())
+        start = yamlsource.value_pos(node, key)
+        seen: dict[str, int] = {}
         for text in restated.texts(source):
-            found = internal_pattern(self.protocol.internal_labels).search(text)
-            if found:
-                line, col = self._locate(yamlsource.value_pos(node, key), found.group(0))
+            for found in marks.finditer(text):
+                mark = found.group(0)
+                seen[mark] = seen.get(mark, 0) + 1
+                line, col = self._locate(start, mark, seen[mark])
+                hint = ("name the check in words (its title), not its id" if mark in self.rule_ids else
+                        "write the source as published (as the citation labels do) and the semantics by name "
+                        "(the pack README); keep [D]/[U]/[S] in notes")
                 self.error((line, col), "internal-label",
-                           f"the {what or key} shows '{found.group(0)}', an internal mark clinicians do not know",
-                           "write the source as published (as the citation labels do) and the semantics by name "
-                           "(the pack README); keep [D]/[U]/[S] in notes", len(found.group(0)))
-                return
+                           f"the {what or key} shows '{mark}', an internal mark clinicians do not know", hint,
+                           len(mark))
 
     def _unknown_keys(self, node: Any, allowed: tuple[str, ...], where: str) -> None:
         """A misspelt key inside a block (`plain: {than: ...}`, a citation's `ulr:`) is an error, not ignored."""
@@ -649,7 +660,7 @@ class RuleParser:
         """The plain words, with settings printed through the same filters as cards (no restated numbers)."""
         source = " ".join(str(plain.get(key, "")).split())
         self._check_restated(plain, key, source)
-        self._check_internal(plain, key, source, f"plain.{key}")
+        self._check_internal(plain, key, source, f"plain.{key}", card=False)
         if "{{" not in source and "{%" not in source:
             return source
         try:
@@ -665,9 +676,11 @@ class RuleParser:
         protocol_settings = {path: (s.value, s.unit) for path, s in self.protocol.settings.items()}
         # Units as people write them: the pack's `units:` table and its display table read backwards.
         spellings = {**{shown: code for code, shown in self.protocol.display_units.items()}, **self.protocol.units}
+        seen: dict[str, int] = {}  # the second "30 minutes" of a template is reported where it is
         for hit in restated.find(source, self.pack_settings, self.protocol.values, self.setting_units,
                                  protocol_settings, spellings):
-            line, col = self._locate(yamlsource.value_pos(node, key), hit.literal)
+            seen[hit.literal] = seen.get(hit.literal, 0) + 1
+            line, col = self._locate(yamlsource.value_pos(node, key), hit.literal, seen[hit.literal])
             also = f" (and {', '.join(repr(a) for a in hit.also)})" if hit.also else ""
             self.error((line, col), "restated-setting",
                        f"'{hit.literal}' restates the setting '{hit.setting}'{also} as a literal: the text keeps "
@@ -675,8 +688,9 @@ class RuleParser:
                        hit.hint if rendered else f"the {key} is not a template: say it without the number (the "
                        "card and the rule page print the setting)", len(hit.literal))
 
-    def _locate(self, start: tuple[int, int], literal: str) -> tuple[int, int]:
-        """The line and column of `literal` in the file, searching from the template's first line."""
+    def _locate(self, start: tuple[int, int], literal: str, nth: int = 1) -> tuple[int, int]:
+        """The line and column of the `nth` occurrence of `literal` in the file, searching from the template's
+        first line (a literal written twice is reported twice, each where it is)."""
         if not hasattr(self, "_lines"):
             try:
                 self._lines = self.path.read_text(encoding="utf-8").splitlines()
@@ -684,16 +698,17 @@ class RuleParser:
                 self._lines = []
         words = literal.split()
         whole = re.compile(r"(?<![\w.\-\[#])" + r"\s+".join(re.escape(w) for w in words) + r"(?![\w.]*\d)")
-        for i in range(start[0] - 1, min(len(self._lines), start[0] + 200)):  # the literal on one line
-            found = whole.search(self._lines[i], start[1] - 1 if i == start[0] - 1 else 0)
-            if found:
-                return i + 1, found.start() + 1
         first = words[0] if words else literal  # "40\nminutes" spans lines: find the number
-        pattern = re.compile(r"(?<![\w.\-\[#])" + re.escape(first) + r"(?![\w.]*\d)")
-        for i in range(start[0] - 1, min(len(self._lines), start[0] + 200)):
-            found = pattern.search(self._lines[i], start[1] - 1 if i == start[0] - 1 else 0)
-            if found:
-                return i + 1, found.start() + 1
+        alone = re.compile(r"(?<![\w.\-\[#])" + re.escape(first) + r"(?![\w.]*\d)")
+        for pattern in (whole, alone):
+            found_at: list[tuple[int, int]] = []
+            for i in range(start[0] - 1, min(len(self._lines), start[0] + 200)):
+                found_at += [(i + 1, m.start() + 1) for m in
+                             pattern.finditer(self._lines[i], start[1] - 1 if i == start[0] - 1 else 0)]
+                if len(found_at) >= nth:
+                    return found_at[nth - 1]
+            if found_at:
+                return found_at[-1]
         return start
 
 
@@ -701,5 +716,6 @@ _BAD = object()
 
 
 def parse_rule(path: Path, protocol: Protocol, valuesets: set[str],
-               site: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None) -> tuple[Rule | None, list[Diagnostic]]:
-    return RuleParser(path, protocol, valuesets, site).parse()
+               site: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None,
+               rule_ids: frozenset[str] = frozenset()) -> tuple[Rule | None, list[Diagnostic]]:
+    return RuleParser(path, protocol, valuesets, site, rule_ids).parse()

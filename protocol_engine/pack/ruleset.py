@@ -13,6 +13,7 @@ from ..core.errors import Diagnostic
 from ..core.model import HOOKS, Rule
 from ..core.valuesets import ValueSet, ValueSetIndex, parse_code
 from . import yamlsource
+from .internal import RULE_FILE_ID
 from .loader import did_you_mean, parse_rule
 from .protocol import Protocol, Service, load_protocol
 
@@ -122,9 +123,11 @@ def load_pack(root: Path, site: Site | None = None) -> tuple[Pack | None, list[D
     rules: list[Rule] = []
     seen: dict[str, str] = {}
     attempted: set[str] = set()  # ids of files with errors: no second, cascading error about them
-    for path in sorted(root.rglob("*" + RULE_SUFFIX)):
+    paths = sorted(root.rglob("*" + RULE_SUFFIX))
+    rule_ids = frozenset(m.group(1) for p in paths if (m := RULE_FILE_ID.match(p.name)))
+    for path in paths:
         files.append(path)
-        rule, rdiags = parse_rule(path, protocol, names, site.rules if site else None)
+        rule, rdiags = parse_rule(path, protocol, names, site.rules if site else None, rule_ids)
         diags.extend(rdiags)
         if rule is None:
             data, _ = yamlsource.load(path, shared=True)
