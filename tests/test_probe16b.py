@@ -121,3 +121,21 @@ def test_a_preliminary_hcg_does_not_stand_in_for_a_pregnancy_test(loaded: Any) -
     body["prefetch"]["observations"]["entry"].append({"resource": hcg})
     after = cards(loaded, body)
     assert ("MON-10" in before) == ("MON-10" in after)
+
+
+# -- 5. a data-quality card on a severe reading quotes the value read -------------------------------------------
+def test_a_reading_with_no_status_quotes_its_value(loaded: Any) -> None:
+    got = cards(loaded, payload("B7b-nostatus-severe-nobp"))
+    assert "Observation/bp2: no valid status (recorded value BP 195/115 mmHg)" in got["DQ-02"]["detail"]
+    assert "CI-05" not in got and "MON-01" in got
+
+
+def test_a_bp_written_as_a_string_is_quoted_not_guessed(loaded: Any) -> None:
+    got = cards(loaded, payload("N5-bp-valuestring"))
+    assert "'190/110'" in text(got["MON-02"]) and "CI-05" not in got
+
+
+# -- 6. a dose as written is shown as written ----------------------------------------------------------------------
+def test_a_dose_per_kg_is_shown_with_its_second_decimal(loaded: Any) -> None:
+    got = cards(loaded, payload("G12-dose-mgkg"))
+    assert "1.25 mg/kg" in text(got["DOS-01"]) and "1.2 mg/kg" not in text(got["DOS-01"])

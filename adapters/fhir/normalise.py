@@ -359,10 +359,15 @@ def lazy_observation(raw: dict[str, Any]) -> LazyObservation:
         model = _validate(raw, issues)
         return issues[0] if model is None else observation(model, ref)
 
+    def relaxed() -> ObservationRecord | DataIssue:
+        issues: list[DataIssue] = []
+        model = _validate({**raw, "status": "unknown"}, issues)
+        return issues[0] if model is None else observation(model, ref)
+
     status = raw.get("status") if isinstance(raw.get("status"), str) else None
     when = _raw_time(raw)
     return LazyObservation(ref, status, when[0] if when else None, _raw_codes(raw), load,
-                           when[1] if when else None)
+                           when[1] if when else None, relaxed)
 
 
 Relevance = Callable[[list[tuple[str | None, str | None]], list[str | None]], bool]

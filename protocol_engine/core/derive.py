@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,11 @@ def at_text(t: dt.datetime, latest: dt.datetime | None) -> str:
 
 def fmt_num(x: float) -> str:
     return f"{x:.1f}".rstrip("0").rstrip(".") if x != int(x) else str(int(x))
+
+
+def _as_written(x: float) -> str:
+    """A recorded amount as the order wrote it (1.25 mg/kg, 0.125 mg/kg), not rounded to one decimal."""
+    return f"{x:.4f}".rstrip("0").rstrip(".")
 
 
 @dataclass
@@ -186,8 +191,10 @@ class Deriver:
                     continue
                 if not self.index.members(obs.codes, ()).intersection(self.measure_of_vs):
                     continue
-                issues.append(DataIssue(obs.ref, "no valid status" if obs.status not in OBSERVATION_STATUSES
-                                        else "effective time missing or not a valid FHIR date/dateTime"))
+                quoted = self._quote(obs, obs.relaxed if obs.status not in OBSERVATION_STATUSES else obs.record)
+                issues.append(DataIssue(obs.ref, ("no valid status" if obs.status not in OBSERVATION_STATUSES
+                                                  else "effective time missing or not a valid FHIR date/dateTime")
+                                        + (f" (recorded value {quoted})" if quoted else "")))
                 continue
             hits: list[tuple[str, str]] = []
             for vs in self.index.members(obs.codes, ()):
@@ -219,16 +226,29 @@ class Deriver:
                 if age < -self.future_tol_h or (window is not None and age > window):
                     continue
                 m = self.p.measures[name]
-                record = obs.record()
-                value = ""
-                if not isinstance(record, DataIssue):
-                    reading = self._panel(m, record) if m.kind == "pair" else self._single(m, record)
-                    value = (self.describe_reading(m, reading).split(", ")[0] if reading.readable
-                             else f"{m.label} (value not readable)")
+                value = self._quote(obs, obs.record)
                 issues.append(DataIssue(obs.ref, f"{value or m.label}, {fmt_time(obs.time, obs.time_latest)}, "
                                                  f"status {obs.status}, was not used (only "
                                                  f"{', '.join(sorted(self.obs_valid))} readings are)", True))
                 return
+
+    def _quote(self, obs: LazyObservation,
+               load: Callable[[], ObservationRecord | DataIssue] | None) -> str:
+        """The value of a reading not used, as a data-quality card quotes it ('BP 195/115 mmHg'); structured
+        values only (and a valueString, the measurement itself); '' when there is none to quote."""
+        record = load() if load is not None else None
+        if record is None or isinstance(record, DataIssue):
+            return ""
+        for vs in self.index.members(obs.codes, ()):
+            for name, _ in self.measure_of_vs.get(vs, ()):
+                m = self.p.measures[name]
+                reading = self._panel(m, record) if m.kind == "pair" else self._single(m, record)
+                if reading.readable:
+                    return self.describe_reading(m, reading).split(", ")[0]
+                if record.value.text is not None and record.value.coded is None:
+                    return f"{m.label} '{record.value.text}' (as text)"
+                return f"{m.label} (value not readable)"
+        return ""
 
     def _single(self, m: Measure, obs: ObservationRecord) -> Reading:
         if m.kind == "presence":
@@ -269,8 +289,11 @@ class Deriver:
                         values[fieldname] = value
         # A panel with one readable half gives that half to the rules (a systolic of 192 alone is severe
         # hypertension); the unreadable half is still reported (`problem` on a readable reading).
+        absent = "no components"
+        if not obs.components and obs.value.text is not None and obs.value.coded is None:
+            absent += f"; the value was recorded as text '{obs.value.text}'"  # valueString "190/110": not guessed
         return Reading(m.name, obs.time, [obs.ref], values, readable=bool(values),  # type: ignore[arg-type]
-                       problem="; ".join(problems) or ("" if values else "no components"), latest=obs.time_latest)
+                       problem="; ".join(problems) or ("" if values else absent), latest=obs.time_latest)
 
     def governing(self, m: Measure, readings: Readings,
                   now: dt.datetime | None = None) -> tuple[Reading | None, Reading | None]:
@@ -828,9 +851,9 @@ class Deriver:
         if q is None or q.value is None:
             return ""
         shown = display.unit(q.unit, self.p.display_units) if q.unit else "(no unit)"
-        text = f" {fmt_num(q.value)} {shown}"
+        text = f" {_as_written(q.value)} {shown}"
         if order.dose_low is not None and order.dose_low.value is not None:
-            text = f" {fmt_num(order.dose_low.value)}-{fmt_num(q.value)} {shown}"
+            text = f" {_as_written(order.dose_low.value)}-{_as_written(q.value)} {shown}"
             fact["dose_range"] = text.strip()
         return text
 

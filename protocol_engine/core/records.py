@@ -73,13 +73,16 @@ class LazyObservation:
     fhir.resources would cost more than everything else in the request.
     """
 
-    __slots__ = ("ref", "status", "time", "codes", "_load", "_value", "time_latest")
+    __slots__ = ("ref", "status", "time", "codes", "_load", "_value", "time_latest", "relaxed")
 
     def __init__(self, ref: str, status: str | None, time: dt.datetime | None,
                  codes: tuple[tuple[str | None, str | None], ...],
                  load: Callable[[], ObservationRecord | DataIssue],
-                 time_latest: dt.datetime | None = None) -> None:
+                 time_latest: dt.datetime | None = None,
+                 relaxed: Callable[[], ObservationRecord | DataIssue] | None = None) -> None:
         self.ref, self.status, self.time, self.codes = ref, status, time, codes
+        # The record read with an invalid status replaced, only to quote its value on a data-quality card.
+        self.relaxed = relaxed
         # Reduced precision (`2026-11-29`): `time` is the earliest instant it covers, this the latest.
         self.time_latest = time_latest if time_latest is not None else time
         self._load = load
