@@ -10,10 +10,13 @@ from ..core.engine import EngineError
 from ..core.errors import BadRequest, PrefetchUnavailable
 from ..hooks.pipeline import discovery, run
 from ..runtime import metrics
+from ..runtime.deadline import Bounded
 from ..runtime.feedback import parse_feedback
 from .common import Unsupported, audit, body, current, fhir_client, log, outcome, registry, settings, store
 
 cds = Blueprint("cds", __name__)
+# A stalled database answers feedback 503 within this, as a refused one does (runtime/deadline.py).
+FEEDBACK_DB = Bounded("feedback", 5.0)
 
 
 @cds.get("/cds-services")
@@ -72,8 +75,12 @@ def feedback(service_id: str) -> Response:
         # Feedback for a card not (yet) on record is stored all the same: its trace may still be in another
         # worker's write batch, or the database was away when it was served. The report joins feedback to
         # cards by uuid, so it is reconciled as soon as the card's row lands; an EHR is never told "never".
-        unmatched = len(set(uuids) - store().known_cards(uuids))
-        added = store().add_feedback(items, g.now)
+        the_store, now = store(), g.now
+
+        def save() -> tuple[int, int]:
+            return len(set(uuids) - the_store.known_cards(uuids)), the_store.add_feedback(items, now)
+
+        unmatched, added = FEEDBACK_DB.call(save)
     except Exception as exc:
         metrics.DB_ERRORS.labels("feedback").inc()
         log.error("feedback not stored: %s", type(exc).__name__)

@@ -12,10 +12,12 @@ from ..authoring.catalogue import catalogue
 from ..core.errors import BadRequest
 from ..runtime import metrics
 from ..runtime.analytics import activity, period
+from ..runtime.deadline import Bounded, DeadlineExceeded
 from ..runtime.openapi import openapi_document
 from .common import current, log, outcome, registry, settings, store
 
 operations = Blueprint("operations", __name__)
+READINESS_DB = Bounded("readyz", 1.0, slots=2)  # readiness asks the database, briefly; liveness never does
 
 
 @operations.get("/healthz")
@@ -25,7 +27,10 @@ def healthz() -> Response:
 
 @operations.get("/readyz")
 def readyz() -> Response:
-    ok_db = store().ping()
+    try:
+        ok_db = READINESS_DB.call(store().ping)
+    except DeadlineExceeded:
+        ok_db = False
     loaded = registry().current
     body = {"status": "ok" if ok_db else "unavailable", "ruleset": loaded.ruleset.revision,
             "rules": len(loaded.ruleset.all_rules()), "database": "ok" if ok_db else "unavailable",

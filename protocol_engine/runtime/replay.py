@@ -6,7 +6,8 @@ accepted in a bounded in-memory cache until the database answers again. What tha
 token replayed to a *different* worker within its lifetime (at most `jwt_max_lifetime`, 5 minutes by default)
 is accepted. Refusing every call (503) would instead stop all decision support for the outage. After a failure
 the database is not tried again for BREAKER_S, so an outage costs one connect timeout per worker, not one per call,
-and one log line, not a traceback per call.
+and one log line, not a traceback per call. A database that accepts the connection and then answers nothing (a
+stalled proxy or server) is the same outage: each claim waits at most DEADLINE_S for its answer (deadline.Bounded).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from collections import OrderedDict
 from typing import Protocol
 
 from . import metrics
+from .deadline import Bounded
 
 log = logging.getLogger("protocol_engine.auth")
 BREAKER_S = 5.0
 CAPACITY = 50_000
+DEADLINE_S = 2.0  # the README's "fail open after ~2 s"
 
 
 class ReplayStore(Protocol):
@@ -30,8 +33,10 @@ class ReplayStore(Protocol):
 
 
 class FailOpenReplay:
-    def __init__(self, store: ReplayStore, capacity: int = CAPACITY, breaker_s: float = BREAKER_S) -> None:
+    def __init__(self, store: ReplayStore, capacity: int = CAPACITY, breaker_s: float = BREAKER_S,
+                 deadline_s: float = DEADLINE_S) -> None:
         self.store = store
+        self._bounded = Bounded("replay-cache", deadline_s)
         self.capacity = capacity
         self.breaker_s = breaker_s
         self._seen: OrderedDict[tuple[str, str], dt.datetime] = OrderedDict()
@@ -58,7 +63,7 @@ class FailOpenReplay:
             metrics.DB_ERRORS.labels("replay-cache-local").inc()
             return self._claim_locally(iss, jti, expires_at, now)
         try:
-            return self.store.claim_token(iss, jti, expires_at, now)
+            return self._bounded.call(lambda: self.store.claim_token(iss, jti, expires_at, now))
         except Exception as exc:
             self._down_until = time.monotonic() + self.breaker_s
             metrics.DB_ERRORS.labels("replay-cache").inc()

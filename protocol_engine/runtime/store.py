@@ -136,7 +136,12 @@ class Store:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 15, "check_same_thread": False}
         else:
-            kwargs.update(pool_size=5, max_overflow=5, pool_timeout=2, connect_args={"connect_timeout": 2})
+            # Bounded waits on a sick network: 2 s to connect, keepalives and tcp_user_timeout end a connection
+            # whose peer stopped acknowledging. A peer that acknowledges and never answers is bounded by the
+            # callers' deadlines instead (runtime/deadline.py): libpq has no read timeout.
+            kwargs.update(pool_size=5, max_overflow=5, pool_timeout=2, connect_args={
+                "connect_timeout": 2, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
+                "keepalives_count": 3, "tcp_user_timeout": 10_000})
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
