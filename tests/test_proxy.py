@@ -248,3 +248,52 @@ def _every_refusal_is_an_operation_outcome(proxy: Nginx, server: Gunicorn) -> No
     server.close()  # the upstream is down: 502 from nginx, said as the service would say it
     down = httpx.get(proxy.base + "/cds-services", verify=False, timeout=10)
     assert down.status_code == 503 and _outcome(down) == "transient" and down.headers["retry-after"] == "5"
+
+
+def test_the_proxy_sets_every_forwarded_header_itself(tmp_path: Path) -> None:
+    """Probe 17b: the shipped site passed a client's X-Forwarded-Port/-Host/-Prefix through; with
+    PROTOCOL_ENGINE_PROXY_HOPS=1 a forged X-Forwarded-Port made another port's `aud` valid. What the upstream
+    receives from the real nginx, for forged and honest requests alike."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from werkzeug.middleware.proxy_fix import ProxyFix
+    from werkzeug.wrappers import Request
+
+    seen: list[dict[str, str]] = []
+
+    class Echo(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            return None
+
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    proxy = Nginx(tmp_path / "nginx", f"127.0.0.1:{upstream.server_address[1]}")
+    try:
+        forged = {"X-Forwarded-Port": "9999", "X-Forwarded-Host": "other-cds.example",
+                  "X-Forwarded-Prefix": "/evil", "X-Forwarded-For": "10.9.9.9", "X-Forwarded-Proto": "http"}
+        with httpx.Client(base_url=proxy.base, verify=False, timeout=10) as http:
+            assert http.get("/cds-services", headers=forged).status_code == 200
+            assert http.get("/cds-services").status_code == 200
+    finally:
+        proxy.close()
+        upstream.shutdown()
+        upstream.server_close()
+    for headers in seen:
+        assert headers["x-forwarded-port"] == str(proxy.port)
+        assert headers["x-forwarded-host"] == "localhost"
+        assert headers["x-forwarded-proto"] == "https"
+        assert headers["x-forwarded-for"] == "127.0.0.1"
+        assert "x-forwarded-prefix" not in headers
+        # what the app (ProxyFix, one hop) then believes it was called at: the genuine port, never the forged one
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": SIGN, "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080",
+                   "wsgi.url_scheme": "http", "REMOTE_ADDR": "127.0.0.1",
+                   **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()}}
+        ProxyFix(lambda env, start: [], x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)(environ, lambda *a: None)
+        assert Request(environ).base_url == f"https://localhost:{proxy.port}{SIGN}"
