@@ -62,6 +62,16 @@ METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
 
 
 def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    # A bad setting refuses the start once, in one line, instead of a traceback from every worker boot.
+    from protocol_engine.runtime.config import load_settings
+
+    try:
+        load_settings()
+    except ValueError as exc:
+        import sys
+
+        print(f"not started: {exc}", file=sys.stderr)
+        sys.exit(1)
     # Files left by an earlier run (other pids) would be summed into this run's counters.
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     for pattern in METRIC_FILES:

@@ -45,7 +45,11 @@ def serve(bind: str, workers: int, demo: bool) -> None:
     from .pack.site import load_site
     from .runtime.config import load_settings
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as exc:  # a bad setting: one clear line, not a traceback from every worker
+        click.echo(f"not started: {exc}", err=True)
+        sys.exit(1)
     if settings.site is not None:  # check it once here: a bad one would fail every worker with a traceback
         base, diags = load_ruleset(settings.rules)
         site = None

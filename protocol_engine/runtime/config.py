@@ -91,6 +91,13 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     problem = zone_problem(env.get(ZONE_ENV, "").strip() or "UTC")
     if problem:  # cards would show times in a zone nobody asked for: refuse to start
         raise ValueError(f"{ZONE_ENV}: {problem}")
+    if values["public_url"]:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(str(values["public_url"]))
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"PROTOCOL_ENGINE_PUBLIC_URL must be the absolute URL EHRs call, with its scheme "
+                             f"(e.g. https://cds.example.org), not {str(values['public_url'])[:100]!r}")
     if int(values["proxy_hops"]) < 0:
         raise ValueError("PROTOCOL_ENGINE_PROXY_HOPS must be 0 or more")
     if values["auth"] not in ("required", "disabled"):
