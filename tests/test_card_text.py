@@ -544,3 +544,16 @@ def test_an_order_dated_without_a_time_shows_its_day_and_an_annotation_unit_read
     detail = _cards(loaded, [bp(120, 80)], order)["MON-07"]["detail"]
     assert "Draft order: ketamine 1 pill (route not stated), ordered yesterday, MedicationRequest/" in detail, detail
     assert "00:00" not in detail and "{pill}" not in detail.split("**Evidence**")[1]
+
+
+def test_issue19_wording_a_lone_systolic_counts_of_devices_and_percentages() -> None:
+    assert display.pair_text(186, None, "mmHg") == "systolic 186 mmHg (no diastolic recorded)"
+    assert display.pair_text(186, 104, "mmHg") == "186/104 mmHg"
+    assert display.quantity(2, "{vial}", {}) == "2 vials" and display.quantity(1, "{pill}", {}) == "1 pill"
+    env = __import__("protocol_engine.core.templates", fromlist=["environment"]).environment()
+    assert env.from_string("{{ (0 - x)|round(1)|num }}%").render(x=-9.0909) == "9.1%"
+    assert env.from_string("{{ bp|bp }}").render(bp={"systolic": 192, "unit": "mm[Hg]"}) \
+        == "systolic 192 mm[Hg] (no diastolic recorded)"  # (the pack's display table maps the code: mmHg)
+    texts = [c["summary"] + c["detail"] for _, _, c in CARDS]
+    assert not [t for t in texts if re.search(r"\d/\?|\?/\d", t)]
+    assert not [t for t in texts if re.search(r"\b\d+\.\d\d+%", t)]

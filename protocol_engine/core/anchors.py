@@ -12,12 +12,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from . import display
 from .cards import Issued
 from .records import Chart
 
 
-def _time(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _time(t: dt.datetime, now: dt.datetime | None = None) -> str:
+    """In the configured zone (PROTOCOL_ENGINE_TIMEZONE), as every other time a card shows."""
+    return display.when(t, now)
 
 
 @dataclass(frozen=True)
@@ -62,16 +64,16 @@ def encounter(chart: Chart, encounter_id: Any, now: dt.datetime) -> Anchor:
     return Anchor("encounter", now, ref)
 
 
-def name_session(card: Issued, anchor: Anchor) -> Issued:
+def name_session(card: Issued, anchor: Anchor, now: dt.datetime | None = None) -> Issued:
     """A card of appointment-book names the proposed appointment it is about (detail and evidence)."""
     ext = card.json["extension"]["protocol-engine"]
     if anchor.ref not in ext["evidence"]:
         ext["evidence"] = [*ext["evidence"], anchor.ref]
     planned = [(t, ref) for t, ref in anchor.planned if ref in ext["evidence"]]
-    also = "".join(f" The previous dose counted here is the proposed session {_time(t)} ({ref}) booked in this "
+    also = "".join(f" The previous dose counted here is the proposed session {_time(t, now)} ({ref}) booked in this "
                    f"same request, a planned dose, not a recorded one." for t, ref in planned)
     detail = card.json["detail"]
-    card.json["detail"] = f"For the proposed session {_time(anchor.time)} ({anchor.ref}).{also}\n\n{detail}"
+    card.json["detail"] = f"For the proposed session {_time(anchor.time, now)} ({anchor.ref}).{also}\n\n{detail}"
     return card
 
 

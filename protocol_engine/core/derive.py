@@ -374,7 +374,7 @@ class Deriver:
         if m.kind == "pair" and m.first and m.second:
             a = r.values.get(m.first[0])
             b = r.values.get(m.second[0])
-            value = f"{fmt_num(a) if a is not None else '?'}/{fmt_num(b) if b is not None else '?'}{unit}"
+            value = display.pair_text(a, b, shown, m.first[0], m.second[0])
             if r.borrowed:  # say which half is older, and where it came from
                 own = [ref for ref in r.refs if not any(ref in b.refs for b in r.borrowed.values())]
                 return (f"{m.label} {value}, {fmt_time(r.time, r.latest)}, {', '.join(own)} "
@@ -644,6 +644,7 @@ class Deriver:
             "course_day": int(day), "course_week": int(day // 7) + 1,
             "doses_7d": course.doses_within(168.0),
             "induction_complete": phase == "maintenance", "last_at": at_text(last.time, last.latest),
+            "last_planned": planned,
             "refs": refs, "until": anchor.phrase(),
             "describe": f"{lead} {fmt_time(last.time, last.latest)} ({_span(since)} {anchor.phrase()}"
                         f"{f' {fmt_time(anchor.time)}' if anchor.ref else ''}, dose {len(course.doses)} of the "
@@ -850,7 +851,7 @@ class Deriver:
             fact["dose_problem"] = "; ".join(problems)
         if q is None or q.value is None:
             return ""
-        shown = display.unit(q.unit, self.p.display_units) if q.unit else "(no unit)"
+        shown = display.unit(q.unit, self.p.display_units, q.value) if q.unit else "(no unit)"
         text = f" {_as_written(q.value)} {shown}"
         if order.dose_low is not None and order.dose_low.value is not None:
             text = f" {_as_written(order.dose_low.value)}-{_as_written(q.value)} {shown}"
@@ -882,6 +883,7 @@ class Deriver:
                              f"{', '.join(base.refs)})")
             if current is not None:
                 fact["current"] = current.values["value"]
+                fact["current_at"] = at_text(current.time, current.latest)
                 fact["refs"] += current.refs
                 parts.append(f"current {fmt_num(current.values['value'])} ({fmt_time(current.time)}, "
                              f"{', '.join(current.refs)})")

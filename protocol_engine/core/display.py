@@ -166,17 +166,37 @@ def duration(value: Any) -> str:
     return _plural(days, "day") + (f" {rest_h} h" if rest_h else "")
 
 
-def unit(code: str | None, table: Mapping[str, str]) -> str:
+def unit(code: str | None, table: Mapping[str, str], count: Any = 1) -> str:
     """The conventional unit people read for a UCUM code (the code itself when the table has none)."""
     if not code:
         return ""
     shown = table.get(code, code)
-    # A UCUM annotation alone ("{pill}", "{tablet}") is a word: "1 pill", not "1 {pill}".
-    return shown[1:-1] if shown.startswith("{") and shown.endswith("}") and shown.count("{") == 1 else shown
+    # A UCUM annotation alone ("{pill}", "{tablet}") is a word: "1 pill", "2 vials", not "2 {vial}".
+    if shown.startswith("{") and shown.endswith("}") and shown.count("{") == 1:
+        word = shown[1:-1]
+        try:
+            many = float(count) != 1
+        except (TypeError, ValueError):
+            many = False
+        return f"{word}s" if many and word.isalpha() and not word.endswith("s") else word
+    return shown
+
+
+def pair_text(first: Any, second: Any, shown: str, first_name: str = "systolic",
+              second_name: str = "diastolic") -> str:
+    """'186/104 mmHg'; a lone half by name: 'systolic 186 mmHg (no diastolic recorded)', never '186/?'."""
+    glue = "" if shown.startswith(("%", "/")) or not shown else " "
+    if first is not None and second is not None:
+        return f"{number(first)}/{number(second)}{glue}{shown}"
+    if first is not None:
+        return f"{first_name} {number(first)}{glue}{shown} (no {second_name} recorded)"
+    if second is not None:
+        return f"{second_name} {number(second)}{glue}{shown} (no {first_name} recorded)"
+    return "not recorded"
 
 
 def quantity(value: Any, code: str | None, table: Mapping[str, str]) -> str:
-    shown = unit(code, table)
+    shown = unit(code, table, value)
     if not shown:
         return number(value)
     # '%' and '/min' attach to the number as people write them (92%, 50/min); words take a space.

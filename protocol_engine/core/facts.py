@@ -38,6 +38,7 @@ FACTS: dict[str, dict[str, str]] = {
     "course": {
         "drug": "text", "doses": "number", "phase": "text", "has_prior": "bool", "since_last": "duration",
         "new_course": "bool", "course_day": "number", "course_week": "number", "doses_7d": "number",
+        "last_planned": "bool",  # the last dose is a proposed session booked in the same request (not given)
         "induction_complete": "bool", "last_post_dose_check": "bool", "until": "text",
     },
     "score": {

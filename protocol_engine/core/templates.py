@@ -109,6 +109,13 @@ def _unit(ctx: Context, code: Any) -> str:
 
 
 @pass_context
+def _bp(ctx: Context, reading: Any) -> str:
+    """A blood pressure fact as people write it; a lone systolic is named, not '186/?'."""
+    return display.pair_text(reading.get("systolic"), reading.get("diastolic"),
+                             display.unit(reading.get("unit"), _units(ctx)))
+
+
+@pass_context
 def _qty(ctx: Context, value: Any, code: str | None = None) -> str:
     if isinstance(value, str) and parse_hours(value) is not None:
         return display.duration(value)
@@ -135,6 +142,7 @@ def environment() -> SandboxedEnvironment:
     env.filters["span"] = _span
     env.filters["duration"] = _span
     env.filters["qty"] = _qty
+    env.filters["bp"] = _bp
     env.filters["pair"] = _pair
     env.filters["unit"] = _unit
     env.filters["times"] = _times

@@ -114,7 +114,7 @@ def evaluate(prepared: Prepared, chart: Chart, now: dt.datetime, decision: Decis
         anchor_cards = card_renderer.render_all(settled, decision.revision, request.patient_id, rt.site,
                                                 pack.protocol.name, now)
         if anchor.kind == "appointment":
-            anchor_cards = [anchors.name_session(card, anchor) for card in anchor_cards]
+            anchor_cards = [anchors.name_session(card, anchor, now) for card in anchor_cards]
         issued = anchors.merge(issued, anchor_cards)
         timings["cards_ms"] += _ms(t)
         for f in settled:
