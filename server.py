@@ -68,7 +68,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             log.warning("PROTOCOL_ENGINE_AUTH=required and no trusted clients: every call will get 401")
         verifier = Verifier(clients, FailOpenReplay(store), settings.jwt_leeway,
                             allow_http_jwks=bool(settings.extra.get("allow_http_jwks", False)),
-                            max_lifetime_s=settings.jwt_max_lifetime, refresh_s=settings.jwks_refresh)
+                            max_lifetime_s=settings.jwt_max_lifetime, refresh_s=settings.jwks_refresh,
+                            max_jwks_bytes=settings.jwks_max_bytes)
         if not settings.public_url and not all(c.audience for c in clients.values()):
             log.warning("no PROTOCOL_ENGINE_PUBLIC_URL: JWT aud is checked against the Host header only for "
                         "trusted hosts (%s); set the public URL EHRs call", ", ".join(settings.trusted_hosts))

@@ -559,3 +559,60 @@ def test_a_trusted_host_entry_with_a_port_pins_it(tmp_path: Path, keys: Keys) ->
         assert _status(app, "http://internal.example.evil/cds-services", "http://internal.example.evil") == 401
     finally:
         app.extensions["protocol_engine"]["audit"].flush()
+
+
+def test_an_oversized_jwks_is_refused_as_it_arrives_and_the_last_good_keys_stay(
+        tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+    """Probe 17b: a 196 MiB JWKS answer was read whole (workers at ~880 MiB). Now streamed with a byte cap."""
+    import tracemalloc
+
+    from protocol_engine.runtime.security import Client, Verifier
+
+    mode = {"huge": False, "declared": False}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            return None
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if not mode["huge"]:
+                body = json.dumps(keys.jwks()).encode()
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if mode["declared"]:
+                self.send_header("Content-Length", str(64 * 1024 * 1024))
+            self.end_headers()  # HTTP/1.0, no length: the body ends when the connection closes
+            try:
+                self.wfile.write(b'{"keys": [' + b" " * 100)
+                for _ in range(64):  # 64 MiB of padding, if the reader keeps reading
+                    self.wfile.write(b" " * (1024 * 1024))
+            except OSError:
+                pass  # the reader hung up at its cap
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    client = Client(iss="https://jku.example", jwks_url=f"http://127.0.0.1:{httpd.server_address[1]}/jwks.json")
+    verifier = Verifier({client.iss: client}, replay=None, allow_http_jwks=True,  # type: ignore[arg-type]
+                        max_jwks_bytes=256 * 1024)
+    try:
+        assert verifier.refreshed.wait(10) and "ec-1" in client.keys  # the good set, fetched at start
+        good = dict(client.keys)
+        caplog.set_level(logging.WARNING)
+        for declared in (False, True):
+            mode.update(huge=True, declared=declared)
+            tracemalloc.start()
+            verifier.refresh_now()
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            assert peak < 4 * 1024 * 1024, f"{peak / 2**20:.1f} MiB held for a capped download"
+            assert client.keys == good and client.failures >= 1
+        assert any("byte cap" in r.getMessage() for r in caplog.records)
+    finally:
+        verifier.close()
+        httpd.shutdown()
+        httpd.server_close()

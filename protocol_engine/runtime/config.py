@@ -39,6 +39,7 @@ class Settings:
     fhir_concurrency: int = 4  # simultaneous fetches per FHIR server, per worker
     jwt_max_lifetime: int = 300  # seconds a token may live beyond its iat (CDS Hooks: short-lived tokens)
     jwks_refresh: float = 300.0  # seconds between background JWKS refreshes
+    jwks_max_bytes: int = 1024 * 1024  # a larger key set download is refused; the last good keys stay
     max_feedback_items: int = 100
     # Days feedback for a card not on record waits for the card's decision to land before it is deleted.
     unmatched_feedback_days: float = 7.0
@@ -71,6 +72,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         "fhir_concurrency": int(env.get("PROTOCOL_ENGINE_FHIR_CONCURRENCY", 4)),
         "jwt_max_lifetime": int(env.get("PROTOCOL_ENGINE_JWT_MAX_LIFETIME", 300)),
         "jwks_refresh": float(env.get("PROTOCOL_ENGINE_JWKS_REFRESH", 300.0)),
+        "jwks_max_bytes": int(env.get("PROTOCOL_ENGINE_JWKS_MAX_BYTES", 1024 * 1024)),
         "max_feedback_items": int(env.get("PROTOCOL_ENGINE_MAX_FEEDBACK_ITEMS", 100)),
         "unmatched_feedback_days": float(env.get("PROTOCOL_ENGINE_UNMATCHED_FEEDBACK_DAYS", 7.0)),
     }

@@ -34,6 +34,8 @@ log = logging.getLogger("protocol_engine.auth")
 ALGORITHMS = ("ES384", "RS384", "ES256", "RS256", "ES512", "RS512", "PS256", "PS384", "PS512")
 KEY_TYPE = {"ES": "EC", "RS": "RSA", "PS": "RSA"}  # alg family -> the JWK kty that can verify it
 REFRESH_INTERVAL_S = 300.0
+MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few kB; PROTOCOL_ENGINE_JWKS_MAX_BYTES
+JWKS_DEADLINE_S = 10.0  # for one whole download
 RETRY_FIRST_S = 5.0  # back-off after a failed JWKS fetch: 5 s, 10 s, 20 s ... up to the refresh interval
 
 
@@ -118,8 +120,9 @@ def load_clients(path: Path) -> dict[str, Client]:
 class Verifier:
     def __init__(self, clients: dict[str, Client], replay: ReplayCache, leeway_s: int = 60,
                  allow_http_jwks: bool = False, max_lifetime_s: int = 300,
-                 refresh_s: float = REFRESH_INTERVAL_S) -> None:
+                 refresh_s: float = REFRESH_INTERVAL_S, max_jwks_bytes: int = MAX_JWKS_BYTES) -> None:
         self.clients = clients
+        self.max_jwks_bytes = max_jwks_bytes
         self.replay = replay
         self.leeway = leeway_s
         self.max_lifetime = max_lifetime_s
@@ -145,15 +148,13 @@ class Verifier:
             client.next_refresh = now + self.refresh_s
             return
         try:
-            response = self._http.get(client.jwks_url)
-            response.raise_for_status()
-            keys = _keys_of(response.json())
+            keys = _keys_of(json.loads(self._download(client.jwks_url)))
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             client.failures += 1
             delay = min(self.refresh_s, RETRY_FIRST_S * 2 ** (client.failures - 1))
             client.next_refresh = now + delay
-            log.warning("JWKS fetch for %s failed (%s); keeping %d known key(s), retry in %.0f s",
-                        client.iss, type(exc).__name__, len(client.keys), delay)
+            log.warning("JWKS fetch for %s failed (%s: %s); keeping %d known key(s), retry in %.0f s",
+                        client.iss, type(exc).__name__, str(exc)[:200], len(client.keys), delay)
             return
         if not keys:
             log.warning("JWKS of %s holds no usable key; keeping the %d known", client.iss, len(client.keys))
@@ -161,6 +162,26 @@ class Verifier:
             client.keys = {**client.static_keys, **keys}
         client.failures = 0
         client.next_refresh = now + self.refresh_s
+
+    def _download(self, url: str) -> bytes:
+        """The key set's bytes, streamed: refused past `max_jwks_bytes` (as they arrive, never buffered whole)
+        or after JWKS_DEADLINE_S in all (a server dripping bytes defeats a per-read timeout)."""
+        deadline = time.monotonic() + JWKS_DEADLINE_S
+        with self._http.stream("GET", url) as response:
+            response.raise_for_status()
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self.max_jwks_bytes:
+                raise ValueError(f"JWKS of {int(declared)} bytes is over the {self.max_jwks_bytes}-byte cap")
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self.max_jwks_bytes:
+                    raise ValueError(f"JWKS over the {self.max_jwks_bytes}-byte cap")
+                if time.monotonic() > deadline:
+                    raise ValueError(f"JWKS not received within {JWKS_DEADLINE_S:.0f} s")
+                chunks.append(chunk)
+        return b"".join(chunks)
 
     def refresh_due(self) -> None:
         """Fetch every key set whose time has come (the background thread's round; callable from tests)."""
