@@ -41,7 +41,7 @@ def _admin(body: dict[str, Any]) -> dict[str, Any]:
 def test_a_date_only_dose_yesterday_leaves_the_duplicate_check_undecided(loaded: Any) -> None:
     got = cards(loaded, payload("J8b-admin-dateonly-yesterday"))  # "2026-11-29": 13 h to 37 h before 13:00
     assert "TIM-02" not in got  # under 20 h only if given after 17:00
-    assert "TIM-02" in got["DQ-04"]["detail"] and "MedicationAdministration/ma1" in got["DQ-04"]["detail"]
+    assert "Probable duplicate dose" in got["DQ-04"]["detail"] and "MedicationAdministration/ma1" in got["DQ-04"]["detail"]
     assert "TIM-01" in got  # under 48 h at both ends of the day
     for card in got.values():
         assert "00:00" not in text(card), text(card)
@@ -139,3 +139,39 @@ def test_a_bp_written_as_a_string_is_quoted_not_guessed(loaded: Any) -> None:
 def test_a_dose_per_kg_is_shown_with_its_second_decimal(loaded: Any) -> None:
     got = cards(loaded, payload("G12-dose-mgkg"))
     assert "1.25 mg/kg" in text(got["DOS-01"]) and "1.2 mg/kg" not in text(got["DOS-01"])
+
+
+# -- 3. a Condition with no code is named, not matched by its text, and its text is not copied -------------------
+def test_a_text_only_condition_is_reported_by_id_not_by_text(loaded: Any) -> None:
+    body = payload("K8-schizo-text-only")
+    out = run(loaded.runtimes, "r", "ketamine-order-sign", copy.deepcopy(body), PROBE_NOW, None)
+    got = {c["extension"]["protocol-engine"]["rule"]: c for c in out.cards}
+    assert "Condition/c1: the Condition has no code" in got["DQ-02"]["detail"]
+    assert "CI-10" not in got and "CI-11" not in got  # diagnoses are matched by code only
+    assert "Schizophrenia" not in json.dumps(out.facts) and "Schizophrenia" not in json.dumps(out.cards)
+
+
+@pytest.mark.parametrize("rewrite", ["no-code-element", "coding-without-code"])
+def test_a_condition_without_any_code_is_reported_however_it_is_written(loaded: Any, rewrite: str) -> None:
+    body = payload("K8-schizo-text-only")
+    condition = body["prefetch"]["conditions"]["entry"][0]["resource"]
+    if rewrite == "no-code-element":
+        condition.pop("code")
+    else:
+        condition["code"]["coding"] = [{"system": "http://snomed.info/sct", "display": "Schizophrenia"}]
+    assert "Condition/c1" in cards(loaded, body)["DQ-02"]["detail"]
+
+
+def test_a_resolved_or_refuted_text_only_condition_stays_quiet(loaded: Any) -> None:
+    body = payload("K8-schizo-text-only")
+    condition = body["prefetch"]["conditions"]["entry"][0]["resource"]
+    condition["clinicalStatus"]["coding"][0]["code"] = "resolved"
+    assert "DQ-02" not in cards(loaded, body)
+
+
+# -- 4. patient-view with no protocol course still reports another patient's records -----------------------------
+@pytest.mark.parametrize(("name", "ref"), [("M3-pv-other-course", "MedicationRequest/k"),
+                                           ("M6-pv-nocourse-other-bp", "Observation/bpX")])
+def test_patient_view_without_a_course_names_records_set_aside(loaded: Any, name: str, ref: str) -> None:
+    got = cards(loaded, payload(name))
+    assert sorted(got) == ["DQ-05"] and ref in got["DQ-05"]["detail"]

@@ -427,7 +427,8 @@ def add_resource(chart: Chart, raw: Any, relevant: Relevance | None = None,
             return
     elif relevant is not None and kind in _CODED:
         keys = _concept_keys(raw, kind)
-        if keys is not None and not relevant(*keys):
+        # A Condition with no code at all (code.text only) cannot be judged irrelevant: kept, and reported (derive)
+        if keys is not None and not relevant(*keys) and not (kind == "Condition" and not any(c for _, c in keys[0])):
             return
     model = _validate(raw, chart.issues)
     if model is None:

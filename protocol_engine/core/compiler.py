@@ -52,7 +52,9 @@ def scoped(rule: Rule, conj: Conjunct) -> tuple[list[tuple[str, dict[str, Any]]]
     for i, p in enumerate(conj.positives):
         name = p.bind or f"_p{i}"
         positives.append((name, pattern_expr(p, scope if p.fact == "order" else ())))
-    if not has_order:
+    # A rule with no drug scope (`drugs: []`, e.g. DQ-05: another patient's records) holds with or without an order
+    # in scope: at patient-view with no protocol course there is none, and the fault is still the request's.
+    if not has_order and rule.drugs:
         positives.append(("_scope", pattern_expr(Pattern("order", None, (), Location(rule.path, 1, 1)), scope)))
     negatives = [pattern_expr(p) for p in conj.negatives]
     return positives, negatives

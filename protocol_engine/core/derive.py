@@ -452,6 +452,13 @@ class Deriver:
         for foreign in chart.foreign:
             facts.append({"t": "foreign-record", "refs": [foreign.ref], "problem": foreign.problem,
                           "describe": f"{foreign.ref}: {foreign.problem}"})
+        for c in chart.conditions:
+            if not any(code for _, code in c.code.pairs()) and c.verification_status not in self.cond_excluded \
+                    and (c.clinical_status is None or c.clinical_status in self.cond_active):
+                # Diagnoses are matched by code only (matching free text is unsafe); the text is not copied into
+                # the trace, the record is named.
+                issues.append(DataIssue(c.ref, "the Condition has no code (text only), so it could not be checked "
+                                               "against the protocol's contraindications; code it, or review it"))
         for a in chart.administrations:
             if a.start is None and a.status in self.admin_status and self.drug_of(a.medication) is not None:
                 # A dose that cannot be placed in time (no effective time, or only a month or year) is not
