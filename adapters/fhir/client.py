@@ -15,6 +15,8 @@ import json
 import logging
 import threading
 import time
+import zlib
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import httpcore
@@ -23,6 +25,7 @@ import httpx
 from .allowlist import AllowList, parse
 
 MAX_BYTES = 20 * 1024 * 1024
+INFLATE_STEP = 64 * 1024  # most bytes one decompression step may produce (a gzip bomb inflates 1000:1)
 log = logging.getLogger("protocol_engine.fhir")
 
 
@@ -127,11 +130,46 @@ def _transport(limits: httpx.Limits) -> httpx.HTTPTransport:
     return transport
 
 
+def _decoded(response: httpx.Response) -> Iterator[bytes]:
+    """The body as it arrives, decompressed in steps of at most INFLATE_STEP bytes: the caller's byte cap then
+    stops a gzip bomb after a few steps. (httpx's own decoder inflates each network read whole: one 64 KiB read
+    of a bomb is 64 MiB at once.) identity and gzip only; any other coding is refused."""
+    codings = [c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")]
+    codings = [c for c in codings if c not in ("", "identity")]
+    if not codings:
+        yield from response.iter_raw()
+        return
+    if codings not in (["gzip"], ["x-gzip"]):
+        raise FetchError(f"unsupported Content-Encoding {','.join(codings)[:40]!r}")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        for raw in response.iter_raw():
+            data = raw
+            while True:
+                if inflater.eof:  # a second gzip member follows (allowed by RFC 1952)
+                    data = inflater.unused_data + data
+                    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    if not data:
+                        break
+                out = inflater.decompress(data, INFLATE_STEP)
+                if out:
+                    yield out
+                data = inflater.unconsumed_tail
+                if not data and len(out) < INFLATE_STEP and not inflater.eof:
+                    break
+        tail = inflater.flush()
+        if tail:
+            yield tail
+    except zlib.error as exc:
+        raise FetchError("answer is not valid gzip") from exc
+
+
 class HttpxFhirClient:
     """Thread-safe; one connection pool per process."""
 
     def __init__(self, max_bytes: int = MAX_BYTES, per_server: int = 8) -> None:
-        self._client = httpx.Client(headers={"Accept": "application/fhir+json"}, follow_redirects=False,
+        self._client = httpx.Client(headers={"Accept": "application/fhir+json", "Accept-Encoding": "gzip"},
+                                    follow_redirects=False,
                                     trust_env=False, transport=_transport(
                                         httpx.Limits(max_connections=64, max_keepalive_connections=16)))
         self.max_bytes = max_bytes
@@ -182,7 +220,7 @@ class HttpxFhirClient:
                     raise FetchError(f"answer too large (Content-Length {declared})")
                 if budget is not None and declared.isdigit():
                     budget.check(int(declared))  # an announced answer the call cannot afford is not read at all
-                for chunk in response.iter_bytes():  # decoded bytes: a gzip bomb is capped as it inflates
+                for chunk in _decoded(response):  # decompressed in bounded steps: a gzip bomb is capped as it inflates
                     body += chunk
                     if len(body) > self.max_bytes:
                         raise FetchError(f"answer too large (over {self.max_bytes} bytes)")
