@@ -284,7 +284,7 @@ POST_DOSE = {"course": {"post_dose_check": {"measure": "blood-pressure", "from":
     ("doses above 500 mcg/kg", {"limit": 0.5}, {"limit": "mg/kg"}, "500 mcg/kg", "limit", "{{ limit|qty }}"),
     ("doses above 0.5 mg/kg", {"limit": 0.5}, {"limit": "mg/kg"}, "0.5 mg/kg", "limit", "{{ limit|qty }}"),
     ("the label allows twice weekly dosing", {"per_week": 2}, {}, "twice weekly", "per_week", "{{ per_week }}"),
-    ("in the first 4 weeks", {"induction_weeks": 4}, {}, "4 weeks", "induction_weeks", "{{ induction_weeks }}"),
+    ("in the first 4 weeks", {"induction_weeks": 4}, {}, "4 weeks", "induction_weeks", "{{ induction_weeks }}"),  # (a fixture setting)
     ("not approved under 18 years", {"adult_age": 18}, {"adult_age": "a"}, "18 years", "adult_age",
      "{{ adult_age|qty }}"),
     ("a 40-minute infusion", {"minimum": "40m"}, {}, "40-minute", "minimum", "{{ minimum|duration }}"),
