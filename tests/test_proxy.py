@@ -243,6 +243,13 @@ def _every_refusal_is_an_operation_outcome(proxy: Nginx, server: Gunicorn) -> No
         f"Content-Length: {6 * 1024 * 1024}\r\nConnection: close\r\n\r\n").encode())
     assert (status, content_type) == (413, "application/fhir+json")
     assert json.loads(body)["issue"][0]["code"] == "too-costly"
+    for raw, expected in ((b"GET /cds-services HTTP/2.5\r\nHost: localhost\r\n\r\n", 505),
+                          (f"POST {SIGN} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n"
+                           "Connection: close\r\n\r\n".encode(), 501),
+                          (b"TRACE / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", 405)):
+        status, content_type, body = _tls_raw(proxy.port, raw)  # probe 17b: these were nginx HTML pages
+        assert (status, content_type) == (expected, "application/fhir+json"), (raw, status, body[:200])
+        assert json.loads(body)["issue"][0]["code"] == "not-supported" and b"nginx" not in body
     status, content_type, body = _tls_raw(proxy.port, b"NOT-HTTP\r\n\r\n")
     assert (status, content_type) == (400, "application/fhir+json") and json.loads(body)["issue"][0]["code"] == "invalid"
     server.close()  # the upstream is down: 502 from nginx, said as the service would say it
@@ -280,7 +287,8 @@ def test_the_proxy_sets_every_forwarded_header_itself(tmp_path: Path) -> None:
                   "X-Forwarded-Prefix": "/evil", "X-Forwarded-For": "10.9.9.9", "X-Forwarded-Proto": "http"}
         with httpx.Client(base_url=proxy.base, verify=False, timeout=10) as http:
             assert http.get("/cds-services", headers=forged).status_code == 200
-            assert http.get("/cds-services").status_code == 200
+            honest = http.get("/cds-services")
+            assert honest.status_code == 200 and honest.headers["server"] == "nginx"  # server_tokens off
     finally:
         proxy.close()
         upstream.shutdown()
