@@ -175,3 +175,9 @@ def test_a_resolved_or_refuted_text_only_condition_stays_quiet(loaded: Any) -> N
 def test_patient_view_without_a_course_names_records_set_aside(loaded: Any, name: str, ref: str) -> None:
     got = cards(loaded, payload(name))
     assert sorted(got) == ["DQ-05"] and ref in got["DQ-05"]["detail"]
+
+
+@pytest.mark.parametrize("name", ["B11b-prelim-severe-nobp", "B12-registered-severe-nobp"])
+def test_no_interpretable_bp_names_the_readings_set_aside(loaded: Any, name: str) -> None:
+    detail = cards(loaded, payload(name))["MON-01"]["detail"]
+    assert "Not used for their status: Observation/bp2: BP 195/115 mmHg" in detail

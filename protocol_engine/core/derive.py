@@ -229,7 +229,7 @@ class Deriver:
                 value = self._quote(obs, obs.record)
                 issues.append(DataIssue(obs.ref, f"{value or m.label}, {fmt_time(obs.time, obs.time_latest)}, "
                                                  f"status {obs.status}, was not used (only "
-                                                 f"{', '.join(sorted(self.obs_valid))} readings are)", True))
+                                                 f"{', '.join(sorted(self.obs_valid))} readings are)", name))
                 return
 
     def _quote(self, obs: LazyObservation,
@@ -467,6 +467,13 @@ class Deriver:
                                                "the course (timing checks may be incomplete)"))
         # A reading set aside for its status is no result of its measure (MON-10 still asks for a final hCG).
         measured = self._measured(chart, {issue.ref for issue in issues if not issue.set_aside}, now)
+        set_aside: dict[str, list[str]] = {}
+        for issue in issues:
+            if issue.set_aside:
+                set_aside.setdefault(f"set_aside_{issue.set_aside}", []).append(f"{issue.ref}: {issue.problem}")
+        for fact in facts:  # a card on an absence (MON-01: no BP) names what was set aside: `order.set_aside_<measure>`
+            if fact["t"] == "order":
+                fact.update({key: "; ".join(texts) for key, texts in set_aside.items()})
         for issue in issues:  # last: readings validated on demand above may have added some
             fact = {"t": "data-issue", "refs": [issue.ref], "problem": issue.problem,
                     "describe": f"{issue.ref}: {issue.problem}"}

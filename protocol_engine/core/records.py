@@ -173,7 +173,7 @@ class DataIssue:
 
     ref: str
     problem: str
-    set_aside: bool = False  # readable, but not used for its status (G1): not an unreadable result of its measure
+    set_aside: str = ""  # a measure's reading not used for its status (G1), not unreadable: the measure's name
 
 
 @dataclass(frozen=True)
