@@ -43,6 +43,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings: Settings = load_settings(config)
     configure_logging()
     app = Flask(__name__, static_folder=None)
+    # `//cds-services` is not a path of ours: a JSON 404, not werkzeug's HTML 308 to a Location built from the
+    # Host header (which ignores PROTOCOL_ENGINE_PUBLIC_URL). Set before any rule is bound.
+    app.url_map.merge_slashes = False
     if settings.proxy_hops:  # X-Forwarded-* believed from exactly this many proxies in front, never from a client
         hops = settings.proxy_hops
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
@@ -105,6 +108,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def authenticate() -> Response | None:
         g.started = time.perf_counter()
         g.now = dt.datetime.now(dt.UTC)
+        if "//" in request.environ.get("PATH_INFO", ""):  # no path of ours has an empty segment (and the JWT aud names the path exactly)
+            return outcome(404, "not-found", "not found")
         if request.method == "OPTIONS" or verifier is None:
             return None
         if request.path in OPEN_PATHS or request.path.startswith(("/static/", "/demo/", "/analytics/")):
@@ -114,7 +119,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         except AuthError as exc:
             metrics.AUTH_FAILURES.inc()
             log.warning("401 %s %s: %s", request.method, request.path, exc)
-            response = Response(status=401)
+            response = outcome(401, "login", "authentication required: a valid CDS client JWT in Authorization")
             response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'
             return response
         return None

@@ -116,7 +116,21 @@ def test_auth_1_missing_or_garbled_authorization_is_401_with_no_detail(secure_ap
     for header in (None, "Bearer", "Bearer not.a.jwt", "Basic dXNlcjpwYXNz", "Bearer " + "A" * 5000):
         headers = {"Authorization": header} if header else {}
         response = secure_app.test_client().get("/cds-services", headers=headers)
-        assert response.status_code == 401 and response.get_data() == b""
+        # one fixed OperationOutcome (probe 17b: an empty text/html body), never the reason (that is logged)
+        assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.content_type == "application/fhir+json"
+        assert response.json["resourceType"] == "OperationOutcome" and response.json["issue"][0]["code"] == "login"
+        assert response.json == _get(secure_app, "/cds-services", None).json
+
+
+def test_a_doubled_slash_is_a_json_404_not_an_html_redirect(secure_app: Any, keys: Keys) -> None:
+    """Probe 17b: `//cds-services` got werkzeug's HTML 308 with a Location built from the Host header."""
+    for path in ("//cds-services", "/cds-services//ketamine-order-sign", "//healthz", "/cds-services//"):
+        # PATH_INFO as a server hands it over (the test client would read "//x" as a host name)
+        response = secure_app.test_client().get("/", environ_overrides={"PATH_INFO": path}, headers={
+            "Authorization": f"Bearer {token(keys, BASE + path)}"})
+        assert response.status_code == 404 and "Location" not in response.headers, (path, response.status_code)
+        assert response.content_type == "application/fhir+json" and response.json["resourceType"] == "OperationOutcome"
 
 
 def test_auth_2_alg_none_hmac_and_unknown_kid_are_refused(secure_app: Any, keys: Keys, jwks_server: JwksServer) -> None:
