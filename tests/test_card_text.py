@@ -557,3 +557,17 @@ def test_issue19_wording_a_lone_systolic_counts_of_devices_and_percentages() -> 
     texts = [c["summary"] + c["detail"] for _, _, c in CARDS]
     assert not [t for t in texts if re.search(r"\d/\?|\?/\d", t)]
     assert not [t for t in texts if re.search(r"\b\d+\.\d\d+%", t)]
+
+
+def test_issue19_sources_fit_the_drug_ketamine_cards_lead_with_the_ketalar_label_and_list_no_spravato_rems(
+        loaded: Any) -> None:
+    ket = _cards(loaded, [bp(120, 80)])
+    assert "REMS" not in ket["MON-07"]["detail"], ket["MON-07"]["detail"]
+    esk = _cards(loaded, [bp(120, 80)], ESKETAMINE)
+    assert "REMS" in esk["MON-07"]["detail"] + esk["MON-07"]["source"]["label"]
+    ruleset, _ = load_ruleset(ROOT / "rules")
+    assert ruleset is not None
+    rules = {r.id: r for r in ruleset.all_rules()}
+    assert rules["CI-15"].sources_for("ketamine")[0].label.startswith("KETALAR")
+    assert not any("ucum.org" in (c.url or "") for c in rules["MON-02"].citations)
+    assert "esketamine" in rules["DDI-03"].title

@@ -150,7 +150,11 @@ def render(finding: Finding, ruleset: str, patient_id: str | None, site: Site | 
     lines = evidence_lines(finding)
     if lines:
         detail += "\n\n**Evidence**\n\n" + "\n".join(f"- {line}" for line in lines)
-    lead, *further = rule.sources_for(card_drug(finding))  # the first is the card's `source`
+    drug = card_drug(finding)
+    lead, *further = rule.sources_for(drug)  # the first is the card's `source`
+    # A drug's REMS programme binds that product only: not listed on another drug's card (no SPRAVATO REMS on an
+    # IV ketamine card). Other sources about the other drug stay as further reading (the evidence is shared).
+    further = [c for c in further if not (c.drugs and drug and drug not in c.drugs and "REMS" in c.label)]
     if further:
         detail += "\n\n**Further sources**\n\n" + "\n".join(f"- {_link(c)}" for c in further)
     detail += f"\n\n_Rule {rule.id} v{rule.version} ({rule.title})._"
