@@ -95,7 +95,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             called_url.check(request.scheme, request.host, request.environ, settings.trusted_hosts)
         except called_url.UntrustedUrl as exc:
             raise AuthError(str(exc)) from exc
-        return request.base_url
+        scheme, _, rest = request.base_url.partition("://")
+        netloc, slash, path = rest.partition("/")
+        return f"{scheme.lower()}://{netloc.lower()}{slash}{path}"  # host names compare case-insensitively
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), allow_headers=["Authorization", "Content-Type"],
              methods=["GET", "POST", "OPTIONS"], max_age=600)
@@ -108,7 +110,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def authenticate() -> Response | None:
         g.started = time.perf_counter()
         g.now = dt.datetime.now(dt.UTC)
-        if "//" in request.environ.get("PATH_INFO", ""):  # no path of ours has an empty segment (and the JWT aud names the path exactly)
+        if "//" in request.environ.get("PATH_INFO", ""):  # no path of ours has an empty segment
             return outcome(404, "not-found", "not found")
         if request.method == "OPTIONS" or verifier is None:
             return None

@@ -630,3 +630,37 @@ def test_an_oversized_jwks_is_refused_as_it_arrives_and_the_last_good_keys_stay(
         verifier.close()
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_host_names_compare_case_insensitively_and_an_address_must_be_the_one_reached(
+        tmp_path: Path, keys: Keys) -> None:
+    """Probe 17b: `Host: LOCALHOST` refused a token for http://localhost; `Host: [::1]` accepted on a 127.0.0.1
+    listener (another address than the one reached)."""
+
+    class Sock:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+        def getsockname(self) -> tuple[str, int]:
+            return (self.address, 8080)
+
+    app = _app_with(tmp_path, keys)
+
+    def status(aud: str, host: str, local: str | None) -> int:
+        environ: dict[str, Any] = {"SERVER_PORT": "8080"}
+        if local:
+            environ["gunicorn.socket"] = Sock(local)
+        response = app.test_client().get("/cds-services", base_url="http://localhost:8080", environ_overrides=environ,
+                                         headers={"Authorization": f"Bearer {token(keys, aud)}", "Host": host})
+        return int(response.status_code)
+
+    try:
+        assert status("http://localhost:8080/cds-services", "LOCALHOST:8080", "127.0.0.1") == 200
+        assert status("http://localhost:8080/cds-services", "LocalHost:8080", None) == 200
+        assert status("http://127.0.0.1:8080/cds-services", "127.0.0.1:8080", "127.0.0.1") == 200
+        assert status("http://[::1]:8080/cds-services", "[::1]:8080", "127.0.0.1") == 401
+        assert status("http://127.0.0.1:8080/cds-services", "127.0.0.1:8080", "::1") == 401
+        assert status("http://[::1]:8080/cds-services", "[::1]:8080", "::1") == 200
+        assert status("http://127.0.0.1:8080/cds-services", "127.0.0.1:8080", "::ffff:127.0.0.1") == 200
+    finally:
+        app.extensions["protocol_engine"]["audit"].flush()

@@ -11,6 +11,7 @@ nothing: deployments on a unix socket set PROTOCOL_ENGINE_PUBLIC_URL, as every p
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,9 +69,28 @@ def served_port(environ: Mapping[str, Any], scheme: str) -> int | None:
     return int(port) if port.isdigit() else None
 
 
+def _local_ip(environ: Mapping[str, Any]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address the connection reached (gunicorn hands its socket over), or None where unknown."""
+    sock = environ.get("gunicorn.socket")
+    try:
+        here = ipaddress.ip_address(str(sock.getsockname()[0]).split("%")[0]) if sock is not None else None
+    except (OSError, AttributeError, IndexError, TypeError, ValueError):
+        return None
+    if isinstance(here, ipaddress.IPv6Address) and here.ipv4_mapped is not None:
+        return here.ipv4_mapped
+    return here
+
+
 def check(scheme: str, host: str, environ: Mapping[str, Any], trusted_hosts: Iterable[str]) -> None:
     """Raise UntrustedUrl unless scheme://host is this server as reached, under a trusted host name."""
     name, port = host_and_port(scheme, host)
+    try:
+        literal = ipaddress.ip_address(name)
+    except ValueError:
+        literal = None
+    here = _local_ip(environ) if literal is not None and not environ.get("werkzeug.proxy_fix.orig") else None
+    if literal is not None and here is not None and literal != here:  # `Host: [::1]` on a 127.0.0.1 listener
+        raise UntrustedUrl(f"Host {host[:100]!r} names address {literal}, the call came in on {here}")
     listening = served_port(environ, scheme)
     if listening is not None and port != listening:
         raise UntrustedUrl(f"Host {host[:100]!r} names port {port}, the call came in on {listening}")
