@@ -332,6 +332,7 @@ def test_a_pack_value_in_another_unit_is_found_but_not_offered_as_a_template_nam
     ("doses above 500 mg/kg", {"limit": 0.5}, {"limit": "mg/kg"}),  # not the same value in any unit
     ("40 mg", {"minimum": "40m"}, {}),  # a mass is not a duration
     ("once stable, twice the dose", {"n": 2, "m": 1}, {}),  # counts in words only as a frequency
+    ("review in 3 months", {"multiple": 3}, {}),  # a count setting is not a number of months (issue 19)
 ])
 def test_restated_leaves_identifiers_and_other_quantities_alone(text: str, settings: dict[str, Any],
                                                                units: dict[str, str]) -> None:

@@ -138,6 +138,9 @@ def _candidates(settings: Mapping[str, Any], units: Mapping[str, str], protocol:
     return out
 
 
+_TIME_NAME = re.compile(r"(?:^|_)(?:min(?:ute)?|hour|day|week|month|year)s?(?:_|$)")
+
+
 def _matches(n: float, unit: str | None, hours: float | None, cands: list[_Candidate]) -> list[_Candidate]:
     """The settings the number restates, best first."""
     if hours is not None:
@@ -147,8 +150,10 @@ def _matches(n: float, unit: str | None, hours: float | None, cands: list[_Candi
                   and (f := ucum.factor("h", c.unit)) is not None and _same(hours * f, c.value)]
         if found:
             return sorted(found, key=lambda c: c.rank)
-        # "4 weeks" against `induction_weeks: 4`: a count setting stated with its unit
-        return [c for c in cands if not c.duration and c.unit is None and c.rank == 0 and _same(c.value, n)]
+        # "4 weeks" against `induction_weeks: 4`: a count setting stated with its unit - only one whose name says it
+        # counts time ("in 3 months" does not restate `multiple: 3`, a count of something else)
+        return [c for c in cands if not c.duration and c.unit is None and c.rank == 0 and _same(c.value, n)
+                and _TIME_NAME.search(c.name)]
     scored: list[tuple[int, _Candidate]] = []
     for c in cands:
         if c.duration:
