@@ -275,7 +275,7 @@ POST_DOSE = {"course": {"post_dose_check": {"measure": "blood-pressure", "from":
 
 @pytest.mark.parametrize(("text", "settings", "units", "literal", "setting", "hint"), [
     ("no BP charted 30-90 minutes after the dose", {}, {}, "30-90 minutes",
-     "protocol.course.post_dose_check.from", "{{ protocol.course.post_dose_check.from|duration }}"),
+     "protocol.course.post_dose_check.from", "{{ protocol.course.post_dose_check.from|duration(protocol.course.post_dose_check.to) }}"),
     ("no BP charted 45 to 90 minutes after the dose", {}, {}, "45 to 90 minutes",
      "protocol.course.post_dose_check.to", "{{ protocol.course.post_dose_check.to|duration }}"),
     ("no sooner than 6 days 12 h after the previous one", {"maintenance_minimum": "156h"}, {}, "6 days 12 h",
@@ -302,6 +302,16 @@ def test_restated_literals_are_found_and_named(text: str, settings: dict[str, An
     hits = restated.find(text, settings, POST_DOSE, units, {}, {"mmHg": "mm[Hg]"})
     assert [(h.literal, h.setting) for h in hits] == [(literal, setting)], hits
     assert hint in hits[0].hint
+
+
+def test_a_restated_range_suggests_printing_both_ends() -> None:
+    from protocol_engine.pack import restated
+
+    protocol = {"course": {"post_dose_check": {"from": "30m", "to": "90m"}}}
+    for text in ("re-check 30 to 90 min after the dose", "30-90 minutes"):
+        (hit,) = restated.find(text, {}, protocol, {})
+        assert hit.hint == ("did you mean '{{ protocol.course.post_dose_check.from|duration("
+                            "protocol.course.post_dose_check.to) }}'?"), hit
 
 
 def test_restated_names_the_rule_setting_first_and_the_others_beside_it() -> None:

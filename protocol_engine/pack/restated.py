@@ -141,6 +141,16 @@ def _candidates(settings: Mapping[str, Any], units: Mapping[str, str], protocol:
 _TIME_NAME = re.compile(r"(?:^|_)(?:min(?:ute)?|hour|day|week|month|year)s?(?:_|$)")
 
 
+def _range_hint(ends: list[_Candidate | None]) -> str | None:
+    """'30 to 90 min' against `post_dose_check: {from: 30m, to: 90m}`: print the range, both ends at once."""
+    if len(ends) != 2 or ends[0] is None or ends[1] is None or not (ends[0].printable and ends[1].printable):
+        return None
+    low, high = ends[0].name, ends[1].name
+    if low.endswith(".from") and high.endswith(".to") and low[:-5] == high[:-3] and ends[0].duration:
+        return f"did you mean '{{{{ {low}|duration({high}) }}}}'?"
+    return None
+
+
 def _matches(n: float, unit: str | None, hours: float | None, cands: list[_Candidate]) -> list[_Candidate]:
     """The settings the number restates, best first."""
     if hours is not None:
@@ -181,13 +191,13 @@ def find(source: str, settings: Mapping[str, Any], protocol: Mapping[str, Any] |
     for text in texts(source):
         base = max(source.find(text), 0) if text else 0
 
-        def hit(start: int, literal: str, best: list[_Candidate], base: int = base) -> None:
+        def hit(start: int, literal: str, best: list[_Candidate], base: int = base, hint: str | None = None) -> None:
             offset = base + start
             if not best or offset in seen:
                 return
             seen.add(offset)
             others = tuple(dict.fromkeys(c.name for c in best[1:] if c.name != best[0].name))
-            found.append(Restated(" ".join(literal.split()), best[0].name, offset, best[0].hint(), others))
+            found.append(Restated(" ".join(literal.split()), best[0].name, offset, hint or best[0].hint(), others))
 
         for m in NUMBER.finditer(text):
             numbers = [float(m.group("a"))] + ([float(m.group("b"))] if m.group("b") else [])
@@ -197,6 +207,7 @@ def find(source: str, settings: Mapping[str, Any], protocol: Mapping[str, Any] |
             time = _TIME_UNITS.get(written.lower()) if written else None
             code = None if time is not None or not written else _to_ucum(written, spell)
             best: list[_Candidate] = []
+            firsts: list[_Candidate | None] = []
             for i, n in enumerate(numbers):
                 hours = None
                 if time is not None:
@@ -207,7 +218,9 @@ def find(source: str, settings: Mapping[str, Any], protocol: Mapping[str, Any] |
                 if not end and time is None and code is None and written and m.group("c") is None:
                     end = _matches(n, None, None, cands)  # "2 doses": a word, not a unit
                 best += [c for c in end if c not in best]  # a range restates a setting at each end (50-120/min)
-            hit(m.start(), m.group(0) if best and (time or code or m.group("b")) else m.group("a"), best)
+                firsts.append(end[0] if end else None)
+            hit(m.start(), m.group(0) if best and (time or code or m.group("b")) else m.group("a"), best,
+                hint=_range_hint(firsts))
         counts = [(w.start(), w.group(0), w.group("w")) for w in WORD_COUNT.finditer(text)]
         if text.strip().lower() in ("once", "twice", "thrice"):  # `{{ 'twice' if ... }} weekly`
             counts.append((text.find(text.strip()), text.strip(), text.strip()))
