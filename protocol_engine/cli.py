@@ -271,7 +271,7 @@ def docs(rules_dir: str | None, out_dir: str) -> None:
     loaded = _load_or_exit(rules_dir, os.environ.get("PROTOCOL_ENGINE_SITE"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    generated = pages(loaded.ruleset, loaded.runtimes)
+    generated = pages(loaded.ruleset, loaded.runtimes, loaded.shipped)
     for page in generated:
         (out / f"{page.rule.id}.md").write_text(to_markdown(page), encoding="utf-8")
     (out / "README.md").write_text(index_markdown(generated), encoding="utf-8")

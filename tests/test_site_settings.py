@@ -299,6 +299,24 @@ def test_rule_pages_show_the_site_value_in_force_with_the_shipped_value_beside_i
     assert "12 h (site; shipped 24 h)" in (tmp_path / "docs" / "CI-05.md").read_text()
 
 
+def test_rule_pages_under_a_valid_site_run_the_cases_on_the_shipped_values(tmp_path: Path) -> None:
+    """Probe 19b: a valid site file showed 20 FAIL case rows (the cases are written for the pack's own values)."""
+    from protocol_engine.authoring import rulepage
+
+    site = tmp_path / "site.yaml"
+    site.write_text("site: Test\nrules:\n  TIM-01:\n    maintenance_minimum: 96h\n  CI-05:\n    lookback: 12h\n")
+    sited = load(ROOT / "rules", site)
+    for rule_id in ("TIM-01", "CI-05"):
+        found = rulepage.find(sited.ruleset, rule_id)
+        assert found is not None
+        page = rulepage.build(sited.ruleset, sited.runtimes, *found, shipped=sited.shipped)
+        assert page.cases and all(c.status != "FAIL" for c in page.cases), [c for c in page.cases if c.status == "FAIL"]
+        assert "pack's own values" in rulepage.to_markdown(page)
+    # Without a site the rule set is its own shipped one and the page says nothing about it.
+    plain = load(ROOT / "rules")
+    assert plain.shipped[0] is plain.ruleset
+
+
 def test_serve_reports_a_bad_site_file_once_with_positions_and_no_traceback(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner

@@ -54,6 +54,7 @@ class RulePage:
     settings: list[SettingRow] = field(default_factory=list)
     valuesets: list[tuple[str, str, list[str]]] = field(default_factory=list)  # name, title, codes
     cases: list[CaseRow] = field(default_factory=list)
+    cases_note: str = ""  # said when a site changed a value: the cases ran with the pack's own values
 
 
 def _shown(value: Any, unit: str | None, table: dict[str, str]) -> str:
@@ -149,7 +150,10 @@ def _expected(expect: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def build(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime], pack: Pack, rule: Rule) -> RulePage:
+def build(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime], pack: Pack, rule: Rule,
+          shipped: tuple[RuleSet, dict[str, ServiceRuntime]] | None = None) -> RulePage:
+    """The page with the values in force; its test cases run on `shipped` (the pack's own values), because the
+    cases beside a rule are written for those: a valid site setting must not show them as failing."""
     data, _ = yamlsource.load(Path(rule.path))
     raw = yamlsource.plain(data) if isinstance(data, dict) else {}
     page = RulePage(rule, pack.protocol.title, rule.when_text, rule.then_text,
@@ -160,7 +164,10 @@ def build(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime], pack: Pack, rul
         return page
     tdata, _ = yamlsource.load(test)
     traw = yamlsource.plain(tdata) if isinstance(tdata, dict) else {}
-    results, _ = run_file(test, ruleset, runtimes)
+    results, _ = run_file(test, *(shipped or (ruleset, runtimes)))
+    if shipped is not None and shipped[0] is not ruleset:
+        page.cases_note = ("Site settings are in force; these cases are written for the pack's own values and ran "
+                           "with them.")
     by_name = {r.name: r for r in results}
     defaults = traw.get("defaults") or {}
     for i, case in enumerate(traw.get("cases") or []):
@@ -176,8 +183,9 @@ def build(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime], pack: Pack, rul
     return page
 
 
-def pages(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime]) -> list[RulePage]:
-    return [build(ruleset, runtimes, pack, rule) for pack in ruleset.packs for rule in pack.rules]
+def pages(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
+          shipped: tuple[RuleSet, dict[str, ServiceRuntime]] | None = None) -> list[RulePage]:
+    return [build(ruleset, runtimes, pack, rule, shipped) for pack in ruleset.packs for rule in pack.rules]
 
 
 def find(ruleset: RuleSet, rule_id: str) -> tuple[Pack, Rule] | None:
@@ -228,7 +236,8 @@ def to_markdown(page: RulePage) -> str:
     out += [f"{i}. {_link(c.label, c.url)}{_leads(r, c)}" for i, c in enumerate(r.citations or (r.citation,), 1)]
     if r.notes:
         out += ["", "## Notes for reviewers", "", r.notes]
-    out += ["", "## Test cases", "", "| case | hook | chart | expected | card shown | result |",
+    out += ["", "## Test cases", *(["", page.cases_note] if page.cases_note else []), "",
+            "| case | hook | chart | expected | card shown | result |",
             "|---|---|---|---|---|---|"]
     out += [f"| {_cell(c.name)} | {c.hook} | {_cell(c.given)} | {_cell(c.expected)} | {_cell(c.card)} | {c.status} |"
             for c in page.cases]
@@ -261,6 +270,7 @@ def to_html(page: RulePage) -> str:
     cases = "".join(f"<tr><td>{_e(c.name)}</td><td>{_e(c.hook)}</td><td>{_e(c.given)}</td><td>{_e(c.expected)}</td>"
                     f"<td>{_e(c.card)}</td><td class={_e(c.status.lower())}>{_e(c.status)}</td></tr>"
                     for c in page.cases)
+    note = f"<p>{_e(page.cases_note)}</p>" if page.cases_note else ""
     meta = (f"{_e(page.protocol)} · version {_e(r.version)} · {_e(r.status)}"
             + (f" · effective {_e(display.when(r.effective))}" if r.effective else "")
             + f" · {_e(r.category)} · <b>{_e(r.card.indicator)}</b> card · hooks: {_e(', '.join(r.hooks))}")
@@ -279,7 +289,7 @@ padding:.5rem .75rem;border-left:4px solid #d4a72c}}.fail{{color:#b00020;font-we
 <th>source</th></tr>{rows}</table>
 <h2>Value sets</h2>{vsets}<h2>Sources</h2><ol>{sources}</ol>
 {f'<h2>Notes for reviewers</h2><p>{_e(r.notes)}</p>' if r.notes else ''}
-<h2>Test cases</h2><table><tr><th>case</th><th>hook</th><th>chart</th><th>expected</th><th>card shown</th>
+<h2>Test cases</h2>{note}<table><tr><th>case</th><th>hook</th><th>chart</th><th>expected</th><th>card shown</th>
 <th>result</th></tr>{cases}</table></body></html>
 """
 

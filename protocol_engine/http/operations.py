@@ -86,5 +86,5 @@ def rule_page(rule_id: str) -> Response:
     found = rulepage.find(loaded.ruleset, rule_id)
     if found is None:
         return outcome(404, "not-found", "no such rule")
-    page = rulepage.build(loaded.ruleset, loaded.runtimes, *found)
+    page = rulepage.build(loaded.ruleset, loaded.runtimes, *found, shipped=loaded.shipped)
     return Response(rulepage.to_html(page), mimetype="text/html")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from adapters.fhir import validation
@@ -23,6 +24,16 @@ class Loaded:
     ruleset: RuleSet
     runtimes: dict[str, ServiceRuntime]
     tenants: dict[str, Loaded] = field(default_factory=dict)  # tenants with their own site settings
+    base: RuleSet | None = None  # the pack as shipped, when site settings changed it (rule pages run cases on it)
+
+    @cached_property
+    def shipped(self) -> tuple[RuleSet, dict[str, ServiceRuntime]]:
+        """The rule set with the pack's own values: rule cases are written for these, not for a site's.
+
+        Compiled on first use (a rule page), not at every reload."""
+        if self.base is None:
+            return self.ruleset, self.runtimes
+        return self.base, build_runtime(self.base)
 
     def for_tenant(self, tenant: object) -> Loaded:
         """The rule set a call with this `tenant` claim gets (the deployment's when it has no file of its own)."""
@@ -67,7 +78,7 @@ def load(root: Path, site: Path | None = None, tenants: dict[str, Path] | None =
         if layered is None:
             raise RuleSetError(diags)
         own[tenant] = _with(root, base, layered)
-    return Loaded(loaded.ruleset, loaded.runtimes, own)
+    return Loaded(loaded.ruleset, loaded.runtimes, own, base if deployment is not None else None)
 
 
 class Registry:
