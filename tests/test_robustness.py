@@ -215,6 +215,7 @@ def _mutated(pack: Path, count: int, seed: int, restored: Callable[[], Any] | No
                 restored()
 
 
+@pytest.mark.timeout(900)  # 150 pack loads: about a minute on an idle machine, several on a busy shared CI runner
 def test_mutated_rule_files_never_crash_validate(tmp_path: Path) -> None:
     from protocol_engine.pack.ruleset import load_ruleset
 
