@@ -147,3 +147,14 @@ class FhirServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def prefetch_resources(prefetch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every resource a request's prefetch holds (Bundle entries unpacked): what a FHIR server would serve."""
+    resources: list[dict[str, Any]] = []
+    for value in prefetch.values():
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+            resources += [e["resource"] for e in value.get("entry", [])]
+        elif isinstance(value, dict):
+            resources.append(value)
+    return resources

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import ADULT, KETAMINE_ORDER, bp, request_for
-from fhir_server import FhirServer
+from fhir_server import FhirServer, prefetch_resources
 
 from adapters.fhir.hook_request import CONTEXT
 from adapters.fhir.prefetch import ALLOWED_TOKENS, TEMPLATES
@@ -208,12 +208,7 @@ def test_a_request_without_any_prefetch_member_is_normal(client: Any, loaded: An
 @pytest.fixture()
 def fhir(loaded: Any, app: Any) -> Iterator[FhirServer]:
     body = _severe_request(loaded)
-    resources: list[dict[str, Any]] = []
-    for value in body["prefetch"].values():
-        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
-            resources += [e["resource"] for e in value.get("entry", [])]
-        elif isinstance(value, dict):
-            resources.append(value)
+    resources = prefetch_resources(body["prefetch"])
     server = FhirServer(resources, page_size=2)
     app.extensions["protocol_engine"]["fhir_servers"] = (server.base,)  # PROTOCOL_ENGINE_FHIR_SERVERS
     yield server

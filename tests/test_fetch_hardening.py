@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import ADULT, KETAMINE_ORDER, bp, free_port, request_for
-from fhir_server import FhirServer
+from fhir_server import FhirServer, prefetch_resources
 
 from adapters.fhir.allowlist import AllowList
 from adapters.fhir.client import AllowListedClient, ByteBudget, FetchError, HttpxFhirClient
@@ -30,12 +30,7 @@ def _request(loaded: Any) -> dict[str, Any]:
 @pytest.fixture()
 def fhir(loaded: Any, app: Any) -> Iterator[FhirServer]:
     body = _request(loaded)
-    resources: list[dict[str, Any]] = []
-    for value in body["prefetch"].values():
-        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
-            resources += [e["resource"] for e in value.get("entry", [])]
-        elif isinstance(value, dict):
-            resources.append(value)
+    resources = prefetch_resources(body["prefetch"])
     server = FhirServer(resources, page_size=2)
     app.extensions["protocol_engine"]["fhir_servers"] = (server.base,)
     yield server
@@ -276,12 +271,7 @@ def test_a_call_over_its_fhir_byte_budget_is_412_naming_the_keys(tmp_path: Any, 
     from server import create_app
 
     body = _request(loaded)
-    resources: list[dict[str, Any]] = []
-    for value in body["prefetch"].values():
-        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
-            resources += [e["resource"] for e in value.get("entry", [])]
-        elif isinstance(value, dict):
-            resources.append(value)
+    resources = prefetch_resources(body["prefetch"])
     fhir = FhirServer(resources, page_size=50)
     padding = {"resourceType": "Observation", "id": "pad", "status": "final", "subject": {"reference": "Patient/x"},
                "code": {"text": "x" * 40_000}}  # another patient's: fetched, then not used
