@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import ADULT, ROOT, request_for
 
 from protocol_engine.cli import main
-from protocol_engine.core.course import Course, CourseSpec, Dose, Induction
+from protocol_engine.core.derive.course import Course, CourseSpec, Dose, Induction
 from protocol_engine.hooks.pipeline import run
 from protocol_engine.runtime.registry import load
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol_engine.core.course import CourseSpec, Induction, PostDoseCheck
+from protocol_engine.core.derive.course import CourseSpec, Induction, PostDoseCheck
 from protocol_engine.pack import yamlsource
 from protocol_engine.pack.course_spec import parse_course
 

@@ -1,4 +1,4 @@
-"""`course:` of protocol.yaml -> CourseSpec (core/course.py), read once at load time.
+"""`course:` of protocol.yaml -> CourseSpec (core/derive/course.py), read once at load time.
 
 Every problem is a positioned Diagnostic: a value the service could not read at request time must never reach a
 request.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.course import CourseSpec, Induction, PostDoseCheck
+from ..core.derive.course import CourseSpec, Induction, PostDoseCheck
 from ..core.durations import parse_hours
 from ..core.errors import Diagnostic
 from . import yamlsource

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.course import CourseSpec
+from ..core.derive.course import CourseSpec
 from ..core.durations import parse_hours
 from ..core.errors import Diagnostic
 from ..core.model import Setting

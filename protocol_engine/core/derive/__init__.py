@@ -13,12 +13,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import display, units
-from .anchors import Anchor
-from .course import Course, Dose
-from .durations import parse_hours, whole_years
-from .model import Fact, Rule
-from .records import (
+from .. import display, units
+from ..anchors import Anchor
+from ..durations import parse_hours, whole_years
+from ..model import Fact, Rule
+from ..records import (
     Chart,
     Concept,
     DataIssue,
@@ -28,10 +27,11 @@ from .records import (
     OrderIssue,
     Quantity,
 )
-from .valuesets import ValueSetIndex
+from ..valuesets import ValueSetIndex
+from .course import Course, Dose
 
 if TYPE_CHECKING:  # the pack's typed declarations; derive reads them, the pack layer builds them
-    from ..pack.protocol import Measure, Protocol
+    from ...pack.protocol import Measure, Protocol
 
 _H = 3600.0
 
