@@ -5,9 +5,10 @@ Module map, by audience (each folder's modules start with a one-line docstring s
   core/       the pure per-request evaluation: typed records in, findings and cards out. No network, no
               database, no process state, no FHIR JSON.
               records (the typed chart the FHIR adapter fills), model (rules, findings), facts (the fact
-              catalogue), anchors (what a call evaluates against), derive (chart -> facts), course (dose
-              segmentation), compiler + engine (durable_rules), ranges (imprecise values), cards + templates
-              (card rendering), valuesets, units, durations, display, errors.
+              catalogue), anchors (what a call evaluates against), derive/ (chart -> facts, one module a
+              concern: readings, patient, medications, course (the one course model), orders, scores),
+              compiler + engine (durable_rules), ranges (imprecise values), cards + templates (card
+              rendering), valuesets, units, durations, display, errors.
   pack/       rule files -> a loaded pack: yamlsource (YAML with positions), loader (rule files), protocol
               (protocol.yaml) + course_spec, settingspec + site (settings, site overlays), restated, ruleset
               (every pack of a rules directory).

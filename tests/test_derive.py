@@ -1,4 +1,4 @@
-"""core/derive.py on small hand-built charts: typed records in (core/records.py), facts out; no FHIR JSON, no HTTP.
+"""core/derive (Deriver.facts) on small hand-built charts: typed records in (core/records.py), facts out; no FHIR JSON, no HTTP.
 
 Each test builds the few records it needs with the bundled ketamine pack's declarations (protocol.yaml), so a
 failure here names the derivation, not the request path around it.

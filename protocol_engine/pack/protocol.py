@@ -58,7 +58,7 @@ class Service:
 
 
 # What FHIR statuses mean when a pack's `semantics:` does not say: FHIR R4's own definitions, listed in
-# rules/README.md. The loaded Protocol carries every key, so the engine (core/derive.py) holds no defaults.
+# rules/README.md. The loaded Protocol carries every key, so the engine (core/derive/) holds no defaults.
 SEMANTICS_DEFAULTS: dict[str, Any] = {
     "observation_valid_status": ["final", "amended", "corrected"],
     "future_tolerance": "5m",

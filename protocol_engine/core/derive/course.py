@@ -1,13 +1,25 @@
-"""The treatment course (G9, G10): one segmentation of prior doses, used by timing, response and monitoring.
+"""The treatment course (G9, G10): the one course model, and the chart's doses -> that course -> the `course` fact.
 
 `protocol.yaml`'s `course:` section is read once, at load time, into a CourseSpec (pack/course_spec.py).
-`Course.of` then segments the doses once per request, relative to the moment the hook is about (the anchor).
+`Course.of` then segments the doses once per request, relative to the moment the hook is about (the anchor);
+`Courses` (below) finds those doses in the chart and writes the `course` fact timing, response and monitoring read.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..anchors import Anchor
+from ..model import Fact
+from ..records import Chart, DataIssue
+from .common import Semantics, at_text, fmt_time, span
+from .medications import Medicines
+from .readings import Readings
+
+if TYPE_CHECKING:
+    from ...pack.protocol import Protocol
 
 _H = 3600.0
 _DAY_H = 24.0
@@ -155,3 +167,105 @@ class Course:
             if dose.route != "unspecified":
                 return dose.route
         return "unspecified"
+
+
+# -- from the chart: doses -> the course at the anchor, and the `course` fact ------------------------------------
+
+
+class Courses:
+    """The chart's protocol administrations -> prior doses -> the Course at an anchor, and its `course` fact."""
+
+    def __init__(self, protocol: Protocol, medicines: Medicines, semantics: Semantics) -> None:
+        self.p = protocol
+        self.medicines = medicines
+        self.sem = semantics
+
+    def doses(self, chart: Chart, horizon: dt.datetime, latest_end: dt.datetime | None = None) -> list[Dose]:
+        """G9 prior doses recorded up to `horizon`. A dose recorded as a date only is placed at its day's start,
+        or with `latest_end` at its day's end (no later than `latest_end`): the two ends of its range."""
+        doses = []
+        for a in chart.administrations:
+            if a.status not in self.sem.admin_status or a.start is None or a.start > horizon:
+                continue
+            drug = self.medicines.drug_of(a.medication)
+            if drug is not None:
+                latest = a.start_latest if a.start_latest is not None and a.start_latest > a.start else None
+                t = a.start if latest_end is None or latest is None else max(a.start, min(latest, latest_end))
+                doses.append(Dose(t, drug, a.status or "", a.ref, self.medicines.route_of(a.route), latest))
+        return doses
+
+    def course(self, chart: Chart, now: dt.datetime, anchor: Anchor, at_latest: bool = False) -> Course:
+        """The one course model (G9, G10) at the anchor; doses recorded after it are not prior doses.
+
+        `at_latest`: doses recorded as a date only placed at the end of their day (no later than the anchor)
+        instead of its start; facts read from both courses are ranges (core/ranges.py)."""
+        horizon = min(now, anchor.time) + dt.timedelta(hours=self.sem.future_tol_h)
+        doses = self.doses(chart, horizon, min(now, anchor.time) if at_latest else None)
+        if anchor.planned and doses:  # earlier proposed sessions of the same booking: planned doses of the course
+            latest = max(doses, key=lambda d: d.time)
+            doses += [Dose(t, latest.drug, "planned", ref, latest.route) for t, ref in anchor.planned]
+        return Course.of(self.p.course, doses, anchor.time)
+
+    def fact(self, course: Course, anchor: Anchor, readings: dict[str, Readings]) -> Fact:
+        if not course.has_prior:
+            return {"t": "course", "doses": 0, "phase": "none", "new_course": True, "has_prior": False,
+                    "doses_7d": 0, "refs": [], "until": anchor.phrase(), "describe": "No prior dose recorded"}
+        last = course.last
+        since = course.since_last_h()
+        day = course.course_day()
+        phase = course.phase
+        refs = [last.ref] + ([anchor.ref] if anchor.ref else [])
+        planned = last.status == "planned"  # an earlier proposed session of the same booking
+        lead = f"Proposed session (planned {course.drug} dose)" if planned else f"Last {course.drug} dose"
+        fact: Fact = {
+            "t": "course", "drug": course.drug, "doses": len(course.doses), "phase": phase, "has_prior": True,
+            "since_last": since, "new_course": course.new_course,
+            "course_day": int(day), "course_week": int(day // 7) + 1,
+            "doses_7d": course.doses_within(168.0),
+            "induction_complete": phase == "maintenance", "last_at": at_text(last.time, last.latest),
+            "last_planned": planned,
+            "refs": refs, "until": anchor.phrase(),
+            "describe": f"{lead} {fmt_time(last.time, last.latest)} ({span(since)} {anchor.phrase()}"
+                        f"{f' {fmt_time(anchor.time)}' if anchor.ref else ''}, dose {len(course.doses)} of the "
+                        f"course, {phase}), {last.ref}",
+        }
+        check = self.p.course.post_dose_check
+        if check and last.status == "completed":
+            window = readings.get(check.measure)
+            found = window.between(last.time + dt.timedelta(hours=check.from_h),
+                                   last.time + dt.timedelta(hours=check.to_h)) if window is not None else []
+            fact["last_post_dose_check"] = bool(found)
+        return fact
+
+    def undated_doses(self, chart: Chart) -> list[DataIssue]:
+        """Protocol doses that cannot be placed in time: not counted in the course, and said."""
+        issues = []
+        for a in chart.administrations:
+            if a.start is None and a.status in self.sem.admin_status \
+                    and self.medicines.drug_of(a.medication) is not None:
+                # A dose that cannot be placed in time (no effective time, or only a month or year) is not
+                # counted in the course; said, not silently left out.
+                issues.append(DataIssue(a.ref, "dose time missing or less precise than a day: not counted in "
+                                               "the course (timing checks may be incomplete)"))
+        return issues
+
+
+def course_ranges(early: Fact, late: Fact) -> None:
+    """The course fact when a dose was recorded as a date only: `early` is read with such doses at the start of
+    their day, `late` at its end. Every value that differs becomes a range (core/ranges.py: a rule holding at
+    one end only is answered by DQ-04), each end one consistent placement of the doses; the fact keeps the
+    late end, the shorter time since the last dose, as `_elapsed_range` does for readings."""
+    ranges: dict[str, list[Any]] = {}
+    for key, value in early.items():
+        if key in ("describe", "refs", "last_at", "until", "t") or isinstance(value, (list, dict)):
+            continue
+        other = late.get(key)
+        if other is not None and other != value:
+            ranges[key] = [other, value]
+            early[key] = other
+    if ranges:
+        early["ranges"] = ranges
+        early["describe"] = str(early["describe"]).replace(
+            f"({span(float(ranges['since_last'][1]))} ",
+            f"({span(float(ranges['since_last'][0]))} to {span(float(ranges['since_last'][1]))} ",
+            1) if "since_last" in ranges else early["describe"]

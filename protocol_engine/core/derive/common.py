@@ -1,0 +1,86 @@
+"""What every derive module shares: times and numbers as cards write them, elapsed hours, the pack's statuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .. import display
+from ..durations import parse_hours
+from ..model import Fact
+
+if TYPE_CHECKING:
+    from ...pack.protocol import Protocol
+
+_H = 3600.0
+
+
+def fmt_time(t: dt.datetime, latest: dt.datetime | None = None) -> str:
+    """For people: the deployment's zone with its offset, 'today'/'yesterday' against the call's `now`; a time
+    recorded as a date only (`latest` the end of that day) as the date, never an invented '00:00 UTC'."""
+    return display.when(t, latest=latest)
+
+
+def at_text(t: dt.datetime, latest: dt.datetime | None) -> str:
+    """A fact's `at`: the instant, or the FHIR date as written when only a date was recorded."""
+    return display.precision_text(t, latest) or t.isoformat()
+
+
+def fmt_num(x: float) -> str:
+    return f"{x:.1f}".rstrip("0").rstrip(".") if x != int(x) else str(int(x))
+
+
+def as_written(x: float) -> str:
+    """A recorded amount as the order wrote it (1.25 mg/kg, 0.125 mg/kg), not rounded to one decimal."""
+    return f"{x:.4f}".rstrip("0").rstrip(".")
+
+
+def age_h(now: dt.datetime, t: dt.datetime) -> float:
+    """Hours from `t` to `now` (negative for a time after `now`), to 4 decimals as facts carry them."""
+    return round((now - t).total_seconds() / _H, 4)
+
+
+def span(hours: float) -> str:
+    if hours < 48:
+        return f"{fmt_num(round(hours, 1))} h"
+    return f"{fmt_num(round(hours / 24, 1))} days"
+
+
+def elapsed_range(fact: Fact, field: str, now: dt.datetime, earliest: dt.datetime,
+                  latest: dt.datetime | None) -> None:
+    """A reduced-precision time makes an elapsed time a range: [since the latest, since the earliest instant]."""
+    if latest is None or latest == earliest:
+        return
+    low = max(age_h(now, latest), 0.0)
+    fact[field] = low
+    fact.setdefault("ranges", {})[field] = [low, age_h(now, earliest)]
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """The pack's `semantics:` (G1, G6-G9, G11) as sets, read once per rule set."""
+
+    obs_valid: frozenset[str]
+    future_tol_h: float  # a record dated up to this far after the moment evaluated is not "in the future"
+    cond_active: frozenset[str]
+    cond_excluded: frozenset[str]
+    med_active: dict[str, frozenset[str]]  # "request" | "statement" -> statuses
+    med_on_hold: frozenset[str]
+    admin_status: frozenset[str]
+    allergy_active: frozenset[str]
+
+    @classmethod
+    def of(cls, protocol: Protocol) -> Semantics:
+        sem = protocol.semantics  # every key present: the pack layer fills what a pack leaves out (protocol.py)
+        med = sem["medication_active_status"]
+        return cls(
+            obs_valid=frozenset(sem["observation_valid_status"]),
+            future_tol_h=parse_hours(sem["future_tolerance"]) or 5 / 60,
+            cond_active=frozenset(sem["condition_active_status"]),
+            cond_excluded=frozenset(sem["condition_excluded_verification"]),
+            med_active={"request": frozenset(med["request"]), "statement": frozenset(med["statement"])},
+            med_on_hold=frozenset(sem["medication_on_hold_status"]),
+            admin_status=frozenset(sem["administration_status"]),
+            allergy_active=frozenset(sem["allergy_active_status"]),
+        )
