@@ -205,7 +205,7 @@ def explain(request_file: str, service_id: str | None, now: str | None, rules_di
             raise click.ClickException(f"no service answers hook {hook!r}; pass --service")
     when = dt.datetime.fromisoformat(now.replace("Z", "+00:00")) if now else dt.datetime.now(dt.UTC)
     try:
-        decision = run(loaded.runtimes, loaded.ruleset.revision, service_id, body, when, None)
+        decision = run(loaded.runtimes, loaded.ruleset.revision, service_id, body, when)
     except (ProtocolEngineError, EngineError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     rt = loaded.runtimes[service_id]

@@ -118,7 +118,7 @@ def test_times_are_shown_in_the_configured_zone_with_the_offset(monkeypatch: pyt
     monkeypatch.setenv(display.ZONE_ENV, "America/New_York")
     rt = loaded.runtimes["ketamine-order-sign"]
     body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": [bp(186, 104, at="-30m")]}, rt, now)
-    out = run(loaded.runtimes, "r", "ketamine-order-sign", body, now, None)
+    out = run(loaded.runtimes, "r", "ketamine-order-sign", body, now)
     ci05 = next(c for c in out.cards if c["extension"]["protocol-engine"]["rule"] == "CI-05")
     assert "BP 186/104 mmHg today 05:30 UTC-04:00" in ci05["summary"], ci05["summary"]
     assert "mm[Hg]" not in ci05["detail"] and "today 05:30 UTC-04:00" in ci05["detail"]
@@ -152,7 +152,7 @@ def _ci05(rules: Path, now: dt.datetime, given: list[dict[str, Any]]) -> tuple[l
     runtimes = build_runtime(ruleset)
     body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": given},
                          runtimes["ketamine-order-sign"], now)
-    out = run(runtimes, ruleset.revision, "ketamine-order-sign", body, now, None)
+    out = run(runtimes, ruleset.revision, "ketamine-order-sign", body, now)
     return [c for c in out.cards if c["extension"]["protocol-engine"]["rule"] == "CI-05"], out.trace()
 
 
@@ -179,7 +179,7 @@ def test_named_alternatives_tell_the_template_which_one_held(loaded: Any) -> Non
     crisis = {"condition": "ICD10#I16.1 Hypertensive emergency", "id": "htn"}
     for given, words in (([bp(190, 95)], "BP 190/95 mmHg"), ([crisis], "active hypertensive crisis diagnosis")):
         body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": given}, rt, now)
-        out = run(loaded.runtimes, "r", "ketamine-order-sign", body, now, None)
+        out = run(loaded.runtimes, "r", "ketamine-order-sign", body, now)
         ci05 = next(c for c in out.cards if c["extension"]["protocol-engine"]["rule"] == "CI-05")
         assert words in ci05["summary"], ci05["summary"]
         finding = next(f for f in out.findings if f.rule.id == "CI-05")
@@ -211,7 +211,7 @@ def test_a_rule_in_shadow_never_silences_the_card_below_it(tmp_path: Path, chang
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
     body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": [bp(184, 106)]},
                          runtimes["ketamine-order-sign"], now)
-    out = run(runtimes, ruleset.revision, "ketamine-order-sign", body, now, None)
+    out = run(runtimes, ruleset.revision, "ketamine-order-sign", body, now)
     trace = out.trace()
     shown = [c["extension"]["protocol-engine"]["rule"] for c in out.cards]
     assert "CI-06" in shown and "CI-05" not in shown
@@ -475,7 +475,7 @@ def _cards(loaded: Any, given: list[dict[str, Any]], order: dict[str, Any] | Non
            now: dt.datetime = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC)) -> dict[str, dict[str, Any]]:
     rt = loaded.runtimes["ketamine-order-sign"]
     body = build_request({"patient": ADULT, "order": order or KETAMINE_ORDER, "given": given}, rt, now)
-    out = run(loaded.runtimes, "r", "ketamine-order-sign", body, now, None)
+    out = run(loaded.runtimes, "r", "ketamine-order-sign", body, now)
     return {c["extension"]["protocol-engine"]["rule"]: c for c in out.cards}
 
 

@@ -32,7 +32,7 @@ def _cards(loaded: Any, name: str, service: str) -> list[dict[str, Any]]:
     now = dt.datetime.now(dt.UTC)
     body = hook_request(name, hook, now, _keys(loaded, service))
     assert body is not None
-    return run(loaded.runtimes, loaded.ruleset.revision, service, json.loads(json.dumps(body)), now, None).cards
+    return run(loaded.runtimes, loaded.ruleset.revision, service, json.loads(json.dumps(body)), now).cards
 
 
 def _by_rule(cards: list[dict[str, Any]]) -> dict[str, str]:

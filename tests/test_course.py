@@ -47,7 +47,7 @@ def test_a_completed_esketamine_induction_answers_200_with_each_spelling(tmp_pat
             + [{"observation": "LOINC#44261-6", "value": 20, "at": "-42d"},
                {"observation": "LOINC#44261-6", "value": 8, "at": "-3d"}]}
     outcome = run(loaded.runtimes, "rev", "ketamine-order-sign", request_for(loaded, "ketamine-order-sign", case, NOW),
-                  NOW, None)
+                  NOW)
     course = next(f for f in outcome.facts if f["t"] == "course")
     assert course["phase"] == "maintenance" and course["induction_complete"] is True
     assert {f["t"] for f in outcome.facts} >= {"score"}

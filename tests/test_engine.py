@@ -151,7 +151,7 @@ def test_thousands_of_sessions_leave_the_process_alive(tmp_path: Path) -> None:
         engine.evaluate = lambda c, f: seen.append((c, f)) or real(c, f)
         for s in range(20):
             run(loaded.runtimes, loaded.ruleset.revision, "ketamine-order-sign",
-                request(20, now, seed=s, patient=f"p{{s}}"), now, None)
+                request(20, now, seed=s, patient=f"p{{s}}"), now)
         for i in range(4000):
             real(*seen[i % len(seen)])
         print("alive")

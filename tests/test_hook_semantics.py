@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +18,10 @@ import pytest
 from conftest import request_for
 from fhir_server import FhirServer
 
-from protocol_engine.hooks.evaluate import Decision
+from protocol_engine.hooks.evaluate import Decision, evaluate
+from protocol_engine.hooks.gather import gather
 from protocol_engine.hooks.pipeline import run
+from protocol_engine.hooks.prepare import prepare
 
 NOW = dt.datetime(2026, 11, 21, 10, tzinfo=dt.UTC)
 IV = "SNOMED#47625008 Intravenous route"
@@ -41,7 +44,7 @@ def maintenance(last: str = "-1d", route: str | None = IV) -> list[dict[str, Any
 def call(loaded: Any, hook: str, case: dict[str, Any], body: dict[str, Any] | None = None) -> Decision:
     service = SERVICE[hook]
     request = body if body is not None else request_for(loaded, service, {"patient": ADULT, **case}, NOW)
-    return run(loaded.runtimes, "test", service, request, NOW, None)
+    return run(loaded.runtimes, "test", service, request, NOW)
 
 
 def rules(outcome: Decision) -> set[str]:
@@ -259,7 +262,10 @@ def test_a_missing_encounter_is_fetched_from_the_fhir_server(
 
     server, body = fhir_with_encounter
     body["fhirServer"] = server.base
-    outcome = run(loaded.runtimes, "test", SERVICE["encounter-start"], body, NOW, HttpxFhirClient())
+    # The stages as the HTTP view calls them, with a real client and a deadline (pipeline.run has no client).
+    prepared = prepare(loaded.runtimes[SERVICE["encounter-start"]], body)
+    gathered = gather(prepared, HttpxFhirClient(), NOW, 2.0, time.monotonic() + 3.0)
+    outcome = evaluate(prepared, gathered, NOW, "test")
     assert [r["path"] for r in server.requests] == [f"/fhir/Encounter/{body['context']['encounterId']}"]
     assert outcome.trace()["sources"]["encounter"] == "fetched" and "MON-06" in rules(outcome)
 

@@ -1,7 +1,8 @@
 """The three stages of a hook call, one by one (hooks/prepare.py, hooks/gather.py, hooks/evaluate.py).
 
 Inputs are a request captured from the public CDS Hooks sandbox (tests/data, data this project did not write) and
-small edits of it; the stages are called directly, the way hooks/pipeline.run composes them.
+small edits of it; the stages are called directly, the way the HTTP view (http/cds.py) and hooks/pipeline.run
+compose them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import pytest
 from adapters.fhir import normalise, prefetch
 from adapters.fhir.prefetch import TEMPLATES, TYPE_OF_KEY
 from protocol_engine.core.errors import BadRequest
-from protocol_engine.hooks.evaluate import decision_for, evaluate
+from protocol_engine.hooks.evaluate import evaluate
 from protocol_engine.hooks.gather import gather
 from protocol_engine.hooks.pipeline import run
 from protocol_engine.hooks.prepare import prepare
@@ -60,7 +62,10 @@ def test_an_order_of_no_protocol_drug_is_answered_without_a_fetch(loaded: Any) -
     order["medicationCodeableConcept"] = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
                                                       "code": "312938", "display": "sertraline 100 MG Oral Tablet"}]}
     body["prefetch"] = {}  # nothing prefetched: a gather would have to fetch, and the client refuses
-    decision = run(loaded.runtimes, "r1", SIGN, body, CAPTURED_AT, NoNetwork())  # type: ignore[arg-type]
+    prepared = prepare(loaded.runtimes[SIGN], body)
+    gathered = gather(prepared, NoNetwork(), CAPTURED_AT, 2.0, time.monotonic() + 3.0)  # type: ignore[arg-type]
+    assert gathered is None
+    decision = evaluate(prepared, gathered, CAPTURED_AT, "r1")
     assert decision.cards == [] and decision.skipped is not None
     trace = decision.trace()
     assert trace["skipped"] == decision.skipped and "anchors" not in trace and list(trace["timings"]) == ["total_ms"]
@@ -76,13 +81,14 @@ def test_the_draft_orders_are_read_once(loaded: Any, monkeypatch: pytest.MonkeyP
         return to_chart(payloads, draft, *args, **kwargs)
 
     monkeypatch.setattr(normalise, "to_chart", counting)
-    decision = run(loaded.runtimes, "r1", SIGN, captured(), CAPTURED_AT, None)
+    decision = run(loaded.runtimes, "r1", SIGN, captured(), CAPTURED_AT)
     assert decision.cards and drafts_read == [True, False]
 
 
 def test_gather_reads_the_prefetch_into_a_chart_without_a_client(loaded: Any) -> None:
     prepared = prepare(loaded.runtimes[SIGN], captured())
     gathered = gather(prepared, None, CAPTURED_AT)
+    assert gathered is not None
     assert set(gathered.sources) == set(loaded.runtimes[SIGN].templates)
     assert gathered.chart.observations and gathered.medications is None
     assert {"prefetch_ms", "parse_ms"} <= set(prepared.timings)
@@ -91,14 +97,14 @@ def test_gather_reads_the_prefetch_into_a_chart_without_a_client(loaded: Any) ->
 def test_evaluate_is_pure_and_its_decision_names_each_card_s_rule(loaded: Any,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     prepared = prepare(loaded.runtimes[SIGN], captured())
-    chart = gather(prepared, None, CAPTURED_AT).chart
+    gathered = gather(prepared, None, CAPTURED_AT)
 
     def no_io(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("evaluate reached the FHIR adapter")
 
     for module, name in ((prefetch, "resolve"), (prefetch, "read_all"), (normalise, "to_chart")):
         monkeypatch.setattr(module, name, no_io)
-    decision = evaluate(prepared, chart, CAPTURED_AT, decision_for(prepared, SIGN, "r1", CAPTURED_AT))
+    decision = evaluate(prepared, gathered, CAPTURED_AT, "r1")
     rules = [c.rule.id for c in decision.issued]
     assert "CI-05" in rules  # the captured patient's BP is severe
     assert rules == [c["extension"]["protocol-engine"]["rule"] for c in decision.cards]
@@ -113,10 +119,9 @@ def test_evaluate_is_pure_and_its_decision_names_each_card_s_rule(loaded: Any,
 
 def test_run_is_the_three_stages(loaded: Any) -> None:
     """The composition adds nothing: the same cards, fired rules and facts as the stages called one by one."""
-    whole = run(loaded.runtimes, "r1", SIGN, captured(), CAPTURED_AT, None)
+    whole = run(loaded.runtimes, "r1", SIGN, captured(), CAPTURED_AT)
     prepared = prepare(loaded.runtimes[SIGN], captured())
-    decision = evaluate(prepared, gather(prepared, None, CAPTURED_AT).chart, CAPTURED_AT,
-                        decision_for(prepared, SIGN, "r1", CAPTURED_AT))
+    decision = evaluate(prepared, gather(prepared, None, CAPTURED_AT), CAPTURED_AT, "r1")
 
     def strip(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = copy.deepcopy(cards)

@@ -86,7 +86,7 @@ def _params() -> list[Any]:
 def _answer(pc: PreparedCase, request: dict[str, Any]) -> list[dict[str, Any]]:
     ruleset, runtimes = _loaded()
     assert pc.service_id is not None
-    return run(runtimes, ruleset.revision, pc.service_id, request, pc.now, None).cards
+    return run(runtimes, ruleset.revision, pc.service_id, request, pc.now).cards
 
 
 @cache

@@ -24,7 +24,7 @@ def payload(name: str) -> dict[str, Any]:
 
 
 def cards(loaded: Any, body: dict[str, Any], now: dt.datetime = PROBE_NOW) -> dict[str, dict[str, Any]]:
-    out = run(loaded.runtimes, "r", f"ketamine-{body['hook']}", copy.deepcopy(body), now, None)
+    out = run(loaded.runtimes, "r", f"ketamine-{body['hook']}", copy.deepcopy(body), now)
     return {c["extension"]["protocol-engine"]["rule"]: c for c in out.cards}
 
 
@@ -144,7 +144,7 @@ def test_a_dose_per_kg_is_shown_with_its_second_decimal(loaded: Any) -> None:
 # -- 3. a Condition with no code is named, not matched by its text, and its text is not copied -------------------
 def test_a_text_only_condition_is_reported_by_id_not_by_text(loaded: Any) -> None:
     body = payload("K8-schizo-text-only")
-    out = run(loaded.runtimes, "r", "ketamine-order-sign", copy.deepcopy(body), PROBE_NOW, None)
+    out = run(loaded.runtimes, "r", "ketamine-order-sign", copy.deepcopy(body), PROBE_NOW)
     got = {c["extension"]["protocol-engine"]["rule"]: c for c in out.cards}
     assert "Condition/c1: the Condition has no code" in got["DQ-02"]["detail"]
     assert "CI-10" not in got and "CI-11" not in got  # diagnoses are matched by code only

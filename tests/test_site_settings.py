@@ -141,7 +141,7 @@ def _dos01_case(dose: str) -> dict[str, Any]:
 def _rules_fired(loaded: Any, case: dict[str, Any], tenant: str | None = None) -> dict[str, dict[str, Any]]:
     current = loaded.for_tenant(tenant)
     body = request_for(current, "ketamine-order-sign", case, NOW)
-    outcome = run(current.runtimes, current.ruleset.revision, "ketamine-order-sign", body, NOW, None)
+    outcome = run(current.runtimes, current.ruleset.revision, "ketamine-order-sign", body, NOW)
     return {c["extension"]["protocol-engine"]["rule"]: c for c in outcome.cards} | {"_trace": outcome.trace()}
 
 

@@ -212,7 +212,7 @@ def _answer(case: dict[str, Any], now: dt.datetime, request: dict[str, Any] | No
     hook = case.get("hook", "order-sign")
     sid, rt = next((k, v) for k, v in runtimes.items() if v.service.hook == hook)
     request = request or build_request(case, rt, now)
-    cards = run(runtimes, ruleset.revision, sid, json.loads(json.dumps(request)), now, None).cards
+    cards = run(runtimes, ruleset.revision, sid, json.loads(json.dumps(request)), now).cards
     return sorted((c["extension"]["protocol-engine"]["rule"], c["indicator"], c["summary"]) for c in cards)
 
 

@@ -87,7 +87,6 @@ def render_template(template: str, request: HookRequest) -> str:
 class Resolved:
     payloads: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)  # key -> prefetch | fetched | null
-    deadline: float = 0.0  # time.monotonic() by which every read for this request must be done
 
 
 def _is_outcome(value: Any) -> bool:
@@ -173,12 +172,13 @@ def _fetch(key: str, rtype: str, request: HookRequest, templates: dict[str, str]
 
 
 def resolve(request: HookRequest, templates: dict[str, str], client: FhirClient | None, now: dt.datetime,
-            lookback_h: dict[str, float], timeout: float, deadline_s: float) -> Resolved:
-    """Every key the service needs, from prefetch or from fhirServer; 412 naming what is missing."""
+            lookback_h: dict[str, float], timeout: float, deadline: float) -> Resolved:
+    """Every key the service needs, from prefetch or from fhirServer; 412 naming what is missing.
+
+    `deadline` is the caller's (time.monotonic()) by which every read of the call must be done.
+    """
     result = Resolved({})
     missing: list[str] = []
-    deadline = time.monotonic() + deadline_s
-    result.deadline = deadline
     for key in templates:
         if key in request.prefetch:
             value = request.prefetch[key]

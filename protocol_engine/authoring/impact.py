@@ -212,7 +212,7 @@ def answer(loaded: Loaded, item: Input) -> Answer:
         return Answer(error="no service answers this hook")
     sid, body = built
     try:
-        decision = run(loaded.runtimes, loaded.ruleset.revision, sid, body, item.now, None)
+        decision = run(loaded.runtimes, loaded.ruleset.revision, sid, body, item.now)
     except (ProtocolEngineError, EngineError) as exc:
         return Answer(error=f"{type(exc).__name__}: {str(exc)[:120]}")
     return Answer({c.rule.id: c.json for c in decision.issued}, {f.rule.id for f in decision.findings})

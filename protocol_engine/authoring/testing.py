@@ -202,7 +202,7 @@ def run_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
             results.append(result)
             continue
         try:
-            decision = run(runtimes, ruleset.revision, pc.service_id, pc.request(runtimes), pc.now, None)
+            decision = run(runtimes, ruleset.revision, pc.service_id, pc.request(runtimes), pc.now)
         except Exception as exc:  # a case that cannot run is a failure, reported, not a crash
             result.status, result.problems = "FAIL", [f"{type(exc).__name__}: {exc}"]
             results.append(result)

@@ -20,6 +20,7 @@ from ..core.model import Finding, Rule
 from ..core.records import Chart
 
 if TYPE_CHECKING:
+    from .gather import Gathered
     from .prepare import Prepared
 
 
@@ -73,16 +74,25 @@ class Decision:
         return trace
 
 
-def decision_for(prepared: Prepared, service_id: str, revision: str, now: dt.datetime) -> Decision:
-    """An empty decision of this call: what every answer, evaluated or skipped, records."""
+def evaluate(prepared: Prepared, gathered: Gathered | None, now: dt.datetime, revision: str) -> Decision:
+    """The decision of one call: every anchor of it evaluated against the gathered chart.
+
+    With nothing gathered (prepare() found nothing to evaluate) the decision is the empty answer, saying why.
+    Sets `total_ms`, counted from when prepare() began: this is the last stage.
+    """
     rt, request = prepared.runtime, prepared.request
-    return Decision(service_id, rt.service.hook, request.hook_instance, request.patient_id, revision, now,
-                    [r.id for r in rt.rules], site=rt.site.describe() if rt.site is not None else None,
-                    skipped=prepared.skipped, timings=prepared.timings)
+    decision = Decision(rt.service.id, rt.service.hook, request.hook_instance, request.patient_id, revision, now,
+                        [r.id for r in rt.rules], site=rt.site.describe() if rt.site is not None else None,
+                        skipped=prepared.skipped, timings=prepared.timings)
+    if gathered is not None:
+        decision.sources, decision.medications = gathered.sources, gathered.medications
+        _evaluate_anchors(prepared, gathered.chart, now, decision)
+    decision.timings["total_ms"] = _ms(prepared.started)
+    return decision
 
 
-def evaluate(prepared: Prepared, chart: Chart, now: dt.datetime, decision: Decision) -> Decision:
-    """Evaluate every anchor of the call against the chart, filling `decision` (its sources already set)."""
+def _evaluate_anchors(prepared: Prepared, chart: Chart, now: dt.datetime, decision: Decision) -> None:
+    """Evaluate every anchor of the call against the chart, filling `decision`."""
     rt, request = prepared.runtime, prepared.request
     service, pack, timings = rt.service, rt.pack, decision.timings
     if service.anchor == "appointment":
@@ -127,7 +137,6 @@ def evaluate(prepared: Prepared, chart: Chart, now: dt.datetime, decision: Decis
     if len(evaluations) > 1:  # cards of several sessions: critical first, as render_all orders one evaluation
         issued.sort(key=lambda c: card_renderer.RANK[c.json["indicator"]])
     decision.issued = issued
-    return decision
 
 
 def _name_blocked_checks(facts: list[dict[str, Any]], rules: list[Rule]) -> None:

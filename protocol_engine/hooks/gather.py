@@ -1,13 +1,15 @@
 """Stage 2 of a hook call: the request's prefetch resolved, what is missing fetched, and FHIR JSON -> Chart.
 
-The only stage that may do network I/O, and only through the FhirClient its caller passes (the HTTP side builds
-it for the request's allow-listed fhirServer; the rule-case runner, `explain` and `impact` pass none and so read
-the prefetch alone).
+The only stage that may do network I/O, and only through the FhirClient and within the deadline its caller
+passes: the HTTP view (http/cds.py) builds the client for the request's allow-listed fhirServer and sets the
+deadline; the offline callers (hooks/pipeline.run: the rule-case runner, the CLI, `explain`, `impact`) pass no
+client and so read the prefetch alone.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +29,18 @@ class Gathered:
 
 
 def gather(prepared: Prepared, client: FhirClient | None, now: dt.datetime, fhir_timeout: float = 2.0,
-           deadline_s: float = 3.0) -> Gathered:
-    """The patient's chart for this call. Raises PrefetchUnavailable when a key can be neither read nor fetched."""
+           deadline: float = math.inf) -> Gathered | None:
+    """The patient's chart for this call; None when prepare() found nothing to evaluate (then nothing is read).
+
+    `deadline` (time.monotonic()) bounds every read of the call; without a client nothing is read, so the
+    offline callers leave it unbounded. Raises PrefetchUnavailable when a key can be neither read nor fetched.
+    """
+    if prepared.skipped is not None:
+        return None
     rt, request, timings = prepared.runtime, prepared.request, prepared.timings
     pack = rt.pack
     t = time.perf_counter()
-    resolved = prefetch.resolve(request, rt.templates, client, now, pack.protocol.fetch, fhir_timeout, deadline_s)
+    resolved = prefetch.resolve(request, rt.templates, client, now, pack.protocol.fetch, fhir_timeout, deadline)
     timings["prefetch_ms"] = _ms(t)
     t = time.perf_counter()
     payloads = list(resolved.payloads.values())
@@ -41,7 +49,7 @@ def gather(prepared: Prepared, client: FhirClient | None, now: dt.datetime, fhir
     wanted = normalise.references_to_fetch(payloads, draft, meds)
     medications = None
     if wanted:  # Medications no Bundle of the request holds: read from fhirServer, within the same deadline
-        fetched = prefetch.read_all(wanted, request, client, fhir_timeout, resolved.deadline)
+        fetched = prefetch.read_all(wanted, request, client, fhir_timeout, deadline)
         meds.add_payloads(fetched)
         medications = {"wanted": len(wanted), "fetched": len(fetched)}
         timings["medication_fetch_ms"] = _ms(t)

@@ -1,20 +1,20 @@
-"""One hook call end to end, without HTTP, in one direction; and the services a rule set compiles to.
+"""The services a rule set compiles to, and one hook call offline; the stages of a call, one way:
 
-    prepare.py   body -> Prepared       the request checked; draft orders / proposed sessions read (no I/O)
-    gather.py    Prepared -> Gathered   prefetch resolved, missing data fetched through the caller's client,
-                                        FHIR JSON -> Chart (adapters/fhir)
-    evaluate.py  Chart -> Decision      facts, findings, cards and the trace (pure)
+    prepare.py   body -> Prepared               the request checked; draft orders / proposed sessions read (no I/O)
+    gather.py    Prepared -> Gathered | None    prefetch resolved, missing data fetched through the caller's client
+                                                within the caller's deadline, FHIR JSON -> Chart (adapters/fhir)
+    evaluate.py  Gathered -> Decision           facts, findings, cards and the trace (pure)
+
+The HTTP view (http/cds.py) calls the three itself with its FHIR client; `run` below calls them with none.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from adapters.fhir import hook_request, prefetch
-from adapters.fhir.client import FhirClient
 
 from ..core import engine
 from ..core.errors import RuleSetError, UnknownService
@@ -24,7 +24,7 @@ from ..core.valuesets import SYSTEMS
 from ..pack.protocol import Service
 from ..pack.ruleset import Pack, RuleSet
 from ..pack.site import Site
-from .evaluate import Decision, decision_for, evaluate
+from .evaluate import Decision, evaluate
 from .gather import gather
 from .prepare import ORDER_HOOKS, prepare
 
@@ -93,20 +93,16 @@ def discovery(runtimes: dict[str, ServiceRuntime]) -> dict[str, Any]:
     return {"services": services}
 
 
-def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, body: Any, now: dt.datetime,
-        client: FhirClient | None, fhir_timeout: float = 2.0, deadline_s: float = 3.0) -> Decision:
-    """Evaluate one CDS Hooks call: prepare -> gather -> evaluate, one way.
+def run(runtimes: dict[str, ServiceRuntime], revision: str, service_id: str, body: Any,
+        now: dt.datetime) -> Decision:
+    """One CDS Hooks call offline: prepare -> gather (the prefetch alone, no client: no I/O) -> evaluate.
 
-    Raises BadRequest / UnknownService / PrefetchUnavailable.
+    What the rule-case runner, the CLI (`explain`, `impact`) and the tests call. The HTTP view (http/cds.py) calls
+    the same three stages itself, giving gather() its FHIR client and deadline. Raises BadRequest / UnknownService
+    / PrefetchUnavailable.
     """
     rt = runtimes.get(service_id)
     if rt is None:
         raise UnknownService(f"no service '{service_id[:64]}'")
     prepared = prepare(rt, body)
-    decision = decision_for(prepared, service_id, revision, now)
-    if prepared.skipped is None:
-        gathered = gather(prepared, client, now, fhir_timeout, deadline_s)
-        decision.sources, decision.medications = gathered.sources, gathered.medications
-        evaluate(prepared, gathered.chart, now, decision)
-    decision.timings["total_ms"] = round((time.perf_counter() - prepared.started) * 1000, 3)
-    return decision
+    return evaluate(prepared, gather(prepared, None, now), now, revision)

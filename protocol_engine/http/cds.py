@@ -8,7 +8,10 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from ..core.engine import EngineError
 from ..core.errors import BadRequest, PrefetchUnavailable
-from ..hooks.pipeline import discovery, run
+from ..hooks.evaluate import evaluate
+from ..hooks.gather import gather
+from ..hooks.pipeline import discovery
+from ..hooks.prepare import prepare
 from ..runtime import metrics
 from ..runtime.deadline import Bounded
 from ..runtime.feedback import parse_feedback
@@ -30,8 +33,12 @@ def invoke(service_id: str) -> Response:
     if service_id not in loaded.runtimes:
         return outcome(404, "not-found", f"no CDS service with id '{service_id[:64]}'")
     try:
-        decision = run(loaded.runtimes, loaded.ruleset.revision, service_id, body(), g.now, fhir_client(),
-                       config.fhir_timeout, config.request_deadline)
+        # The three stages of hooks/, one way; the only I/O is gather()'s, through this call's allow-listed
+        # client and within this call's deadline.
+        prepared = prepare(loaded.runtimes[service_id], body())
+        gathered = gather(prepared, fhir_client(), g.now, config.fhir_timeout,
+                          time.monotonic() + config.request_deadline)
+        decision = evaluate(prepared, gathered, g.now, loaded.ruleset.revision)
     except Unsupported:
         return outcome(415, "not-supported", "send the request as application/json")
     except PrefetchUnavailable as exc:
