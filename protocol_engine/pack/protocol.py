@@ -31,7 +31,7 @@ class Measure:
     first: tuple[str, str] | None = None  # pair: (field name, value set)
     second: tuple[str, str] | None = None
     panel: str | None = None
-    pairing_h: float = 2 / 60
+    pairing_h: float = 0.0  # pair measures declare `pairing` (G4); the loader requires it
     upper_limit: float | None = None
     positive_at: tuple[float, str] | None = None
 
@@ -57,27 +57,106 @@ class Service:
     sessions: str | None = None  # value set recognising protocol sessions among proposed appointments
 
 
-# What FHIR statuses mean when a pack's `semantics:` does not say: FHIR R4's own definitions, listed in
-# rules/README.md. The loaded Protocol carries every key, so the engine (core/derive/) holds no defaults.
-SEMANTICS_DEFAULTS: dict[str, Any] = {
-    "observation_valid_status": ["final", "amended", "corrected"],
+# A pack's `semantics:` says what FHIR statuses and times mean for its protocol. Every key is required: the engine
+# holds no default a second pack would silently inherit. The loader's error for a missing key suggests FHIR R4's own
+# meaning (or the ketamine pack's choice, for the tolerance), to be written out and reviewed (rules/README.md).
+SEMANTICS: dict[str, str] = {
+    "observation_valid_status": "[final, amended, corrected]",
     "future_tolerance": "5m",
-    "condition_active_status": ["active", "recurrence", "relapse"],
-    "condition_excluded_verification": ["refuted", "entered-in-error"],
-    "medication_active_status": {"request": ["active"], "statement": ["active", "intended"]},
-    "medication_on_hold_status": ["on-hold"],
-    "administration_status": ["completed", "in-progress", "stopped"],
-    "allergy_active_status": ["active"],
+    "condition_active_status": "[active, recurrence, relapse]",
+    "condition_excluded_verification": "[refuted, entered-in-error]",
+    "medication_active_status": "{request: [active], statement: [active, intended]}",
+    "medication_on_hold_status": "[on-hold]",
+    "administration_status": "[completed, in-progress, stopped]",
+    "allergy_active_status": "[active]",
 }
 
 
-def _semantics(declared: dict[str, Any]) -> dict[str, Any]:
-    """The pack's semantics with every key present: declared values over SEMANTICS_DEFAULTS."""
-    out = {**SEMANTICS_DEFAULTS, **declared}
-    meds = declared.get("medication_active_status")
-    out["medication_active_status"] = {**SEMANTICS_DEFAULTS["medication_active_status"],
-                                       **(meds if isinstance(meds, dict) else {})}
-    return out
+def _words(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def _semantics(data: Any, declared: Any, where: str) -> tuple[dict[str, Any], list[Diagnostic]]:
+    """The pack's semantics, every key declared and of its type; `future_tolerance_h` the tolerance in hours
+    (`0m` is zero: a record dated after the moment evaluated is in the future)."""
+    node = data.get("semantics")
+    if not isinstance(declared, dict) or not isinstance(node, dict):
+        at = yamlsource.key_pos(data, "semantics") if "semantics" in data else yamlsource.node_pos(data)
+        keys = "; ".join(f"{k}: {v}" for k, v in SEMANTICS.items())
+        return {}, [Diagnostic(where, *at, "schema", "protocol.yaml needs a 'semantics' mapping (what FHIR statuses "
+                                                     "and times mean for this protocol; the engine assumes none)",
+                               hint=f"FHIR R4's meanings, to review and write out: {keys}")]
+    diags: list[Diagnostic] = []
+    for key, suggested in SEMANTICS.items():
+        if key not in declared:
+            diags.append(Diagnostic(where, *yamlsource.key_pos(data, "semantics"), "schema",
+                                    f"semantics needs '{key}' (the engine assumes no default)",
+                                    hint=f"for example `{key}: {suggested}`"))
+            continue
+        value = declared[key]
+        if key == "future_tolerance":
+            hours = parse_hours(value)
+            if hours is None or hours < 0:
+                diags.append(Diagnostic(where, *yamlsource.value_pos(node, key), "schema",
+                                        f"semantics.future_tolerance: '{value}' is not a duration of zero or more "
+                                        "(like 5m or 0m)"))
+        elif key == "medication_active_status":
+            if not (isinstance(value, dict) and set(value) == {"request", "statement"}
+                    and all(_words(v) for v in value.values())):
+                diags.append(Diagnostic(where, *yamlsource.value_pos(node, key), "schema",
+                                        "semantics.medication_active_status maps request and statement to lists "
+                                        "of statuses", hint=f"for example `{key}: {suggested}`"))
+        elif not _words(value):
+            diags.append(Diagnostic(where, *yamlsource.value_pos(node, key), "schema",
+                                    f"semantics.{key} is a list of statuses", hint=f"for example `{key}: {suggested}`"))
+    unknown = [k for k in declared if k not in SEMANTICS]
+    for key in unknown:
+        diags.append(Diagnostic(where, *yamlsource.key_pos(node, key), "unknown-key",
+                                f"semantics: '{key}' is not one of {', '.join(SEMANTICS)}"))
+    if diags:
+        return {}, diags
+    return {**declared, "future_tolerance_h": parse_hours(declared["future_tolerance"])}, []
+
+
+def _window(node: Any, key: str, section: str, where: str, diags: list[Diagnostic]) -> float | None:
+    """A required look-back (`30d`) of a typed section, in hours; a missing or unreadable one is a loader error."""
+    value = node.get(key) if isinstance(node, dict) else None
+    hours = parse_hours(value)
+    if hours is not None and hours >= 0:
+        return hours
+    if value is None:
+        diags.append(Diagnostic(where, *yamlsource.node_pos(node), "schema",
+                                f"{section} needs '{key}', a duration (like 30d): the engine assumes none"))
+    else:
+        diags.append(Diagnostic(where, *yamlsource.value_pos(node, key), "schema",
+                                f"{section}.{key}: '{value}' is not a duration of zero or more (like 30d)"))
+    return None
+
+
+def _order_and_scores(data: Any, raw: dict[str, Any], measures: dict[str, Measure],
+                      where: str) -> tuple[dict[str, Any], dict[str, Any], list[Diagnostic]]:
+    """`order:` and `scores:` with their look-backs checked and read into hours (`within_h`, `baseline_window_h`)."""
+    diags: list[Diagnostic] = []
+    order = dict(raw.get("order") or {})
+    weight = order.get("weight")
+    if weight is not None:
+        node = data["order"]["weight"]
+        if not isinstance(weight, dict) or weight.get("measure") not in measures:
+            diags.append(Diagnostic(where, *yamlsource.value_pos(data["order"], "weight"), "schema",
+                                    "order.weight needs 'measure' (one of the pack's measures) and 'within'",
+                                    hint="for example `weight: {measure: weight, within: 30d}`"))
+        else:
+            hours = _window(node, "within", "order.weight", where, diags)
+            order["weight"] = {**weight, "within_h": hours}
+    scores = dict(raw.get("scores") or {})
+    if scores:
+        node = data["scores"]
+        instruments = scores.get("instruments")
+        if not isinstance(instruments, list) or any(i not in measures for i in instruments):
+            diags.append(Diagnostic(where, *yamlsource.node_pos(node), "schema",
+                                    "scores.instruments is a list of the pack's measures (like [phq9, madrs])"))
+        scores["baseline_window_h"] = _window(node, "baseline_window", "scores", where, diags)
+    return order, scores, diags
 
 
 @dataclass
@@ -124,9 +203,6 @@ def _amount(text: Any) -> tuple[float, str]:
     return float(number), unit.strip()
 
 
-def _hours(value: Any, default: float) -> float:
-    hours = parse_hours(value) if value is not None else None
-    return default if hours is None else hours
 
 
 def _unwrap(node: Any, raw: dict[str, Any], prefix: str, where: str, site: Mapping[str, tuple[Any, str]],
@@ -201,10 +277,16 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
             first=(spec["first"]["field"], spec["first"]["valueset"]) if "first" in spec else None,
             second=(spec["second"]["field"], spec["second"]["valueset"]) if "second" in spec else None,
             panel=spec.get("panel"),
-            pairing_h=_hours(spec.get("pairing"), 2 / 60),
+            # G4: how close a standalone systolic and diastolic must be to pair; a pair measure declares it
+            pairing_h=(_window(data["measures"][name], "pairing", f"measures.{name}", where, diags) or 0.0)
+            if kind == "pair" else 0.0,
             upper_limit=spec.get("upper_limit"),
             positive_at=(float(positive["value"]), str(positive["unit"])) if positive else None,
         )
+    semantics, found = _semantics(data, raw.get("semantics"), where)
+    diags += found
+    order, scores, found = _order_and_scores(data, raw, measures, where)
+    diags += found
     course, course_diags = parse_course(data.get("course"), where, list(raw.get("drugs") or {}), list(measures))
     diags += course_diags
     services = []
@@ -249,15 +331,15 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
         version=str(raw["version"]),
         title=raw.get("title", raw["protocol"]),
         path=where,
-        semantics=_semantics(raw.get("semantics") or {}),
+        semantics=semantics,
         drugs={k: v["valueset"] for k, v in (raw.get("drugs") or {}).items()},
         routes={k: v["valueset"] for k, v in (raw.get("routes") or {}).items()},
         measures=measures,
         course=course,
-        order=raw.get("order") or {},
-        scores=raw.get("scores") or {},
+        order=order,
+        scores=scores,
         presence=raw.get("presence") or {},
-        fetch={k: _hours(v, 24 * 400) for k, v in (raw.get("fetch") or {}).items()},
+        fetch={k: _window(data["fetch"], k, "fetch", where, diags) or 0.0 for k in (raw.get("fetch") or {})},
         services=services,
         settings=settings,
         units={str(k): str(v) for k, v in (raw.get("units") or {}).items()},

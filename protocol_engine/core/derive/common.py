@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import display
-from ..durations import parse_hours
 from ..model import Fact
 
 if TYPE_CHECKING:
@@ -72,11 +71,11 @@ class Semantics:
 
     @classmethod
     def of(cls, protocol: Protocol) -> Semantics:
-        sem = protocol.semantics  # every key present: the pack layer fills what a pack leaves out (protocol.py)
+        sem = protocol.semantics  # every key declared and checked by the pack loader (pack/protocol.py)
         med = sem["medication_active_status"]
         return cls(
             obs_valid=frozenset(sem["observation_valid_status"]),
-            future_tol_h=parse_hours(sem["future_tolerance"]) or 5 / 60,
+            future_tol_h=float(sem["future_tolerance_h"]),  # checked and read at load: 0m is zero
             cond_active=frozenset(sem["condition_active_status"]),
             cond_excluded=frozenset(sem["condition_excluded_verification"]),
             med_active={"request": frozenset(med["request"]), "statement": frozenset(med["statement"])},

@@ -10,7 +10,6 @@ import re
 from typing import TYPE_CHECKING
 
 from .. import display, units
-from ..durations import parse_hours
 from ..model import Fact
 from ..records import Chart, Concept, MedicationRecord, OrderIssue, Quantity
 from ..valuesets import ValueSetIndex
@@ -69,9 +68,8 @@ class Orders:
         facts: list[Fact] = []
         weight_spec = self.p.order.get("weight") or {}
         weight = governing.get(weight_spec.get("measure", ""))
-        weight_window = parse_hours(weight_spec.get("within", "30d")) or 720.0
         weight_kg = None
-        if weight is not None and age_h(now, weight.time) <= weight_window:
+        if weight is not None and age_h(now, weight.time) <= weight_spec["within_h"]:
             weight_kg = weight.values.get("value")
         for order, draft in sources:
             drug = self.medicines.drug_of(order.medication)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from ..durations import parse_hours
 from ..model import Fact
 from .common import at_text, fmt_num, fmt_time
 from .course import Course
@@ -23,7 +22,7 @@ def score_facts(protocol: Protocol, readings: dict[str, Readings], course: Cours
         return []
     first = course.first.time
     last_induction = course.induction_doses()[-1].time
-    window_h = parse_hours(spec.get("baseline_window", "30d")) or 720.0
+    window_h = float(spec["baseline_window_h"])  # required, checked and read at load (pack/protocol.py)
     chosen: Fact | None = None
     for instrument in spec.get("instruments", []):
         rs = readings.get(instrument)
