@@ -101,7 +101,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), allow_headers=["Authorization", "Content-Type"],
              methods=["GET", "POST", "OPTIONS"], max_age=600)
-    loaded = registry.current.ruleset
+    loaded = registry.current.packset
     log.warning("protocol-engine ready: rule set %s, %d rules, services %s, database %s",
                 loaded.revision, len(loaded.all_rules()), ", ".join(sorted(loaded.services)),
                 store.engine.url.render_as_string(hide_password=True))

@@ -87,7 +87,7 @@ def split(size: int, calls: int, warmup: int, repeat: bool) -> dict[str, float]:
             for key in spent:
                 spent[key] = 0.0
             t, cpu = time.perf_counter(), time.thread_time()
-            outcome = run(loaded.runtimes, loaded.ruleset.revision, "ketamine-order-sign", json.loads(raw), now)
+            outcome = run(loaded.runtimes, loaded.packset.revision, "ketamine-order-sign", json.loads(raw), now)
             total, cpu = (time.perf_counter() - t) * 1000, (time.thread_time() - cpu) * 1000
             if i < warmup:
                 continue
@@ -122,7 +122,7 @@ def main() -> None:
         profile = cProfile.Profile()
         profile.enable()
         for raw in raws:
-            run(loaded.runtimes, loaded.ruleset.revision, "ketamine-order-sign", json.loads(raw), now)
+            run(loaded.runtimes, loaded.packset.revision, "ketamine-order-sign", json.loads(raw), now)
         profile.disable()
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 

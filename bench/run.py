@@ -133,7 +133,7 @@ def latency_rows(post: Callable[[str, bytes], int] | None, sizes: list[int], n: 
         if post is not None:
             return lambda raw: _ok(post(SERVICE[hook], raw))
         assert loaded is not None
-        return lambda raw: run(loaded.runtimes, loaded.ruleset.revision, f"ketamine-{hook}", json.loads(raw), now)
+        return lambda raw: run(loaded.runtimes, loaded.packset.revision, f"ketamine-{hook}", json.loads(raw), now)
 
     def pair(first: str, second: str) -> tuple[Callable[[], Any], Callable[[Any], object]]:
         """The same patient twice: the first call (untimed, made with the argument) warms what memory holds."""

@@ -10,11 +10,11 @@ Module map, by audience (each folder's modules start with a one-line docstring s
               compiler + engine (durable_rules), ranges (imprecise values), cards + templates (card
               rendering), valuesets, units, durations, display, errors.
   pack/       rule files -> a loaded pack: yamlsource (YAML with positions), loader (rule files), protocol
-              (protocol.yaml) + course_spec, settingspec + site (settings, site overlays), restated, ruleset
-              (every pack of a rules directory).
+              (protocol.yaml) + course_spec, settingspec + site (settings, site overlays), restated, packset
+              (every pack of a rules directory, loaded as one PackSet with its revision).
   hooks/      one CDS Hooks call without HTTP, one way: prepare (body -> Prepared, no I/O), gather (prefetch
               resolved, missing data fetched through the caller's client, FHIR JSON -> Chart), evaluate (Chart
-              -> Decision, pure); pipeline (the services a rule set compiles to, discovery, run = the three),
+              -> Decision, pure); pipeline (the services a pack set compiles to, discovery; run = the three offline),
               sessions (appointment-book's proposed sessions).
   authoring/  tools for rule authors: vignette (the test shorthand -> a request), testing (the rule-case
               runner), conventions (the repository checks of `validate`), fmt, scaffold, explain, catalogue,

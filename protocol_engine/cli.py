@@ -41,7 +41,7 @@ def serve(bind: str, workers: int, demo: bool) -> None:
     if demo:
         os.environ.setdefault("PROTOCOL_ENGINE_AUTH", "disabled")
         os.environ.setdefault("PROTOCOL_ENGINE_CORS_ORIGINS", "https://sandbox.cds-hooks.org,http://localhost:3000")
-    from .pack.ruleset import load_ruleset
+    from .pack.packset import load_packset
     from .pack.site import load_site
     from .runtime.config import load_settings
 
@@ -51,7 +51,7 @@ def serve(bind: str, workers: int, demo: bool) -> None:
         click.echo(f"not started: {exc}", err=True)
         sys.exit(1)
     if settings.site is not None:  # check it once here: a bad one would fail every worker with a traceback
-        base, diags = load_ruleset(settings.rules)
+        base, diags = load_packset(settings.rules)
         site = None
         if base is not None:
             site, diags = load_site(settings.site, base)
@@ -107,11 +107,11 @@ def validate(paths: tuple[str, ...], no_git: bool, base: str, site_file: str | N
     from .authoring.conventions import validate_paths
     from .pack.site import load_site
 
-    ruleset, diags = validate_paths(_paths(paths), None if no_git else base)
+    packset, diags = validate_paths(_paths(paths), None if no_git else base)
     site_file = site_file or os.environ.get("PROTOCOL_ENGINE_SITE")
     site = None
-    if site_file and ruleset is not None:
-        site, site_diags = load_site(Path(site_file), ruleset)
+    if site_file and packset is not None:
+        site, site_diags = load_site(Path(site_file), packset)
         diags += site_diags
     for d in diags:
         click.echo(d.render(), err=False)
@@ -119,9 +119,9 @@ def validate(paths: tuple[str, ...], no_git: bool, base: str, site_file: str | N
     if errors:
         click.echo(f"{len(errors)} error(s)")
         sys.exit(1)
-    assert ruleset is not None
-    click.echo(f"ok: {len(ruleset.all_rules())} rules, {sum(len(p.index.valuesets) for p in ruleset.packs)} value "
-               f"sets, revision {ruleset.revision}")
+    assert packset is not None
+    click.echo(f"ok: {len(packset.all_rules())} rules, {sum(len(p.index.valuesets) for p in packset.packs)} value "
+               f"sets, revision {packset.revision}")
     if site is not None:
         click.echo(f"ok: site settings '{site.name}': {len(site.overrides)} change(s), revision {site.revision}")
         for o in site.overrides:
@@ -137,19 +137,19 @@ def test_cmd(paths: tuple[str, ...], only_rule: str | None, verbose: bool) -> No
     from .authoring.conventions import rules_root
     from .authoring.testing import find_test_files, run_file
     from .hooks.pipeline import build_runtime
-    from .pack.ruleset import load_ruleset
+    from .pack.packset import load_packset
 
     given = _paths(paths)
-    ruleset, diags = load_ruleset(rules_root(given))
-    if ruleset is None:
+    packset, diags = load_packset(rules_root(given))
+    if packset is None:
         for d in diags:
             click.echo(d.render())
         click.echo("0 passed, 0 failed (rule files have errors; run protocol-engine validate)")
         sys.exit(1)
-    runtimes = build_runtime(ruleset)
+    runtimes = build_runtime(packset)
     counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
     for path in find_test_files(given):
-        results, tdiags = run_file(path, ruleset, runtimes, only_rule)
+        results, tdiags = run_file(path, packset, runtimes, only_rule)
         for d in tdiags:
             click.echo(d.render())
             counts["FAIL"] += 1
@@ -205,12 +205,12 @@ def explain(request_file: str, service_id: str | None, now: str | None, rules_di
             raise click.ClickException(f"no service answers hook {hook!r}; pass --service")
     when = dt.datetime.fromisoformat(now.replace("Z", "+00:00")) if now else dt.datetime.now(dt.UTC)
     try:
-        decision = run(loaded.runtimes, loaded.ruleset.revision, service_id, body, when)
+        decision = run(loaded.runtimes, loaded.packset.revision, service_id, body, when)
     except (ProtocolEngineError, EngineError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     rt = loaded.runtimes[service_id]
-    click.echo(f"service {service_id} ({rt.service.hook}), rule set {loaded.ruleset.revision}, now {when.isoformat()}")
-    site = loaded.ruleset.site
+    click.echo(f"service {service_id} ({rt.service.hook}), rule set {loaded.packset.revision}, now {when.isoformat()}")
+    site = loaded.packset.site
     if site is not None:
         changes = ", ".join(f"{o.owner} {o.setting} {o.shipped} -> {o.value}" for o in site.overrides)
         click.echo(f"site settings '{site.name}' (revision {site.revision}): {changes or 'no changes'}")
@@ -233,14 +233,14 @@ def explain(request_file: str, service_id: str | None, now: str | None, rules_di
 def list_cmd(status: str | None, rules_dir: str | None) -> None:
     """The rule catalogue: id, version, status, category, hooks, title."""
     from .authoring.catalogue import catalogue
-    from .pack.ruleset import load_ruleset
+    from .pack.packset import load_packset
 
-    ruleset, diags = load_ruleset(Path(rules_dir) if rules_dir else _paths(())[0])
-    if ruleset is None:
+    packset, diags = load_packset(Path(rules_dir) if rules_dir else _paths(())[0])
+    if packset is None:
         for d in diags:
             click.echo(d.render())
         sys.exit(1)
-    for r in catalogue(ruleset)["rules"]:
+    for r in catalogue(packset)["rules"]:
         if status and r["status"] != status:
             continue
         click.echo(f"{r['id']:7} {r['version']:7} {r['status']:7} {r['category']:16} {r['indicator']:8} "
@@ -249,12 +249,12 @@ def list_cmd(status: str | None, rules_dir: str | None) -> None:
 
 def _load_or_exit(rules_dir: str | None, site: str | None) -> Loaded:
     """The rule set (with the site file, if any) the docs and settings commands describe; errors printed, exit 1."""
-    from .core.errors import RuleSetError
+    from .core.errors import PackSetError
     from .runtime.registry import load
 
     try:
         return load(Path(rules_dir) if rules_dir else _paths(())[0], Path(site) if site else None)
-    except RuleSetError as exc:
+    except PackSetError as exc:
         for d in exc.diagnostics:
             click.echo(d.render())
         sys.exit(1)
@@ -271,7 +271,7 @@ def docs(rules_dir: str | None, out_dir: str) -> None:
     loaded = _load_or_exit(rules_dir, os.environ.get("PROTOCOL_ENGINE_SITE"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    generated = pages(loaded.ruleset, loaded.runtimes, loaded.shipped)
+    generated = pages(loaded.packset, loaded.runtimes, loaded.shipped)
     for page in generated:
         (out / f"{page.rule.id}.md").write_text(to_markdown(page), encoding="utf-8")
     (out / "README.md").write_text(index_markdown(generated), encoding="utf-8")
@@ -379,8 +379,8 @@ def settings_cmd(site_file: str | None, show_all: bool, rules_dir: str | None) -
     from .core.model import Setting
 
     loaded = _load_or_exit(rules_dir, site_file or os.environ.get("PROTOCOL_ENGINE_SITE"))
-    if loaded.ruleset.site:
-        click.echo(f"# site settings '{loaded.ruleset.site.name}' (revision {loaded.ruleset.site.revision})")
+    if loaded.packset.site:
+        click.echo(f"# site settings '{loaded.packset.site.name}' (revision {loaded.packset.site.revision})")
     # Printed in the site file's own shape: copy the lines to change into a site settings file.
     def line(s: Setting) -> str:
         value = json.dumps(s.value) if isinstance(s.value, list) else str(s.value)
@@ -398,12 +398,12 @@ def settings_cmd(site_file: str | None, show_all: bool, rules_dir: str | None) -
         return f"{s.name}: {value}".ljust(44) + (f"  # {'; '.join(notes)}" if notes else "")
 
     click.echo("protocols:")
-    for pack in loaded.ruleset.packs:
+    for pack in loaded.packset.packs:
         click.echo(f"  {pack.protocol.name}:")
         for s in pack.protocol.settings.values():
             click.echo(f"    {line(s)}")
     click.echo("rules:")
-    for pack in loaded.ruleset.packs:
+    for pack in loaded.packset.packs:
         for rule in sorted(pack.rules, key=lambda r: r.id):
             shown = [s for s in rule.setting_specs if s.adjustable or show_all]
             if shown:
@@ -448,7 +448,7 @@ def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None,
         sample_inputs,
         temporary_dir,
     )
-    from .core.errors import RuleSetError
+    from .core.errors import PackSetError
     from .runtime.registry import load
 
     started = time.perf_counter()
@@ -467,14 +467,14 @@ def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None,
         except ImpactError as exc:
             click.echo(f"impact: {exc}", err=True)
             sys.exit(2)
-        except RuleSetError as exc:
+        except PackSetError as exc:
             for d in exc.diagnostics:
                 click.echo(d.render(), err=True)
             click.echo(f"impact: the rule set at {base_rev} (with its site settings) does not load", err=True)
             sys.exit(2)
         try:
             head = load(rules, Path(site) if site else None)
-        except RuleSetError as exc:
+        except PackSetError as exc:
             for d in exc.diagnostics:
                 click.echo(d.render(), err=True)
             click.echo("impact: the working tree's rule set does not load; run protocol-engine validate", err=True)
@@ -486,9 +486,9 @@ def impact_cmd(base_rev: str, site_file: str | None, base_site_file: str | None,
             inputs += list(corpus_inputs(corpus, when))
         site_label = f", site {Path(site).name}" if site else ""
         report = impact(base, head, inputs,
-                        f"rules at {base_rev} ({describe_rev(rules, base_rev)}, {base.ruleset.revision})"
+                        f"rules at {base_rev} ({describe_rev(rules, base_rev)}, {base.packset.revision})"
                         + (f", site {Path(base_site_file).name}" if base_site_file else site_label),
-                        f"working tree ({head.ruleset.revision}){site_label}")
+                        f"working tree ({head.packset.revision}){site_label}")
     if as_json_:
         click.echo(json.dumps(as_json(report), indent=1))
         sys.exit(1 if report.changes else 0)

@@ -42,7 +42,7 @@ def seed(store: Store, loaded: Any, plan: dict[int, list[tuple[int, int, str | N
             case = {"patient": ADULT, "order": KETAMINE_ORDER, "given": [bp(systolic, diastolic)]}
             body = request_for(loaded, SIGN, case, now)
             body["hookInstance"] = str(uuid.uuid4())
-            result = run(loaded.runtimes, loaded.ruleset.revision, SIGN, body, now)
+            result = run(loaded.runtimes, loaded.packset.revision, SIGN, body, now)
             store.record_decisions([(result.trace(), "Patient/p", now)])
             card = next(c for c in result.cards if c["extension"]["protocol-engine"]["rule"] in ("CI-05", "CI-06"))
             if outcome is None:
@@ -58,7 +58,7 @@ def seed(store: Store, loaded: Any, plan: dict[int, list[tuple[int, int, str | N
 
 def _first_reason(loaded: Any, rule_id: str) -> str:
     """The display of the rule's first override reason (the one the seeded feedback chose)."""
-    rule = next(r for r in loaded.ruleset.all_rules() if r.id == rule_id)
+    rule = next(r for r in loaded.packset.all_rules() if r.id == rule_id)
     return str(rule.card.override_reasons[0][1])
 
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import ADULT, KETAMINE_ORDER, ROOT, bp, request_for
 
 from protocol_engine.cli import main
-from protocol_engine.pack.ruleset import load_ruleset
+from protocol_engine.pack.packset import load_packset
 
 BROKEN = Path(__file__).resolve().parent / "broken_rules"
 
@@ -159,8 +159,8 @@ def test_new_scaffolds_a_valid_rule_and_list_prints_the_catalogue(tmp_path: Path
                                        "--pack", str(pack)])
     assert result.exit_code == 0, result.output
     assert (pack / "monitoring" / "MON-20-temperature.rule.yaml").exists()
-    ruleset, diags = load_ruleset(pack)
-    assert ruleset is not None, [d.render() for d in diags]
+    packset, diags = load_packset(pack)
+    assert packset is not None, [d.render() for d in diags]
     listing = CliRunner().invoke(main, ["list", "--rules", str(ROOT / "rules")])
     assert listing.exit_code == 0 and re.search(r"^CI-05\s+\d+\.\d+\.\d+\s+active\s+contraindication", listing.output, re.M)
     assert len(listing.output.strip().splitlines()) >= 67
@@ -197,7 +197,7 @@ def test_a_broken_edit_never_takes_a_running_service_down(tmp_path: Path, loaded
     assert again[0]["extension"]["protocol-engine"]["ruleset"] == revision
     assert client.get("/readyz").json["lastReloadErrors"] == 1
     rule.write_text(re.sub(r"(?m)^version: .*$", "version: 9.0.0", good.replace("(limit {{", "(at or above {{")))
-    _wait(lambda: registry.current.ruleset.revision != revision)
+    _wait(lambda: registry.current.packset.revision != revision)
     fixed = client.post("/cds-services/ketamine-order-sign", json=body).json["cards"]
     ci05 = next(c for c in fixed if c["extension"]["protocol-engine"]["rule"] == "CI-05")
     assert ci05["extension"]["protocol-engine"]["ruleset"] != revision

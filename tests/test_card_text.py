@@ -23,7 +23,7 @@ from protocol_engine.core import display
 from protocol_engine.hooks.pipeline import build_runtime, run
 from protocol_engine.pack import internal
 from protocol_engine.pack.loader import INTERNAL
-from protocol_engine.pack.ruleset import load_ruleset
+from protocol_engine.pack.packset import load_packset
 
 PACKS = [ROOT / "rules", ROOT / "tests" / "packs"]
 # UCUM spellings people do not write: bracketed atoms (mm[Hg], [IU]/L, [lb_av]) and curly annotations ({score}).
@@ -40,12 +40,12 @@ def _all_cards() -> tuple[list[tuple[str, str, dict[str, Any]]], set[str]]:
     cards: list[tuple[str, str, dict[str, Any]]] = []
     rules: set[str] = set()
     for root in PACKS:
-        ruleset, diags = load_ruleset(root)
-        assert ruleset is not None, [d.render() for d in diags]
-        rules |= {r.id for r in ruleset.all_rules() if r.status == "active"}
-        runtimes = build_runtime(ruleset)
+        packset, diags = load_packset(root)
+        assert packset is not None, [d.render() for d in diags]
+        rules |= {r.id for r in packset.all_rules() if r.status == "active"}
+        runtimes = build_runtime(packset)
         for path in find_test_files([root]):
-            results, _ = run_file(path, ruleset, runtimes)
+            results, _ = run_file(path, packset, runtimes)
             for result in results:
                 cards += [(result.rule, result.name, c) for c in result.cards]
     return cards, rules
@@ -54,9 +54,9 @@ def _all_cards() -> tuple[list[tuple[str, str, dict[str, Any]]], set[str]]:
 CARDS, RULES = _all_cards()
 # The generic marks and every pack's own source ids (protocol.yaml `internal_labels`: "SP-PDR", "KET-CH").
 # And the packs' rule ids: "Checks that could not run: DOS-01" tells a clinician nothing (issue 19, DQ-06).
-MARKS = internal.pattern((label for root in PACKS for pack in getattr(load_ruleset(root)[0], "packs", ())
+MARKS = internal.pattern((label for root in PACKS for pack in getattr(load_packset(root)[0], "packs", ())
                           for label in pack.protocol.internal_labels),
-                         (r.id for root in PACKS for r in getattr(load_ruleset(root)[0], "all_rules", list)()))
+                         (r.id for root in PACKS for r in getattr(load_packset(root)[0], "all_rules", list)()))
 assert MARKS is not INTERNAL and MARKS.search("see SP-PDR") and MARKS.search("see DOS-01.")
 
 
@@ -97,9 +97,9 @@ def test_every_source_has_a_label_and_a_url_and_further_sources_are_listed() -> 
     for _, _, card in CARDS:
         source = card["source"]
         assert source["label"] and re.match(r"^https://", source.get("url", "")), source
-    ruleset, _ = load_ruleset(ROOT / "rules")
-    assert ruleset is not None
-    multi = [r for r in ruleset.all_rules() if len(r.citations) > 1]
+    packset, _ = load_packset(ROOT / "rules")
+    assert packset is not None
+    multi = [r for r in packset.all_rules() if len(r.citations) > 1]
     assert len(multi) >= 20
     for r in multi:
         assert all(c.url for c in r.citations), r.id
@@ -147,12 +147,12 @@ def _copy_rules(tmp_path: Path) -> Path:
 
 
 def _ci05(rules: Path, now: dt.datetime, given: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    ruleset, diags = load_ruleset(rules)
-    assert ruleset is not None, [d.render() for d in diags]
-    runtimes = build_runtime(ruleset)
+    packset, diags = load_packset(rules)
+    assert packset is not None, [d.render() for d in diags]
+    runtimes = build_runtime(packset)
     body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": given},
                          runtimes["ketamine-order-sign"], now)
-    out = run(runtimes, ruleset.revision, "ketamine-order-sign", body, now)
+    out = run(runtimes, packset.revision, "ketamine-order-sign", body, now)
     return [c for c in out.cards if c["extension"]["protocol-engine"]["rule"] == "CI-05"], out.trace()
 
 
@@ -167,9 +167,9 @@ def test_a_changed_setting_changes_the_card_text_and_the_plain_words(tmp_path: P
     assert len(cards) == 1
     assert "(limit 170/100 mmHg)" in cards[0]["summary"] and "180" not in cards[0]["summary"]
     assert "170/100 mmHg" in cards[0]["detail"] and "180" not in cards[0]["detail"].split("**Evidence**")[0]
-    ruleset, _ = load_ruleset(rules)
-    assert ruleset is not None
-    rule = next(r for r in ruleset.all_rules() if r.id == "CI-05")
+    packset, _ = load_packset(rules)
+    assert packset is not None
+    rule = next(r for r in packset.all_rules() if r.id == "CI-05")
     assert "170 mmHg systolic" in rule.when_text and "24 h" in rule.when_text
 
 
@@ -205,13 +205,13 @@ def test_a_rule_in_shadow_never_silences_the_card_below_it(tmp_path: Path, chang
     rules = _copy_rules(tmp_path)
     path = next(rules.rglob("CI-05-*.rule.yaml"))
     path.write_text(path.read_text().replace("status: active\n", change))
-    ruleset, diags = load_ruleset(rules)
-    assert ruleset is not None, [d.render() for d in diags]
-    runtimes = build_runtime(ruleset)
+    packset, diags = load_packset(rules)
+    assert packset is not None, [d.render() for d in diags]
+    runtimes = build_runtime(packset)
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
     body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": [bp(184, 106)]},
                          runtimes["ketamine-order-sign"], now)
-    out = run(runtimes, ruleset.revision, "ketamine-order-sign", body, now)
+    out = run(runtimes, packset.revision, "ketamine-order-sign", body, now)
     trace = out.trace()
     shown = [c["extension"]["protocol-engine"]["rule"] for c in out.cards]
     assert "CI-06" in shown and "CI-05" not in shown
@@ -219,9 +219,9 @@ def test_a_rule_in_shadow_never_silences_the_card_below_it(tmp_path: Path, chang
 
 
 def test_pack_defaults_are_inherited_and_may_be_overridden(tmp_path: Path) -> None:
-    ruleset, _ = load_ruleset(ROOT / "rules")
-    assert ruleset is not None
-    rules = {r.id: r for r in ruleset.all_rules()}
+    packset, _ = load_packset(ROOT / "rules")
+    assert packset is not None
+    rules = {r.id: r for r in packset.all_rules()}
     assert rules["CI-05"].drugs == ("ketamine", "esketamine")
     assert rules["CI-05"].hooks == ("order-select", "order-sign", "patient-view", "encounter-start")
     assert rules["TIM-01"].hooks == ("order-select", "order-sign", "appointment-book")  # its own
@@ -231,9 +231,9 @@ def test_pack_defaults_are_inherited_and_may_be_overridden(tmp_path: Path) -> No
 
 
 def ruleset_ids() -> set[str]:
-    ruleset, _ = load_ruleset(ROOT / "rules")
-    assert ruleset is not None
-    return {r.id for r in ruleset.all_rules()}
+    packset, _ = load_packset(ROOT / "rules")
+    assert packset is not None
+    return {r.id for r in packset.all_rules()}
 
 
 def test_rule_pages_show_plain_words_settings_codes_sources_and_cases(tmp_path: Path) -> None:
@@ -252,11 +252,11 @@ def test_rule_pages_show_plain_words_settings_codes_sources_and_cases(tmp_path: 
     assert "(the source of ketamine cards)" in page and "(the source of esketamine cards)" in page
     assert "| fires on a 172/104 panel taken 30 minutes ago" in page and "critical: Hold ketamine" in page
     assert len(list(out.glob("*.md"))) == len(ruleset_ids()) + 1
-    ruleset, _ = load_ruleset(ROOT / "rules")
-    assert ruleset is not None
-    found = rulepage.find(ruleset, "TIM-01")
+    packset, _ = load_packset(ROOT / "rules")
+    assert packset is not None
+    found = rulepage.find(packset, "TIM-01")
     assert found is not None
-    html_page = rulepage.to_html(rulepage.build(ruleset, build_runtime(ruleset), *found))
+    html_page = rulepage.to_html(rulepage.build(packset, build_runtime(packset), *found))
     assert "<h2>Test cases</h2>" in html_page and "FAIL" not in html_page
 
 
@@ -364,7 +364,7 @@ def _edit(rules: Path, rule: str, *changes: tuple[str, str]) -> Path:
 
 
 def _diags(rules: Path) -> list[str]:
-    _, diags = load_ruleset(rules)
+    _, diags = load_packset(rules)
     return [d.render() for d in diags]
 
 
@@ -457,9 +457,9 @@ def test_every_drug_of_a_rule_has_a_source_that_fits_it(tmp_path: Path) -> None:
     found = "\n".join(_diags(rules))
     assert "error[no-source-for-drug]: the rule gives ketamine cards, but every citation is about esketamine" \
         in found, found
-    ruleset, _ = load_ruleset(ROOT / "rules")
-    assert ruleset is not None
-    for rule in ruleset.all_rules():
+    packset, _ = load_packset(ROOT / "rules")
+    assert packset is not None
+    for rule in packset.all_rules():
         for drug in rule.drugs:
             lead = rule.sources_for(drug)[0]
             assert not lead.drugs or drug in lead.drugs, (rule.id, drug, lead.label)
@@ -576,9 +576,9 @@ def test_issue19_sources_fit_the_drug_ketamine_cards_lead_with_the_ketalar_label
     assert "REMS" not in ket["MON-07"]["detail"], ket["MON-07"]["detail"]
     esk = _cards(loaded, [bp(120, 80)], ESKETAMINE)
     assert "REMS" in esk["MON-07"]["detail"] + esk["MON-07"]["source"]["label"]
-    ruleset, _ = load_ruleset(ROOT / "rules")
-    assert ruleset is not None
-    rules = {r.id: r for r in ruleset.all_rules()}
+    packset, _ = load_packset(ROOT / "rules")
+    assert packset is not None
+    rules = {r.id: r for r in packset.all_rules()}
     assert rules["CI-15"].sources_for("ketamine")[0].label.startswith("KETALAR")
     assert not any("ucum.org" in (c.url or "") for c in rules["MON-02"].citations)
     assert "esketamine" in rules["DDI-03"].title

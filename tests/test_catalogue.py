@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from adapters.fhir.prefetch import TEMPLATES
-from protocol_engine.authoring.samples import hook_request, sample_index
+from protocol_engine.authoring.samples import sample_index, sample_request
 from protocol_engine.hooks.pipeline import run
 
 CATALOGUE = (
@@ -22,17 +21,12 @@ SERVICES = ["ketamine-order-select", "ketamine-order-sign", "ketamine-patient-vi
             "ketamine-encounter-start"]
 
 
-def _keys(loaded: Any, service: str) -> dict[str, str]:
-    by_key = {key: rtype for rtype, (key, _, _) in TEMPLATES.items()}
-    return {k: by_key[k] for k in loaded.runtimes[service].templates}
-
-
 def _cards(loaded: Any, name: str, service: str) -> list[dict[str, Any]]:
     hook = loaded.runtimes[service].service.hook
     now = dt.datetime.now(dt.UTC)
-    body = hook_request(name, hook, now, _keys(loaded, service))
+    body = sample_request(name, hook, now, loaded.runtimes[service].resource_types())
     assert body is not None
-    return run(loaded.runtimes, loaded.ruleset.revision, service, json.loads(json.dumps(body)), now).cards
+    return run(loaded.runtimes, loaded.packset.revision, service, json.loads(json.dumps(body)), now).cards
 
 
 def _by_rule(cards: list[dict[str, Any]]) -> dict[str, str]:
@@ -40,9 +34,9 @@ def _by_rule(cards: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def test_every_catalogue_id_is_a_rule_file(loaded: Any) -> None:
-    ids = {r.id for r in loaded.ruleset.all_rules()}
+    ids = {r.id for r in loaded.packset.all_rules()}
     assert set(CATALOGUE) <= ids, sorted(set(CATALOGUE) - ids)
-    for rule in loaded.ruleset.all_rules():
+    for rule in loaded.packset.all_rules():
         assert rule.citation.label and rule.when_text and rule.then_text and rule.version.count(".") == 2
 
 
@@ -75,7 +69,7 @@ def test_sample_index_lists_every_fixture() -> None:
 
 
 def test_order_select_honours_selections(loaded: Any, client: Any) -> None:
-    body = hook_request("severe-hypertension", "order-select", None, _keys(loaded, "ketamine-order-select"))
+    body = sample_request("severe-hypertension", "order-select", None, loaded.runtimes["ketamine-order-select"].resource_types())
     assert body is not None
     ketamine = body["context"]["draftOrders"]["entry"][0]["resource"]
     other = {"resourceType": "MedicationRequest", "id": "other", "status": "draft", "intent": "order",
@@ -92,7 +86,7 @@ def test_order_select_honours_selections(loaded: Any, client: Any) -> None:
 
 
 def test_order_sign_without_ketamine_is_empty_and_skips_fetch(loaded: Any, client: Any) -> None:
-    body = hook_request("severe-hypertension", "order-sign", None, {})
+    body = sample_request("severe-hypertension", "order-sign", None, {})
     assert body is not None
     body["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"] = {"text": "Atorvastatin"}
     response = client.post("/cds-services/ketamine-order-sign", json=body)  # no prefetch, no fhirServer

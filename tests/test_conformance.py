@@ -15,18 +15,13 @@ from conftest import ADULT, KETAMINE_ORDER, bp, request_for
 from fhir_server import FhirServer, prefetch_resources
 
 from adapters.fhir.hook_request import CONTEXT
-from adapters.fhir.prefetch import ALLOWED_TOKENS, TEMPLATES
-from protocol_engine.authoring.samples import hook_request
+from adapters.fhir.prefetch import ALLOWED_TOKENS
+from protocol_engine.authoring.samples import sample_request
 
 SIGN = "/cds-services/ketamine-order-sign"
 HOOK_OF = {"ketamine-order-select": "order-select", "ketamine-order-sign": "order-sign",
            "ketamine-patient-view": "patient-view", "ketamine-appointment-book": "appointment-book",
            "ketamine-encounter-start": "encounter-start"}
-
-
-def _keys(loaded: Any, service: str) -> dict[str, str]:
-    by_key = {key: rtype for rtype, (key, _, _) in TEMPLATES.items()}
-    return {k: by_key[k] for k in loaded.runtimes[service].templates}
 
 
 def _no_empty(node: Any, where: str = "$") -> list[str]:
@@ -86,7 +81,7 @@ def test_disc_4_ids_unique_and_every_id_answers_post(client: Any, loaded: Any) -
     ids = [s["id"] for s in services]
     assert len(ids) == len(set(ids)) and all(re.match(r"^[a-z0-9-]+$", i) for i in ids)
     for svc in services:
-        body = hook_request("healthy-maintenance", svc["hook"], None, _keys(loaded, svc["id"]))
+        body = sample_request("healthy-maintenance", svc["hook"], None, loaded.runtimes[svc["id"]].resource_types())
         response = client.post(f"/cds-services/{svc['id']}", json=body)
         assert response.status_code == 200, (svc["id"], response.json)
         assert isinstance(response.json["cards"], list)
@@ -95,7 +90,7 @@ def test_disc_4_ids_unique_and_every_id_answers_post(client: Any, loaded: Any) -
 # -- service responses ------------------------------------------------------------------
 def test_svc_1_every_hook_answers_and_no_guidance_is_empty_cards(client: Any, loaded: Any) -> None:
     for service, hook in HOOK_OF.items():
-        body = hook_request("healthy-maintenance", hook, None, _keys(loaded, service))
+        body = sample_request("healthy-maintenance", hook, None, loaded.runtimes[service].resource_types())
         assert client.post(f"/cds-services/{service}", json=body).status_code == 200
     body = request_for(loaded, "ketamine-order-sign", {"patient": ADULT, "order": {"medication": "RXNORM#596 alprazolam"}})
     assert client.post(SIGN, json=body).json == {"cards": []}
@@ -187,11 +182,11 @@ def test_req_4_context_fields_present_and_typed(client: Any, loaded: Any) -> Non
         response = client.post(SIGN, json=body)
         assert response.status_code == 400, (field, value)
         assert response.json["issue"][0]["expression"] == [f"context.{field}"]
-    select = hook_request("healthy-maintenance", "order-select", None, _keys(loaded, "ketamine-order-select"))
+    select = sample_request("healthy-maintenance", "order-select", None, loaded.runtimes["ketamine-order-select"].resource_types())
     assert select is not None
     select["context"]["selections"] = ["MedicationRequest/not-in-draft-orders"]
     assert client.post("/cds-services/ketamine-order-select", json=select).status_code == 400
-    start = hook_request("healthy-maintenance", "encounter-start", None, _keys(loaded, "ketamine-encounter-start"))
+    start = sample_request("healthy-maintenance", "encounter-start", None, loaded.runtimes["ketamine-encounter-start"].resource_types())
     assert start is not None
     del start["context"]["encounterId"]
     assert client.post("/cds-services/ketamine-encounter-start", json=start).status_code == 400

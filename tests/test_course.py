@@ -35,7 +35,7 @@ def _pack(tmp_path: Path, induction: str) -> Path:
 @pytest.mark.parametrize("written", ["28", "28d", "4w", "672h", "28.0"])
 def test_every_spelling_of_28_days_loads_the_same(tmp_path: Path, written: str) -> None:
     loaded = load(_pack(tmp_path, written))
-    assert loaded.ruleset.packs[0].protocol.course.induction["esketamine"] == Induction(None, 28.0)
+    assert loaded.packset.packs[0].protocol.course.induction["esketamine"] == Induction(None, 28.0)
 
 
 @pytest.mark.parametrize("written", ["28d", "4w", "28"])

@@ -37,7 +37,7 @@ def bp(ref: str, systolic: float, diastolic: float, ago: dt.timedelta, status: s
 
 
 def facts(loaded: Any, chart: Chart, hook: str = "patient-view") -> list[dict[str, Any]]:
-    deriver = loaded.ruleset.packs[0].deriver
+    deriver = loaded.packset.packs[0].deriver
     out: list[dict[str, Any]] = deriver.facts(chart, NOW, hook, Anchor("now", NOW))
     return out
 
@@ -80,7 +80,7 @@ def test_the_course_counts_doses_and_hours_since_the_last(loaded: Any) -> None:
 
 
 def test_a_pause_longer_than_the_pack_s_gap_starts_a_new_course(loaded: Any) -> None:
-    gap_days = loaded.ruleset.packs[0].protocol.course.gap_h / 24
+    gap_days = loaded.packset.packs[0].protocol.course.gap_h / 24
     doses = [AdministrationRecord("MedicationAdministration/long-ago", KETAMINE, "completed",
                                   NOW - dt.timedelta(days=gap_days + 1))]
     chart = Chart(patient=PatientRecord("Patient/p", dt.date(1980, 1, 1), "male"), administrations=doses)

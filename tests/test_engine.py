@@ -46,7 +46,7 @@ def _facts_of_every_rule_case(monkeypatch: Any) -> list[tuple[Any, list[dict[str
     from protocol_engine.authoring.testing import find_test_files, run_file
     from protocol_engine.core import engine
     from protocol_engine.hooks.pipeline import build_runtime
-    from protocol_engine.pack.ruleset import load_ruleset
+    from protocol_engine.pack.packset import load_packset
 
     captured: list[tuple[Any, list[dict[str, Any]]]] = []
     real = engine.evaluate
@@ -56,11 +56,11 @@ def _facts_of_every_rule_case(monkeypatch: Any) -> list[tuple[Any, list[dict[str
         return real(compiled, facts)
 
     monkeypatch.setattr(engine, "evaluate", capture)
-    ruleset, _ = load_ruleset(RULES)
-    assert ruleset is not None
-    runtimes = build_runtime(ruleset)
+    packset, _ = load_packset(RULES)
+    assert packset is not None
+    runtimes = build_runtime(packset)
     for path in find_test_files([RULES]):
-        run_file(path, ruleset, runtimes)
+        run_file(path, packset, runtimes)
     monkeypatch.undo()
     return captured
 
@@ -150,7 +150,7 @@ def test_thousands_of_sessions_leave_the_process_alive(tmp_path: Path) -> None:
         real = engine.evaluate
         engine.evaluate = lambda c, f: seen.append((c, f)) or real(c, f)
         for s in range(20):
-            run(loaded.runtimes, loaded.ruleset.revision, "ketamine-order-sign",
+            run(loaded.runtimes, loaded.packset.revision, "ketamine-order-sign",
                 request(20, now, seed=s, patient=f"p{{s}}"), now)
         for i in range(4000):
             real(*seen[i % len(seen)])

@@ -89,7 +89,7 @@ def _case_cards(rules: Path, strict: bool) -> dict[str, dict[str, str]]:
     loaded = load(rules)
     out = {}
     for path in find_test_files([rules]):
-        results, _ = run_file(path, loaded.ruleset, loaded.runtimes)
+        results, _ = run_file(path, loaded.packset, loaded.runtimes)
         # The shipped cases pass; after the change some fail, which is the point (their cards are still compared).
         assert not strict or all(r.status != "FAIL" for r in results), [(r.name, r.problems) for r in results]
         for i, r in enumerate(results):

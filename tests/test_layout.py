@@ -122,15 +122,17 @@ def test_type_only_imports_of_later_layers_are_allowed_but_not_of_http() -> None
 
 
 def test_the_fhir_adapter_never_imports_the_engine_beyond_core() -> None:
-    assert violations("from protocol_engine.pack import ruleset\n", "adapters.fhir.normalise") != []
+    assert violations("from protocol_engine.pack import packset\n", "adapters.fhir.normalise") != []
     assert violations("from protocol_engine.core.records import Chart\n", "adapters.fhir.normalise") == []
 
 
 def test_the_evaluate_stage_is_pure() -> None:
-    """hooks/evaluate.py sees a Chart, never FHIR JSON or the network: it imports only core and pack types."""
+    """hooks/evaluate.py sees a Chart, never FHIR JSON or the network: it imports only core and pack modules."""
     path = ROOT / "protocol_engine" / "hooks" / "evaluate.py"
     found = imports(path.read_text(encoding="utf-8"), module_name(path))
     project = [target for target, _, _ in found if layer_of(target) is not None]
     assert project and all(layer_of(t) in ("core", "pack", "hooks") for t in project), project
-    assert all(layer_of(t) != "hooks" or t.endswith(".prepare") for t in project), project
+    # The stages before it are named for their types only (Prepared, Gathered): evaluate runs neither.
+    hooks = [(t, type_only) for t, type_only, _ in found if layer_of(t) == "hooks"]
+    assert all(type_only and t.endswith((".prepare", ".gather")) for t, type_only in hooks), hooks
     assert not [t for t, _, _ in found if t.split(".")[0] in CORE_FORBIDDEN]

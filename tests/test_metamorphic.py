@@ -20,7 +20,7 @@ from metamorphic import BY_NAME, REWRITES, Rewritten, card_keys, describe, diffe
 
 from protocol_engine.authoring.testing import PreparedCase, find_test_files, prepare_file
 from protocol_engine.hooks.pipeline import ServiceRuntime, build_runtime, run
-from protocol_engine.pack.ruleset import RuleSet, load_ruleset
+from protocol_engine.pack.packset import PackSet, load_packset
 
 ROOT = Path(__file__).resolve().parent.parent
 # The first test pays for preparing every rule case once (_cases, cached): minutes on a slow shared CI runner, which
@@ -30,18 +30,18 @@ XFAIL_FILE = Path(__file__).with_name("metamorphic_xfail.json")
 
 
 @cache
-def _loaded() -> tuple[RuleSet, dict[str, ServiceRuntime]]:
-    ruleset, diags = load_ruleset(ROOT / "rules")
-    assert ruleset is not None, "\n".join(d.render() for d in diags)
-    return ruleset, build_runtime(ruleset)
+def _loaded() -> tuple[PackSet, dict[str, ServiceRuntime]]:
+    packset, diags = load_packset(ROOT / "rules")
+    assert packset is not None, "\n".join(d.render() for d in diags)
+    return packset, build_runtime(packset)
 
 
 @cache
 def _cases() -> dict[str, PreparedCase]:
-    ruleset, runtimes = _loaded()
+    packset, runtimes = _loaded()
     cases: dict[str, PreparedCase] = {}
     for path in find_test_files([ROOT / "rules"]):
-        prepared, diags = prepare_file(path, ruleset, runtimes)
+        prepared, diags = prepare_file(path, packset, runtimes)
         assert not diags, "\n".join(d.render() for d in diags)
         for pc in prepared:
             if pc.todo or pc.service_id is None:
@@ -84,9 +84,9 @@ def _params() -> list[Any]:
 
 
 def _answer(pc: PreparedCase, request: dict[str, Any]) -> list[dict[str, Any]]:
-    ruleset, runtimes = _loaded()
+    packset, runtimes = _loaded()
     assert pc.service_id is not None
-    return run(runtimes, ruleset.revision, pc.service_id, request, pc.now).cards
+    return run(runtimes, packset.revision, pc.service_id, request, pc.now).cards
 
 
 @cache

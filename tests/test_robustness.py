@@ -217,14 +217,14 @@ def _mutated(pack: Path, count: int, seed: int, restored: Callable[[], Any] | No
 
 @pytest.mark.timeout(900)  # 150 pack loads: about a minute on an idle machine, several on a busy shared CI runner
 def test_mutated_rule_files_never_crash_validate(tmp_path: Path) -> None:
-    from protocol_engine.pack.ruleset import load_ruleset
+    from protocol_engine.pack.packset import load_packset
 
     pack = tmp_path / "rules" / "ketamine"
     shutil.copytree(ROOT / "rules" / "ketamine", pack)
     refused = 0
     for _ in _mutated(pack, 150 * SCALE, seed=1234):
-        ruleset, diags = load_ruleset(pack)  # never raises
-        if ruleset is None:
+        packset, diags = load_packset(pack)  # never raises
+        if packset is None:
             refused += 1
             for d in diags:
                 assert d.line >= 1 and d.col >= 1 and d.code and d.render()
@@ -247,13 +247,13 @@ def test_mutated_rule_files_never_take_a_running_service_down(tmp_path: Path, lo
                                                                   "given": [bp(182, 112)]}))
     refused = 0
     for _ in _mutated(rules_root / "ketamine", 15 * SCALE, seed=99, restored=registry.reload):
-        good = registry.current.ruleset.revision
+        good = registry.current.packset.revision
         if not registry.reload():
             refused += 1
-            assert registry.current.ruleset.revision == good and registry.last_errors
+            assert registry.current.packset.revision == good and registry.last_errors
         response = client.post(SIGN, data=body, content_type="application/json")
         _check(response)
-        if registry.current.ruleset.revision == good:
+        if registry.current.packset.revision == good:
             assert any(c["indicator"] == "critical" for c in response.json["cards"])
     app.extensions["protocol_engine"]["audit"].flush()
     print(f"mutated rule files reloaded into a live service: {15 * SCALE} mutations, {refused} refused")

@@ -9,7 +9,7 @@ import pytest
 
 from protocol_engine.authoring.testing import find_test_files, run_file
 from protocol_engine.hooks.pipeline import build_runtime
-from protocol_engine.pack.ruleset import load_ruleset
+from protocol_engine.pack.packset import load_packset
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK_ROOTS = [ROOT / "rules", ROOT / "tests" / "packs"]
@@ -20,11 +20,11 @@ def _cases() -> list[Any]:
     for root in PACK_ROOTS:
         if not root.exists():
             continue
-        ruleset, diags = load_ruleset(root)
-        assert ruleset is not None, "\n".join(d.render() for d in diags)
-        runtimes = build_runtime(ruleset)
+        packset, diags = load_packset(root)
+        assert packset is not None, "\n".join(d.render() for d in diags)
+        runtimes = build_runtime(packset)
         for path in find_test_files([root]):
-            results, diags = run_file(path, ruleset, runtimes)
+            results, diags = run_file(path, packset, runtimes)
             assert not diags, "\n".join(d.render() for d in diags)
             for r in results:
                 params.append(pytest.param(r, id=f"{r.rule}: {r.name}"))

@@ -18,7 +18,7 @@ CI06 = ROOT / "rules" / "ketamine" / "contraindications" / "CI-06-elevated-bp.ru
 
 
 def parse(loaded: Any, path: Path) -> Any:
-    pack = loaded.ruleset.packs[0]
+    pack = loaded.packset.packs[0]
     return parse_rule(path, pack.protocol, set(pack.index.valuesets))
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from protocol_engine.pack.ruleset import load_ruleset
+from protocol_engine.pack.packset import load_packset
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = Path("/work/shared/clinical/ketamine-protocol.md")
 
 
 def test_every_service_default_is_marked_and_has_a_range() -> None:
-    ruleset, diags = load_ruleset(ROOT / "rules")
-    assert ruleset is not None, diags
-    adjustable = [(r.id, s) for r in ruleset.all_rules() for s in r.setting_specs if s.adjustable]
+    packset, diags = load_packset(ROOT / "rules")
+    assert packset is not None, diags
+    adjustable = [(r.id, s) for r in packset.all_rules() for s in r.setting_specs if s.adjustable]
     assert len(adjustable) >= 25
     for rule_id, s in adjustable:
         assert s.minimum is not None and s.maximum is not None, (rule_id, s.name)
@@ -22,7 +22,7 @@ def test_every_service_default_is_marked_and_has_a_range() -> None:
     for path in (ROOT / "rules").rglob("*.rule.yaml"):
         block = re.search(r"^settings:\n((?:  .*\n)+)", path.read_text(), re.M)
         assert block is None or "[D]" not in block.group(1), path
-    protocol = ruleset.packs[0].protocol
+    protocol = packset.packs[0].protocol
     assert {"course.gap", "course.induction.ketamine.doses", "measures.blood-pressure.pairing",
             "semantics.future_tolerance", "measures.hcg.positive_at"} <= set(protocol.settings)
     # Unwrapped for the code that reads them: the same shapes as before the marking.
@@ -32,9 +32,9 @@ def test_every_service_default_is_marked_and_has_a_range() -> None:
 
 
 def test_fixed_settings_keep_their_provenance_and_are_not_adjustable() -> None:
-    ruleset, _ = load_ruleset(ROOT / "rules")
-    assert ruleset is not None
-    ci05 = next(r for r in ruleset.all_rules() if r.id == "CI-05")
+    packset, _ = load_packset(ROOT / "rules")
+    assert packset is not None
+    ci05 = next(r for r in packset.all_rules() if r.id == "CI-05")
     specs = {s.name: s for s in ci05.setting_specs}
     assert specs["lookback"].adjustable and specs["lookback"].value == "24h"
     assert not specs["systolic_limit"].adjustable and specs["systolic_limit"].unit == "mm[Hg]"
@@ -42,7 +42,7 @@ def test_fixed_settings_keep_their_provenance_and_are_not_adjustable() -> None:
     assert ci05.settings == {"lookback": "24h", "systolic_limit": 180, "diastolic_limit": 100}
     from protocol_engine.authoring.catalogue import catalogue
 
-    entry = next(r for r in catalogue(ruleset)["rules"] if r["id"] == "CI-05")
+    entry = next(r for r in catalogue(packset)["rules"] if r["id"] == "CI-05")
     assert entry["setting_specs"][0] == {"name": "lookback", "value": "24h", "adjustable": True, "min": "1h",
                                          "max": "72h", "source": specs["lookback"].source}
 
@@ -80,9 +80,9 @@ protocols:
 
 @pytest.fixture(scope="module")
 def base() -> Any:
-    ruleset, diags = load_ruleset(ROOT / "rules")
-    assert ruleset is not None, diags
-    return ruleset
+    packset, diags = load_packset(ROOT / "rules")
+    assert packset is not None, diags
+    return packset
 
 
 def _site(tmp_path: Path, text: str, name: str = "site.yaml") -> Path:
@@ -141,7 +141,7 @@ def _dos01_case(dose: str) -> dict[str, Any]:
 def _rules_fired(loaded: Any, case: dict[str, Any], tenant: str | None = None) -> dict[str, dict[str, Any]]:
     current = loaded.for_tenant(tenant)
     body = request_for(current, "ketamine-order-sign", case, NOW)
-    outcome = run(current.runtimes, current.ruleset.revision, "ketamine-order-sign", body, NOW)
+    outcome = run(current.runtimes, current.packset.revision, "ketamine-order-sign", body, NOW)
     return {c["extension"]["protocol-engine"]["rule"]: c for c in outcome.cards} | {"_trace": outcome.trace()}
 
 
@@ -161,11 +161,11 @@ def test_a_site_value_changes_the_decision_and_is_shown_in_the_card_and_trace(tm
     assert trace["name"] == site["name"] and len(trace["overrides"]) == 3
     # Below both limits: silent either way (the overlay changes the threshold, nothing else).
     assert "DOS-01" not in _rules_fired(sited, _dos01_case("49 mg"))
-    ci05 = next(r for r in sited.ruleset.all_rules() if r.id == "CI-05")
+    ci05 = next(r for r in sited.packset.all_rules() if r.id == "CI-05")
     lookback = next(s for s in ci05.setting_specs if s.name == "lookback")
     assert (lookback.value, lookback.shipped, lookback.overridden) == ("12h", "24h", True)
-    assert sited.ruleset.packs[0].protocol.course.gap_h == 45 * 24
-    assert sited.ruleset.revision == shipped.ruleset.revision  # the same rule files; the site is named apart
+    assert sited.packset.packs[0].protocol.course.gap_h == 45 * 24
+    assert sited.packset.revision == shipped.packset.revision  # the same rule files; the site is named apart
 
 
 def test_a_fixed_setting_cannot_be_reached_through_the_protocol_section(tmp_path: Path, base: Any) -> None:
@@ -193,7 +193,7 @@ def test_reload_applies_a_good_site_file_and_keeps_the_last_good_one_on_a_bad_on
 
 
 def _overrides(registry: Registry) -> dict[str, Any]:
-    site = registry.current.ruleset.site
+    site = registry.current.packset.site
     assert site is not None
     return {o.setting: o.value for o in site.overrides}
 
@@ -206,11 +206,11 @@ def _touch(path: Path) -> None:
 
 
 def test_a_service_refuses_to_start_on_a_bad_site_file(tmp_path: Path) -> None:
-    from protocol_engine.core.errors import RuleSetError
+    from protocol_engine.core.errors import PackSetError
     from server import create_app
 
     path = _site(tmp_path, "rules:\n  CI-05:\n    lookback: forever\n")
-    with pytest.raises(RuleSetError) as info:
+    with pytest.raises(PackSetError) as info:
         create_app({"auth": "disabled", "database_url": f"sqlite:///{tmp_path}/pe.db", "reload_interval": 0,
                     "site": str(path)})
     assert info.value.diagnostics[0].code == "setting-type"
@@ -285,9 +285,9 @@ def test_rule_pages_show_the_site_value_in_force_with_the_shipped_value_beside_i
 
     site = _site(tmp_path, GOOD)
     sited = load(ROOT / "rules", site)
-    found = rulepage.find(sited.ruleset, "CI-05")
+    found = rulepage.find(sited.packset, "CI-05")
     assert found is not None
-    page = rulepage.build(sited.ruleset, sited.runtimes, *found)
+    page = rulepage.build(sited.packset, sited.runtimes, *found)
     row = next(s for s in page.settings if s.name == "lookback")
     assert row.value == "12 h (site; shipped 24 h)", row.value
     assert "12 h (site; shipped 24 h)" in rulepage.to_html(page)
@@ -307,14 +307,14 @@ def test_rule_pages_under_a_valid_site_run_the_cases_on_the_shipped_values(tmp_p
     site.write_text("site: Test\nrules:\n  TIM-01:\n    maintenance_minimum: 96h\n  CI-05:\n    lookback: 12h\n")
     sited = load(ROOT / "rules", site)
     for rule_id in ("TIM-01", "CI-05"):
-        found = rulepage.find(sited.ruleset, rule_id)
+        found = rulepage.find(sited.packset, rule_id)
         assert found is not None
-        page = rulepage.build(sited.ruleset, sited.runtimes, *found, shipped=sited.shipped)
+        page = rulepage.build(sited.packset, sited.runtimes, *found, shipped=sited.shipped)
         assert page.cases and all(c.status != "FAIL" for c in page.cases), [c for c in page.cases if c.status == "FAIL"]
         assert "pack's own values" in rulepage.to_markdown(page)
     # Without a site the rule set is its own shipped one and the page says nothing about it.
     plain = load(ROOT / "rules")
-    assert plain.shipped[0] is plain.ruleset
+    assert plain.shipped[0] is plain.packset
 
 
 def test_serve_reports_a_bad_site_file_once_with_positions_and_no_traceback(

@@ -31,7 +31,7 @@ def _sign(app: Any, loaded: Any, instance: str = "hi-1") -> list[dict[str, Any]]
 
 def _rule_version(loaded: Any, rule_id: str) -> str:
     """The version the rule file declares (the trace must carry the version that fired, whatever it is today)."""
-    return next(r.version for r in loaded.ruleset.all_rules() if r.id == rule_id)
+    return next(r.version for r in loaded.packset.all_rules() if r.id == rule_id)
 
 
 def test_decision_trace_answers_why_this_card_appeared(store_app: Any, loaded: Any) -> None:

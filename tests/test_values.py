@@ -26,7 +26,7 @@ from protocol_engine.core.ranges import _straddles
 from protocol_engine.core.templates import Span, environment
 from protocol_engine.core.valuesets import SYSTEMS, canonical_system
 from protocol_engine.hooks.pipeline import ServiceRuntime, build_runtime, run
-from protocol_engine.pack.ruleset import RuleSet, load_ruleset
+from protocol_engine.pack.packset import PackSet, load_packset
 from protocol_engine.pack.yamlsource import load, plain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +34,10 @@ UTC = dt.UTC
 
 
 @cache
-def _loaded() -> tuple[RuleSet, dict[str, ServiceRuntime]]:
-    ruleset, diags = load_ruleset(ROOT / "rules")
-    assert ruleset is not None, "\n".join(d.render() for d in diags)
-    return ruleset, build_runtime(ruleset)
+def _loaded() -> tuple[PackSet, dict[str, ServiceRuntime]]:
+    packset, diags = load_packset(ROOT / "rules")
+    assert packset is not None, "\n".join(d.render() for d in diags)
+    return packset, build_runtime(packset)
 
 
 # -- FHIR dates as intervals ---------------------------------------------------------------------------------------
@@ -100,8 +100,8 @@ def test_canonical_system(written: str, canonical: str) -> None:
 
 
 def test_oid_and_who_codes_find_the_same_value_sets() -> None:
-    ruleset, _ = _loaded()
-    index = ruleset.packs[0].index
+    packset, _ = _loaded()
+    index = packset.packs[0].index
     assert index.members_of_code("urn:oid:2.16.840.1.113883.6.88", "6130") == index.members_of_code(
         SYSTEMS["RXNORM"], "6130") != set()
     assert "psychosis" in index.members_of_code("http://hl7.org/fhir/sid/icd-10", "F20.0")
@@ -127,8 +127,8 @@ def test_oid_and_who_codes_find_the_same_value_sets() -> None:
 def test_measure_units_convert(measure: str, unit: str, value: float, expected: float) -> None:
     from protocol_engine.core.records import Quantity
 
-    ruleset, _ = _loaded()
-    deriver = ruleset.packs[0].deriver
+    packset, _ = _loaded()
+    deriver = packset.packs[0].deriver
     converted, problem = deriver.readings.convert(deriver.p.measures[measure], Quantity(value, unit))
     assert problem == "" and converted is not None and round(converted, 3) == expected
 
@@ -138,8 +138,8 @@ def test_measure_units_convert(measure: str, unit: str, value: float, expected: 
 def test_unknown_units_are_not_guessed(unit: str | None, problem: str) -> None:
     from protocol_engine.core.records import Quantity
 
-    ruleset, _ = _loaded()
-    deriver = ruleset.packs[0].deriver
+    packset, _ = _loaded()
+    deriver = packset.packs[0].deriver
     converted, why = deriver.readings.convert(deriver.p.measures["alt"], Quantity(300, unit))
     assert converted is None and problem in why
 
@@ -148,8 +148,8 @@ def test_hcg_spellings_reach_the_quantitative_threshold() -> None:
     """30 mIU/mL is 30 IU/L: positive at the 25 IU/L threshold whatever the spelling."""
     from protocol_engine.core.records import Quantity
 
-    ruleset, _ = _loaded()
-    deriver = ruleset.packs[0].deriver
+    packset, _ = _loaded()
+    deriver = packset.packs[0].deriver
     hcg = deriver.p.measures["hcg"]
     for unit in ("mIU/mL", "m[IU]/mL", "mIU/ml", "IU/L", "[IU]/L"):
         assert deriver.readings.presence(hcg, Quantity(30, unit), None) is True, unit
@@ -158,8 +158,8 @@ def test_hcg_spellings_reach_the_quantitative_threshold() -> None:
 
 
 def test_the_unit_table_lives_in_the_protocol_file() -> None:
-    ruleset, _ = _loaded()
-    table = ruleset.packs[0].protocol.units
+    packset, _ = _loaded()
+    table = packset.packs[0].protocol.units
     assert table["mIU/mL"] == "m[IU]/mL"
     for ucum in table.values():
         assert units.is_ucum(ucum), ucum  # every spelling maps onto a real UCUM code
@@ -175,8 +175,8 @@ def test_span_prints_as_a_range_and_compares_as_its_low_end() -> None:
 
 
 def test_straddling_is_read_from_the_rule_thresholds() -> None:
-    ruleset, _ = _loaded()
-    rules = {r.id: r for r in ruleset.packs[0].rules}
+    packset, _ = _loaded()
+    rules = {r.id: r for r in packset.packs[0].rules}
     patient = {"t": "patient", "ranges": {"age": [17, 18]}}
     assert _straddles(rules["CI-17"], patient)
     assert not _straddles(rules["CI-17"], {"t": "patient", "ranges": {"age": [16, 17]}})
@@ -208,11 +208,11 @@ def _vendor_cases() -> list[Any]:
 
 
 def _answer(case: dict[str, Any], now: dt.datetime, request: dict[str, Any] | None = None) -> list[tuple[str, ...]]:
-    ruleset, runtimes = _loaded()
+    packset, runtimes = _loaded()
     hook = case.get("hook", "order-sign")
     sid, rt = next((k, v) for k, v in runtimes.items() if v.service.hook == hook)
     request = request or build_request(case, rt, now)
-    cards = run(runtimes, ruleset.revision, sid, json.loads(json.dumps(request)), now).cards
+    cards = run(runtimes, packset.revision, sid, json.loads(json.dumps(request)), now).cards
     return sorted((c["extension"]["protocol-engine"]["rule"], c["indicator"], c["summary"]) for c in cards)
 
 

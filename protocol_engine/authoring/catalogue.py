@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..pack.ruleset import RuleSet
+from ..pack.packset import PackSet
 
 
-def catalogue(ruleset: RuleSet) -> dict[str, Any]:
+def catalogue(packset: PackSet) -> dict[str, Any]:
     rules = []
-    for pack in ruleset.packs:
+    for pack in packset.packs:
         for r in sorted(pack.rules, key=lambda r: _sort_key(r.id)):
             rules.append({
                 "id": r.id, "version": r.version, "status": r.status, "category": r.category, "title": r.title,
@@ -21,12 +21,12 @@ def catalogue(ruleset: RuleSet) -> dict[str, Any]:
                 "effective": r.effective.isoformat() if r.effective else None, "page": f"/rules/{r.id}",
                 "notes": r.notes, "protocol": pack.protocol.name, "path": r.path,
             })
-    return {"ruleset": ruleset.revision, "rules": rules,
+    return {"ruleset": packset.revision, "rules": rules,
             # protocol.yaml's own settings (course gap, induction, ...) and the site settings in force, for the
             # rule pages: value, range, source, and the shipped value where a site changed it
             "protocol_settings": {p.protocol.name: [s.describe() for s in p.protocol.settings.values()]
-                                  for p in ruleset.packs},
-            "site": ruleset.site.describe() if ruleset.site else None}
+                                  for p in packset.packs},
+            "site": packset.site.describe() if packset.site else None}
 
 
 def _sort_key(rule_id: str) -> tuple[str, int, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import Diagnostic
 from ..pack import yamlsource
-from ..pack.ruleset import RULE_SUFFIX, TEST_SUFFIX, RuleSet, load_ruleset, pack_roots
+from ..pack.packset import RULE_SUFFIX, TEST_SUFFIX, PackSet, load_packset, pack_roots
 
 
 def rules_root(paths: list[Path]) -> Path:
@@ -21,9 +21,9 @@ def rules_root(paths: list[Path]) -> Path:
     return paths[0] if paths else Path("rules")
 
 
-def check_tests(ruleset: RuleSet) -> list[Diagnostic]:
+def check_tests(packset: PackSet) -> list[Diagnostic]:
     diags: list[Diagnostic] = []
-    for rule in ruleset.all_rules():
+    for rule in packset.all_rules():
         path = Path(rule.path)
         test = path.with_name(path.name[: -len(RULE_SUFFIX)] + TEST_SUFFIX)
         if not test.exists():
@@ -54,10 +54,10 @@ def check_tests(ruleset: RuleSet) -> list[Diagnostic]:
     return diags
 
 
-def check_versions(ruleset: RuleSet, base: str = "HEAD") -> list[Diagnostic]:
+def check_versions(packset: PackSet, base: str = "HEAD") -> list[Diagnostic]:
     """A rule file whose content changed since `base` must carry a new version."""
     diags: list[Diagnostic] = []
-    for rule in ruleset.all_rules():
+    for rule in packset.all_rules():
         path = Path(rule.path).resolve()
         try:
             top = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "--show-toplevel"],
@@ -90,12 +90,12 @@ def check_versions(ruleset: RuleSet, base: str = "HEAD") -> list[Diagnostic]:
     return diags
 
 
-def validate_paths(paths: list[Path], git_base: str | None = "HEAD") -> tuple[RuleSet | None, list[Diagnostic]]:
+def validate_paths(paths: list[Path], git_base: str | None = "HEAD") -> tuple[PackSet | None, list[Diagnostic]]:
     root = rules_root(paths)
-    ruleset, diags = load_ruleset(root)
-    if ruleset is None:
+    packset, diags = load_packset(root)
+    if packset is None:
         return None, diags
-    diags = check_tests(ruleset)
+    diags = check_tests(packset)
     if git_base:
-        diags += check_versions(ruleset, git_base)
-    return ruleset, diags
+        diags += check_versions(packset, git_base)
+    return packset, diags

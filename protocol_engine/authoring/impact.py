@@ -25,7 +25,7 @@ from ..core.errors import ProtocolEngineError
 from ..core.model import HOOKS, Rule
 from ..hooks.pipeline import ServiceRuntime, run
 from ..pack import settingspec, yamlsource
-from ..pack.ruleset import Pack
+from ..pack.packset import Pack
 from .testing import CASE_KEYS, find_test_files
 from .vignette import build_request, when
 
@@ -118,7 +118,7 @@ def _service(loaded: Loaded, pack_name: str, hook: str) -> tuple[str, ServiceRun
 
 def case_inputs(head: Loaded, now: dt.datetime) -> Iterator[Input]:
     """Every case of every test file beside the working tree's rules (`todo` cases excepted)."""
-    for pack in head.ruleset.packs:
+    for pack in head.packset.packs:
         for path in find_test_files([pack.root]):
             data, diags = yamlsource.load(path)
             if diags or not isinstance(data, dict) or not isinstance(data.get("cases"), list):
@@ -147,7 +147,7 @@ def _case_request(pack_name: str, case: dict[str, Any], at: dt.datetime) -> Requ
 
 def sample_inputs(head: Loaded, now: dt.datetime) -> Iterator[Input]:
     """Every bundled sample patient through every service of the pack."""
-    from .samples import hook_request, sample_index
+    from .samples import sample_index, sample_request
 
     for entry in sample_index():
         for rt in [r for _, r in sorted(head.runtimes.items())]:
@@ -158,7 +158,7 @@ def sample_inputs(head: Loaded, now: dt.datetime) -> Iterator[Input]:
                 found = _service(loaded, pack_name, hook)
                 if found is None:
                     return None
-                body = hook_request(name, hook, now, found[1].resource_types())
+                body = sample_request(name, hook, now, found[1].resource_types())
                 return (found[0], body) if body is not None else None
 
             yield Input("sample", f"sample {name} at {hook}", request_for, now)
@@ -212,14 +212,14 @@ def answer(loaded: Loaded, item: Input) -> Answer:
         return Answer(error="no service answers this hook")
     sid, body = built
     try:
-        decision = run(loaded.runtimes, loaded.ruleset.revision, sid, body, item.now)
+        decision = run(loaded.runtimes, loaded.packset.revision, sid, body, item.now)
     except (ProtocolEngineError, EngineError) as exc:
         return Answer(error=f"{type(exc).__name__}: {str(exc)[:120]}")
     return Answer({c.rule.id: c.json for c in decision.issued}, {f.rule.id for f in decision.findings})
 
 
 def _rules(loaded: Loaded) -> dict[str, tuple[Rule, Pack]]:
-    return {r.id: (r, p) for p in loaded.ruleset.packs for r in p.rules}
+    return {r.id: (r, p) for p in loaded.packset.packs for r in p.rules}
 
 
 def _setting_changes(before: dict[str, Any], after: dict[str, Any], units: dict[str, str | None]) -> list[str]:
@@ -264,8 +264,8 @@ def rule_differences(base: Loaded, head: Loaded) -> dict[str, list[str]]:
         if notes:
             out[rule_id] = notes
     shared: list[str] = []
-    packs_old = {p.protocol.name: p for p in base.ruleset.packs}
-    for pack in head.ruleset.packs:
+    packs_old = {p.protocol.name: p for p in base.packset.packs}
+    for pack in head.packset.packs:
         before = packs_old.get(pack.protocol.name)
         if before is None:
             shared.append(f"new pack {pack.protocol.name}")
@@ -299,7 +299,7 @@ def _valueset_changes(a: Pack, b: Pack) -> list[str]:
 
 def _site_differences(base: Loaded, head: Loaded) -> list[str]:
     def values(loaded: Loaded) -> dict[str, Any]:
-        site = loaded.ruleset.site
+        site = loaded.packset.site
         return {f"{o.owner} {o.setting}": o.value for o in (site.overrides if site else ())}
 
     a, b = values(base), values(head)

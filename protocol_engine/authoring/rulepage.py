@@ -19,7 +19,7 @@ from ..core.durations import parse_hours
 from ..core.model import Citation, Rule
 from ..hooks.pipeline import ServiceRuntime
 from ..pack import yamlsource
-from ..pack.ruleset import RULE_SUFFIX, TEST_SUFFIX, Pack, RuleSet
+from ..pack.packset import RULE_SUFFIX, TEST_SUFFIX, Pack, PackSet
 from .testing import run_file
 
 SAFETY = ("This page supports clinical review; it does not replace clinical judgement. The deploying organisation "
@@ -150,8 +150,8 @@ def _expected(expect: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def build(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime], pack: Pack, rule: Rule,
-          shipped: tuple[RuleSet, dict[str, ServiceRuntime]] | None = None) -> RulePage:
+def build(packset: PackSet, runtimes: dict[str, ServiceRuntime], pack: Pack, rule: Rule,
+          shipped: tuple[PackSet, dict[str, ServiceRuntime]] | None = None) -> RulePage:
     """The page with the values in force; its test cases run on `shipped` (the pack's own values), because the
     cases beside a rule are written for those: a valid site setting must not show them as failing."""
     data, _ = yamlsource.load(Path(rule.path))
@@ -164,8 +164,8 @@ def build(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime], pack: Pack, rul
         return page
     tdata, _ = yamlsource.load(test)
     traw = yamlsource.plain(tdata) if isinstance(tdata, dict) else {}
-    results, _ = run_file(test, *(shipped or (ruleset, runtimes)))
-    if shipped is not None and shipped[0] is not ruleset:
+    results, _ = run_file(test, *(shipped or (packset, runtimes)))
+    if shipped is not None and shipped[0] is not packset:
         page.cases_note = ("Site settings are in force; these cases are written for the pack's own values and ran "
                            "with them.")
     by_name = {r.name: r for r in results}
@@ -183,13 +183,13 @@ def build(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime], pack: Pack, rul
     return page
 
 
-def pages(ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
-          shipped: tuple[RuleSet, dict[str, ServiceRuntime]] | None = None) -> list[RulePage]:
-    return [build(ruleset, runtimes, pack, rule, shipped) for pack in ruleset.packs for rule in pack.rules]
+def pages(packset: PackSet, runtimes: dict[str, ServiceRuntime],
+          shipped: tuple[PackSet, dict[str, ServiceRuntime]] | None = None) -> list[RulePage]:
+    return [build(packset, runtimes, pack, rule, shipped) for pack in packset.packs for rule in pack.rules]
 
 
-def find(ruleset: RuleSet, rule_id: str) -> tuple[Pack, Rule] | None:
-    for pack in ruleset.packs:
+def find(packset: PackSet, rule_id: str) -> tuple[Pack, Rule] | None:
+    for pack in packset.packs:
         for rule in pack.rules:
             if rule.id == rule_id:
                 return pack, rule

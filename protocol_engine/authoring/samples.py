@@ -65,20 +65,20 @@ def sample_index() -> list[dict[str, str]]:
     return out
 
 
-def hook_request(name: str, hook: str, now: dt.datetime | None = None, prefetch_keys: dict[str, str] | None = None,
-                 order_override: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """A complete CDS Hooks request for a sample: context from the hook, prefetch filled by resource type."""
+def sample_request(name: str, hook: str, now: dt.datetime | None = None,
+                   prefetch_keys: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """A complete CDS Hooks request for a sample patient (None for no such sample): see bundle_request."""
     bundle = sample(name, now)
     if bundle is None:
         return None
-    return bundle_request(bundle, name, hook, now, prefetch_keys, order_override)
+    return bundle_request(bundle, name, hook, now, prefetch_keys)
 
 
 def bundle_request(bundle: dict[str, Any], name: str, hook: str, now: dt.datetime | None = None,
-                   prefetch_keys: dict[str, str] | None = None,
-                   order_override: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                   prefetch_keys: dict[str, str] | None = None) -> dict[str, Any] | None:
     """A CDS Hooks request from a chart Bundle (a Patient, its records and, for order hooks, a draft
-    MedicationRequest); None when the Bundle has no Patient, or no draft order for an order hook."""
+    MedicationRequest), built by vignette.hook_request; None when the Bundle has no Patient, or no draft order for
+    an order hook. Prefetch keys (key -> resource type) are filled by resource type."""
     resources = [e["resource"] for e in bundle.get("entry") or [] if isinstance(e, dict) and
                  isinstance(e.get("resource"), dict)]
     patient = next((r for r in resources if r.get("resourceType") == "Patient" and r.get("id")), None)
@@ -86,21 +86,9 @@ def bundle_request(bundle: dict[str, Any], name: str, hook: str, now: dt.datetim
                  None)
     if patient is None or (draft is None and hook in ("order-select", "order-sign")):
         return None
-    if draft is not None and order_override:
-        draft = {**draft, **order_override}
     chart = [r for r in resources if r is not draft and r.get("resourceType") != "Patient"]
-    from .vignette import DEFAULT_SESSION, hook_context
+    from .vignette import DEFAULT_SESSION, hook_request
 
-    context, active = hook_context(hook, patient["id"], [draft] if draft else [], None, "demo", now,
-                                   [{**DEFAULT_SESSION, "start": "+7d"}] if hook == "appointment-book" else None)
-    chart += active
-    prefetch: dict[str, Any] = {}
-    for key, rtype in (prefetch_keys or {}).items():
-        if rtype == "Patient":
-            prefetch[key] = patient
-        elif rtype == "Encounter":
-            prefetch[key] = next((r for r in chart if r.get("resourceType") == "Encounter"), None)
-        else:
-            prefetch[key] = {"resourceType": "Bundle", "type": "searchset",
-                             "entry": [{"resource": r} for r in chart if r.get("resourceType") == rtype]}
-    return {"hook": hook, "hookInstance": f"demo-{name}-{hook}", "context": context, "prefetch": prefetch}
+    return hook_request(hook, f"demo-{name}-{hook}", patient["id"], patient, [draft] if draft else [], chart,
+                        prefetch_keys or {}, now, "demo",
+                        appointments=[{**DEFAULT_SESSION, "start": "+7d"}] if hook == "appointment-book" else None)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from ..core.model import CATEGORIES
-from ..pack.ruleset import pack_roots
+from ..pack.packset import pack_roots
 
 RULE = """rule: {rule_id}
 version: 0.1.0

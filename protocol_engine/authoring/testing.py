@@ -16,7 +16,7 @@ from ..core.errors import Diagnostic
 from ..hooks.evaluate import Decision
 from ..hooks.pipeline import ServiceRuntime, run
 from ..pack import yamlsource
-from ..pack.ruleset import RULE_SUFFIX, TEST_SUFFIX, RuleSet
+from ..pack.packset import RULE_SUFFIX, TEST_SUFFIX, PackSet
 from .vignette import build_request, when
 
 CASE_KEYS = {"name", "given", "expect", "hook", "patient", "order", "todo", "now", "orders", "selections",
@@ -145,7 +145,7 @@ class PreparedCase:
         return request
 
 
-def prepare_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
+def prepare_file(path: Path, packset: PackSet, runtimes: dict[str, ServiceRuntime],
                  only_rule: str | None = None) -> tuple[list[PreparedCase], list[Diagnostic]]:
     """The cases of one test file, ready to build (shared by `run_file` and the metamorphic tests)."""
     data, diags = yamlsource.load(path)
@@ -157,7 +157,7 @@ def prepare_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntim
     rule_id = str(raw["rule"])
     if only_rule and rule_id != only_rule:
         return [], []
-    pack = next((p for p in ruleset.packs if path.resolve().is_relative_to(p.root.resolve())), None)
+    pack = next((p for p in packset.packs if path.resolve().is_relative_to(p.root.resolve())), None)
     if pack is None:
         return [], [Diagnostic(str(path), 1, 1, "schema", "test file is not inside a loaded pack")]
     defaults = raw.get("defaults") or {}
@@ -183,9 +183,9 @@ def prepare_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntim
     return prepared, diags
 
 
-def run_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
+def run_file(path: Path, packset: PackSet, runtimes: dict[str, ServiceRuntime],
              only_rule: str | None = None) -> tuple[list[CaseResult], list[Diagnostic]]:
-    prepared, diags = prepare_file(path, ruleset, runtimes, only_rule)
+    prepared, diags = prepare_file(path, packset, runtimes, only_rule)
     results = []
     for pc in prepared:
         rule_id, expect = pc.rule, pc.expect
@@ -202,7 +202,7 @@ def run_file(path: Path, ruleset: RuleSet, runtimes: dict[str, ServiceRuntime],
             results.append(result)
             continue
         try:
-            decision = run(runtimes, ruleset.revision, pc.service_id, pc.request(runtimes), pc.now)
+            decision = run(runtimes, packset.revision, pc.service_id, pc.request(runtimes), pc.now)
         except Exception as exc:  # a case that cannot run is a failure, reported, not a crash
             result.status, result.problems = "FAIL", [f"{type(exc).__name__}: {exc}"]
             results.append(result)

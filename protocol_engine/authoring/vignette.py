@@ -247,8 +247,49 @@ def hook_context(hook: str, patient_id: str, drafts: list[dict[str, Any]], selec
     return context, active
 
 
+def hook_request(hook: str, hook_instance: str, patient_id: str, patient: dict[str, Any] | None,
+                 drafts: list[dict[str, Any]], chart: list[dict[str, Any]], resource_types: dict[str, str],
+                 now: dt.datetime | None, label: str, selections: list[str] | None = None,
+                 appointments: list[dict[str, Any]] | None = None, encounter_spec: dict[str, Any] | None = None,
+                 placement: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The one builder of CDS Hooks requests: the hook's context (hook_context) and every prefetch key of
+    `resource_types` (key -> resource type, as ServiceRuntime.resource_types gives them) filled from the chart.
+
+    A resource goes to its type's key (adapters/fhir/prefetch.TEMPLATES) unless its `placement` item (a `given`
+    entry of the shorthand, keyed by id(resource)) names another `key`, a `fullUrl` or a search `mode`. A resource
+    of a type no key holds is left out, except a placed one: the shorthand's author is told to give its `key`.
+    """
+    context, active = hook_context(hook, patient_id, drafts, selections, label, now, appointments, encounter_spec)
+    resources = chart + active
+    placement = placement or {}
+    prefetch: dict[str, Any] = {}
+    for key, rtype in resource_types.items():
+        if rtype == "Patient":
+            prefetch[key] = patient
+            continue
+        if rtype == "Encounter":  # a read, not a search: the resource itself
+            prefetch[key] = next((r for r in resources if r.get("resourceType") == "Encounter"), None)
+            continue
+        entries = []
+        for r in resources:
+            item = placement.get(id(r), {})
+            target = item.get("key") or (TEMPLATES[r["resourceType"]][0] if r["resourceType"] in TEMPLATES else None)
+            if target is None and id(r) in placement:
+                raise ValueError(f"given {r['resourceType']} needs 'key:' (the prefetch key whose Bundle holds it)")
+            if target != key:
+                continue
+            entry: dict[str, Any] = {"resource": r}
+            if "fullUrl" in item:
+                entry["fullUrl"] = item["fullUrl"]
+            if "mode" in item:
+                entry["search"] = {"mode": item["mode"]}
+            entries.append(entry)
+        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    return {"hook": hook, "hookInstance": hook_instance, "context": context, "prefetch": prefetch}
+
+
 def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) -> dict[str, Any]:
-    """A complete CDS Hooks request with every prefetch key of the service filled."""
+    """A complete CDS Hooks request from a rule case's shorthand, with every prefetch key of the service filled."""
     patient_id = "test-patient"
     hook = rt.service.hook
     given = list(case.get("given") or [])
@@ -264,8 +305,10 @@ def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) ->
     if orders is None:
         orders = [case["order"]] if case.get("order") else []
     draft = [medication_request(o, f"draft-{i}", patient_id, now, "draft") for i, o in enumerate(orders)]
-    context, active = hook_context(hook, patient_id, draft, case.get("selections"), "test", now,
-                                   case.get("appointments"), case.get("encounter"))
+    request = hook_request(hook, f"test-{hook}", patient_id, patient, draft, resources, rt.resource_types(), now,
+                           "test", case.get("selections"), case.get("appointments"), case.get("encounter"),
+                           placement)
+    context, prefetch = request["context"], request["prefetch"]
     if case.get("draft_orders") is not None and hook in ("order-select", "order-sign"):
         # Raw FHIR: the draftOrders Bundle exactly as written (vendor shapes, urn:uuid fullUrls, Medications).
         context["draftOrders"] = case["draft_orders"]
@@ -273,30 +316,6 @@ def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) ->
             context["selections"] = [f"MedicationRequest/{e['resource']['id']}"
                                      for e in case["draft_orders"].get("entry") or ()
                                      if e.get("resource", {}).get("resourceType") == "MedicationRequest"][:1]
-    resources += active
-    prefetch: dict[str, Any] = {}
-    for key, rtype in rt.resource_types().items():
-        if rtype == "Patient":
-            prefetch[key] = patient
-            continue
-        if rtype == "Encounter":  # a read, not a search: the resource itself
-            prefetch[key] = next((r for r in resources if r["resourceType"] == "Encounter"), None)
-            continue
-        entries = []
-        for r in resources:
-            item = placement.get(id(r), {})
-            target = item.get("key") or (TEMPLATES[r["resourceType"]][0] if r["resourceType"] in TEMPLATES else None)
-            if target is None:
-                raise ValueError(f"given {r['resourceType']} needs 'key:' (the prefetch key whose Bundle holds it)")
-            if target != key:
-                continue
-            entry: dict[str, Any] = {"resource": r}
-            if "fullUrl" in item:
-                entry["fullUrl"] = item["fullUrl"]
-            if "mode" in item:
-                entry["search"] = {"mode": item["mode"]}
-            entries.append(entry)
-        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
     for key, value in (case.get("prefetch") or {}).items():
         prefetch[key] = value  # raw FHIR (or null) for this key, exactly as written
-    return {"hook": hook, "hookInstance": f"test-{hook}", "context": context, "prefetch": prefetch}
+    return request

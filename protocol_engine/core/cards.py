@@ -132,7 +132,7 @@ def _link(c: Citation) -> str:
     return f"[{label}]({c.url})" if c.url else label
 
 
-def render(finding: Finding, ruleset: str, patient_id: str | None, site: Site | None = None,
+def render(finding: Finding, revision: str, patient_id: str | None, site: Site | None = None,
            pack: str = "", now: dt.datetime | None = None) -> dict[str, Any]:
     rule: Rule = finding.rule
     tpl = rule.card
@@ -191,7 +191,7 @@ def render(finding: Finding, ruleset: str, patient_id: str | None, site: Site | 
         card["selectionBehavior"] = tpl.selection_behavior
     card["extension"] = {"protocol-engine": {"rule": rule.id, "ruleVersion": rule.version,
                                              "category": rule.category, "evidence": finding.evidence,
-                                             "ruleset": ruleset}}
+                                             "ruleset": revision}}
     if site is not None:  # which site settings were in force, and those that bear on this rule
         card["extension"]["protocol-engine"]["site"] = site.for_rule(rule.id, pack)
     return card
@@ -209,10 +209,10 @@ class Issued:
     findings: list[Finding] = field(default_factory=list)
 
 
-def render_all(settled: list[Finding], ruleset: str, patient_id: str | None, site: Site | None = None,
+def render_all(settled: list[Finding], revision: str, patient_id: str | None, site: Site | None = None,
                pack: str = "", now: dt.datetime | None = None) -> list[Issued]:
     """Cards for the live rules of settled findings, critical first; draft rules, and rules before their
     `effective` date, run in shadow and give no card."""
     live = [f for f in settled if f.rule.live(now)]
     live.sort(key=lambda f: (RANK[f.indicator], f.rule.id))
-    return [Issued(render(f, ruleset, patient_id, site, pack, now), f.rule, [f]) for f in live]
+    return [Issued(render(f, revision, patient_id, site, pack, now), f.rule, [f]) for f in live]

@@ -73,7 +73,7 @@ class Diagnostic:
         return "\n".join(out)
 
 
-class RuleSetError(ProtocolEngineError):
+class PackSetError(ProtocolEngineError):
     """A rule set failed validation; the service keeps the previous rule set."""
 
     def __init__(self, diagnostics: list[Diagnostic]) -> None:

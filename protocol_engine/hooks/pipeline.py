@@ -1,4 +1,4 @@
-"""The services a rule set compiles to, and one hook call offline; the stages of a call, one way:
+"""The services a pack set compiles to, and one hook call offline; the stages of a call, one way:
 
     prepare.py   body -> Prepared               the request checked; draft orders / proposed sessions read (no I/O)
     gather.py    Prepared -> Gathered | None    prefetch resolved, missing data fetched through the caller's client
@@ -17,12 +17,12 @@ from typing import Any
 from adapters.fhir import hook_request, prefetch
 
 from ..core import engine
-from ..core.errors import RuleSetError, UnknownService
+from ..core.errors import PackSetError, UnknownService
 from ..core.facts import SOURCES
 from ..core.model import Rule
 from ..core.valuesets import SYSTEMS
+from ..pack.packset import Pack, PackSet
 from ..pack.protocol import Service
-from ..pack.ruleset import Pack, RuleSet
 from ..pack.site import Site
 from .evaluate import Decision, evaluate
 from .gather import gather
@@ -51,10 +51,10 @@ def _observation_codes(pack: Pack) -> list[str]:
     return sorted(codes)
 
 
-def build_runtime(ruleset: RuleSet) -> dict[str, ServiceRuntime]:
+def build_runtime(packset: PackSet) -> dict[str, ServiceRuntime]:
     """Compile every service once per rule-set load; refuse templates that break the spec."""
     runtimes: dict[str, ServiceRuntime] = {}
-    for service_id, (service, pack) in ruleset.services.items():
+    for service_id, (service, pack) in packset.services.items():
         rules = pack.rules_for(service.hook)
         needed: set[str] = set()
         for rule in rules:
@@ -72,10 +72,10 @@ def build_runtime(ruleset: RuleSet) -> dict[str, ServiceRuntime]:
             if problems:
                 from ..core.errors import Diagnostic
 
-                raise RuleSetError([Diagnostic(pack.protocol.path, 1, 1, "bad-prefetch-template",
+                raise PackSetError([Diagnostic(pack.protocol.path, 1, 1, "bad-prefetch-template",
                                                f"{service_id} prefetch '{key}': {'; '.join(problems)}")])
         runtimes[service_id] = ServiceRuntime(service, pack, rules, engine.compile_service(rules), templates,
-                                              ruleset.site)
+                                              packset.site)
     return runtimes
 
 

@@ -13,8 +13,8 @@ from adapters.fhir import identity, normalise
 
 from ..core.anchors import Anchor
 from ..core.records import DataIssue
+from ..pack.packset import Pack
 from ..pack.protocol import Service
-from ..pack.ruleset import Pack
 
 
 def proposed_sessions(service: Service, pack: Pack, bundle: Any, issues: list[DataIssue], patient_id: str | None = None,

@@ -38,7 +38,7 @@ def invoke(service_id: str) -> Response:
         prepared = prepare(loaded.runtimes[service_id], body())
         gathered = gather(prepared, fhir_client(), g.now, config.fhir_timeout,
                           time.monotonic() + config.request_deadline)
-        decision = evaluate(prepared, gathered, g.now, loaded.ruleset.revision)
+        decision = evaluate(prepared, gathered, g.now, loaded.packset.revision)
     except Unsupported:
         return outcome(415, "not-supported", "send the request as application/json")
     except PrefetchUnavailable as exc:

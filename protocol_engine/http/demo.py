@@ -6,7 +6,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, g, jsonify, request, send_from_directory
 
-from ..authoring.samples import hook_request, sample, sample_index
+from ..authoring.samples import sample, sample_index, sample_request
 from .common import outcome, registry
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -35,7 +35,7 @@ def demo_request() -> Response:
     rt = registry().current.runtimes.get(request.args.get("service", ""))
     if rt is None:
         return outcome(404, "not-found", "no such service")
-    body = hook_request(request.args.get("patient", ""), rt.service.hook, g.now, rt.resource_types())
+    body = sample_request(request.args.get("patient", ""), rt.service.hook, g.now, rt.resource_types())
     if body is None:
         return outcome(404, "not-found", "no such sample patient")
     return jsonify(body)

@@ -32,8 +32,8 @@ def readyz() -> Response:
     except DeadlineExceeded:
         ok_db = False
     loaded = registry().current
-    body = {"status": "ok" if ok_db else "unavailable", "ruleset": loaded.ruleset.revision,
-            "rules": len(loaded.ruleset.all_rules()), "database": "ok" if ok_db else "unavailable",
+    body = {"status": "ok" if ok_db else "unavailable", "ruleset": loaded.packset.revision,
+            "rules": len(loaded.packset.all_rules()), "database": "ok" if ok_db else "unavailable",
             "lastReloadErrors": len(registry().last_errors)}
     response = jsonify(body)
     response.status_code = 200 if ok_db else 503
@@ -52,7 +52,7 @@ def openapi() -> Response:
 
 @operations.get("/rules")
 def rules_catalogue() -> Response:
-    return jsonify(catalogue(current().ruleset))
+    return jsonify(catalogue(current().packset))
 
 
 @operations.get("/analytics/data")
@@ -70,7 +70,7 @@ def analytics_data() -> Response:
             return response
     try:
         since, until, bucket = period(request.args, g.now)
-        return jsonify(activity(store(), registry().current.ruleset, since, until, bucket))
+        return jsonify(activity(store(), registry().current.packset, since, until, bucket))
     except BadRequest as exc:
         return outcome(400, "invalid", str(exc), exc.field)
     except Exception as exc:
@@ -83,8 +83,8 @@ def analytics_data() -> Response:
 def rule_page(rule_id: str) -> Response:
     """The rule's page for clinical reviewers, generated from its files (HTML)."""
     loaded = registry().current
-    found = rulepage.find(loaded.ruleset, rule_id)
+    found = rulepage.find(loaded.packset, rule_id)
     if found is None:
         return outcome(404, "not-found", "no such rule")
-    page = rulepage.build(loaded.ruleset, loaded.runtimes, *found, shipped=loaded.shipped)
+    page = rulepage.build(loaded.packset, loaded.runtimes, *found, shipped=loaded.shipped)
     return Response(rulepage.to_html(page), mimetype="text/html")

@@ -30,7 +30,7 @@ from ..core.errors import Diagnostic
 from ..core.model import Setting
 from . import settingspec, yamlsource
 from .loader import did_you_mean
-from .ruleset import RuleSet
+from .packset import PackSet
 
 TOP_KEYS = ("site", "rules", "protocols")
 VALUE_KEYS = ("value", "unit", "source")
@@ -104,7 +104,7 @@ def tenant_sites(clients_file: Path | None) -> dict[str, Path]:
 
 
 class _Reader:
-    def __init__(self, path: Path, base: RuleSet) -> None:
+    def __init__(self, path: Path, base: PackSet) -> None:
         self.where = str(path)
         self.base = base
         self.diags: list[Diagnostic] = []
@@ -207,7 +207,7 @@ class _Reader:
         return round(value * factor, 6)
 
 
-def load_site(path: Path, base: RuleSet, parent: Site | None = None,
+def load_site(path: Path, base: PackSet, parent: Site | None = None,
               tenant: str | None = None) -> tuple[Site | None, list[Diagnostic]]:
     """Read and check a site settings file against the pack's declarations (`base`: loaded without overlay)."""
     data, diags = yamlsource.load(path)
@@ -231,5 +231,5 @@ def load_site(path: Path, base: RuleSet, parent: Site | None = None,
     return Site(label, digest, files, overrides, tenant, rules, protocols), []
 
 
-def check_site(path: Path, base: RuleSet) -> list[Diagnostic]:
+def check_site(path: Path, base: PackSet) -> list[Diagnostic]:
     return load_site(path, base)[1]

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.errors import BadRequest
-from ..pack.ruleset import RuleSet
+from ..pack.packset import PackSet
 from .store import Store
 
 BUCKETS = ("day", "week")
@@ -49,10 +49,10 @@ def _rate(overridden: int, fired: int) -> float | None:
     return round(100 * overridden / fired, 1) if fired else None
 
 
-def activity(store: Store, ruleset: RuleSet, since: dt.datetime, until: dt.datetime, bucket: str) -> dict[str, Any]:
+def activity(store: Store, packset: PackSet, since: dt.datetime, until: dt.datetime, bucket: str) -> dict[str, Any]:
     totals = {row["rule"]: row for row in store.rule_report(since, until)}
     series = store.rule_activity(since, until, bucket)
-    known = {r.id: r for r in ruleset.all_rules()}
+    known = {r.id: r for r in packset.all_rules()}
     rules = []
     for rule_id in sorted(set(totals) | set(series["rules"])):
         row = totals.get(rule_id, {"fired": 0, "accepted": 0, "overridden": 0, "reasons": {}})
@@ -67,4 +67,4 @@ def activity(store: Store, ruleset: RuleSet, since: dt.datetime, until: dt.datet
             "series": {**s, "overrideRate": [_rate(o, f) for o, f in zip(s["overridden"], s["fired"], strict=True)]},
         })
     return {"since": since.isoformat(), "until": until.isoformat(), "bucket": bucket, "buckets": series["buckets"],
-            "ruleset": ruleset.revision, "rules": rules}
+            "ruleset": packset.revision, "rules": rules}

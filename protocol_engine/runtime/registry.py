@@ -10,9 +10,9 @@ from pathlib import Path
 
 from adapters.fhir import validation
 
-from ..core.errors import Diagnostic, RuleSetError
+from ..core.errors import Diagnostic, PackSetError
 from ..hooks.pipeline import ServiceRuntime, build_runtime
-from ..pack.ruleset import RuleSet, load_ruleset
+from ..pack.packset import PackSet, load_packset
 from ..pack.site import Site, load_site, tenant_sites
 from . import metrics
 
@@ -21,18 +21,18 @@ log = logging.getLogger("protocol_engine.rules")
 
 @dataclass(frozen=True)
 class Loaded:
-    ruleset: RuleSet
+    packset: PackSet
     runtimes: dict[str, ServiceRuntime]
     tenants: dict[str, Loaded] = field(default_factory=dict)  # tenants with their own site settings
-    base: RuleSet | None = None  # the pack as shipped, when site settings changed it (rule pages run cases on it)
+    base: PackSet | None = None  # the pack as shipped, when site settings changed it (rule pages run cases on it)
 
     @cached_property
-    def shipped(self) -> tuple[RuleSet, dict[str, ServiceRuntime]]:
+    def shipped(self) -> tuple[PackSet, dict[str, ServiceRuntime]]:
         """The rule set with the pack's own values: rule cases are written for these, not for a site's.
 
         Compiled on first use (a rule page), not at every reload."""
         if self.base is None:
-            return self.ruleset, self.runtimes
+            return self.packset, self.runtimes
         return self.base, build_runtime(self.base)
 
     def for_tenant(self, tenant: object) -> Loaded:
@@ -52,33 +52,33 @@ def fingerprint(root: Path, *extra: Path | None) -> tuple[tuple[str, int, int], 
     return tuple(out)
 
 
-def _with(root: Path, base: RuleSet, site: Site | None) -> Loaded:
+def _with(root: Path, base: PackSet, site: Site | None) -> Loaded:
     if site is None:
         return Loaded(base, build_runtime(base))
-    ruleset, diags = load_ruleset(root, site)
-    if ruleset is None:
-        raise RuleSetError(diags)
-    return Loaded(ruleset, build_runtime(ruleset))
+    packset, diags = load_packset(root, site)
+    if packset is None:
+        raise PackSetError(diags)
+    return Loaded(packset, build_runtime(packset))
 
 
 def load(root: Path, site: Path | None = None, tenants: dict[str, Path] | None = None) -> Loaded:
     """Load the rules; with site settings, check each file against the pack's declarations, then apply it."""
-    base, diags = load_ruleset(root)
+    base, diags = load_packset(root)
     if base is None:
-        raise RuleSetError(diags)
+        raise PackSetError(diags)
     deployment: Site | None = None
     if site is not None:
         deployment, diags = load_site(site, base)
         if deployment is None:
-            raise RuleSetError(diags)
+            raise PackSetError(diags)
     loaded = _with(root, base, deployment)
     own: dict[str, Loaded] = {}
     for tenant, path in sorted((tenants or {}).items()):
         layered, diags = load_site(path, base, deployment, tenant)
         if layered is None:
-            raise RuleSetError(diags)
+            raise PackSetError(diags)
         own[tenant] = _with(root, base, layered)
-    return Loaded(loaded.ruleset, loaded.runtimes, own, base if deployment is not None else None)
+    return Loaded(loaded.packset, loaded.runtimes, own, base if deployment is not None else None)
 
 
 class Registry:
@@ -96,23 +96,23 @@ class Registry:
         self._print = self._fingerprint()
         try:
             loaded = load(self.root, self.site, tenant_sites(self.clients))
-        except RuleSetError as exc:
+        except PackSetError as exc:
             self.last_errors = exc.diagnostics
             metrics.RELOADS.labels("rejected").inc()
-            log.error("rule reload rejected; still serving revision %s", self.current.ruleset.revision)
+            log.error("rule reload rejected; still serving revision %s", self.current.packset.revision)
             for d in exc.diagnostics[:50]:
                 log.error("%s:%s:%s: error[%s]: %s", d.path, d.line, d.col, d.code, d.message)
             return False
         except Exception:
             metrics.RELOADS.labels("failed").inc()
-            log.exception("rule reload failed; still serving revision %s", self.current.ruleset.revision)
+            log.exception("rule reload failed; still serving revision %s", self.current.packset.revision)
             return False
-        old = self.current.ruleset.revision
+        old = self.current.packset.revision
         self.current = loaded
         validation.clear()  # patient data held for speed does not outlive the rules it was read for
         self.last_errors = []
         metrics.RELOADS.labels("ok").inc()
-        log.warning("rules reloaded: revision %s -> %s", old, loaded.ruleset.revision)
+        log.warning("rules reloaded: revision %s -> %s", old, loaded.packset.revision)
         return True
 
     def _fingerprint(self) -> tuple[tuple[str, int, int], ...]:

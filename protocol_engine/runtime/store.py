@@ -47,7 +47,7 @@ class Decision(Base):
     hook_instance: Mapped[str] = mapped_column(String(128), index=True)
     service: Mapped[str] = mapped_column(String(128))
     hook: Mapped[str] = mapped_column(String(64))
-    ruleset: Mapped[str] = mapped_column(String(64))
+    ruleset: Mapped[str] = mapped_column(String(64))  # the revision of the pack set (trace["ruleset"])
     patient: Mapped[str] = mapped_column(String(80))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     trace: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -1,4 +1,11 @@
-"""A loaded rule set: every pack under a rules directory, validated as a whole, with a revision."""
+"""The pack set: every pack under a rules directory, loaded and validated as a whole, with a revision.
+
+Words (each meaning has its own name in code): a *pack* is one protocol's directory (protocol.yaml, rules, value
+sets); the *PackSet* is every pack of the rules directory; its *revision* is the digest cards and traces carry as
+`ruleset` (the word users see); *Loaded* (runtime/registry.py) is a PackSet with its compiled services, as a worker
+serves it; a *ruleset* in core/engine.py is durable_rules' own unit (one compiled shard); PackSetError is a
+PackSet that does not load (compiler-style diagnostics).
+"""
 
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ class Pack:
 
 
 @dataclass
-class RuleSet:
+class PackSet:
     packs: list[Pack]
     revision: str
     services: dict[str, tuple[Service, Pack]] = field(default_factory=dict)
@@ -152,7 +159,7 @@ def load_pack(root: Path, site: Site | None = None) -> tuple[Pack | None, list[D
     return Pack(protocol, index, rules, Deriver(protocol, index, rules), root), diags, files
 
 
-def load_ruleset(root: Path, site: Site | None = None) -> tuple[RuleSet | None, list[Diagnostic]]:
+def load_packset(root: Path, site: Site | None = None) -> tuple[PackSet | None, list[Diagnostic]]:
     """Load and validate every pack, with a site's settings overlay (already validated: site.py) if given;
     returns None with diagnostics when anything is wrong."""
     roots = pack_roots(root)
@@ -175,4 +182,4 @@ def load_ruleset(root: Path, site: Site | None = None) -> tuple[RuleSet | None, 
             services[svc.id] = (svc, pack)
     if diags:
         return None, diags
-    return RuleSet(packs, _digest(files), services, len(files), site), []
+    return PackSet(packs, _digest(files), services, len(files), site), []
