@@ -74,11 +74,11 @@ class Deriver:
         facts.extend(self.medicines.conditions(chart, now))
         facts.extend(self.medicines.medications(chart))
         facts.extend(self.medicines.allergies(chart))
-        course = self.courses.course(chart, now, anchor)
+        at = self.courses.at(chart, now, anchor)  # the administrations read once, each placement segmented once
+        course = at.course
         course_fact = self.courses.fact(course, anchor, readings)
-        if any(d.latest is not None for d in course.all_doses):
-            course_ranges(course_fact, self.courses.fact(self.courses.course(chart, now, anchor, True), anchor,
-                                                         readings))
+        if at.late is not None:
+            course_ranges(course_fact, self.courses.fact(at.late, anchor, readings))
         facts.append(course_fact)
         facts.extend(self.orders.facts(chart, hook, governing, course, now))
         facts.extend(score_facts(self.p, readings, course))
@@ -86,7 +86,7 @@ class Deriver:
             facts.append({"t": "foreign-record", "refs": [foreign.ref], "problem": foreign.problem,
                           "describe": f"{foreign.ref}: {foreign.problem}"})
         issues += self.medicines.uncoded_conditions(chart)
-        issues += self.courses.undated_doses(chart)
+        issues += at.undated
         # A reading set aside for its status is no result of its measure (MON-10 still asks for a final hCG).
         measured = self.measurements.measured(chart, {issue.ref for issue in issues if not issue.set_aside}, now)
         set_aside: dict[str, list[str]] = {}

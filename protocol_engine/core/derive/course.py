@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..anchors import Anchor
@@ -172,6 +172,16 @@ class Course:
 # -- from the chart: doses -> the course at the anchor, and the `course` fact ------------------------------------
 
 
+@dataclass(frozen=True)
+class CourseAt:
+    """The course at an anchor (doses recorded as a date only at their day's start), the same doses at their day's
+    end when there are such doses (else None), and the protocol doses that could not be placed in time."""
+
+    course: Course
+    late: Course | None
+    undated: list[DataIssue]
+
+
 class Courses:
     """The chart's protocol administrations -> prior doses -> the Course at an anchor, and its `course` fact."""
 
@@ -180,30 +190,41 @@ class Courses:
         self.medicines = medicines
         self.sem = semantics
 
-    def doses(self, chart: Chart, horizon: dt.datetime, latest_end: dt.datetime | None = None) -> list[Dose]:
-        """G9 prior doses recorded up to `horizon`. A dose recorded as a date only is placed at its day's start,
-        or with `latest_end` at its day's end (no later than `latest_end`): the two ends of its range."""
-        doses = []
+    def at(self, chart: Chart, now: dt.datetime, anchor: Anchor) -> CourseAt:
+        """The one course model (G9, G10) at the anchor, the chart's administrations read once.
+
+        Doses recorded after the anchor (beyond the future tolerance) are not prior doses. A dose recorded as a
+        date only is placed at its day's start; when the course holds one, `late` is the same doses placed at
+        their day's end (no later than the anchor): facts read from both courses are ranges (core/ranges.py).
+        """
+        end = min(now, anchor.time)
+        horizon = end + dt.timedelta(hours=self.sem.future_tol_h)
+        doses: list[Dose] = []
+        undated: list[DataIssue] = []
         for a in chart.administrations:
-            if a.status not in self.sem.admin_status or a.start is None or a.start > horizon:
+            if a.status not in self.sem.admin_status or (a.start is not None and a.start > horizon):
                 continue
             drug = self.medicines.drug_of(a.medication)
-            if drug is not None:
-                latest = a.start_latest if a.start_latest is not None and a.start_latest > a.start else None
-                t = a.start if latest_end is None or latest is None else max(a.start, min(latest, latest_end))
-                doses.append(Dose(t, drug, a.status or "", a.ref, self.medicines.route_of(a.route), latest))
-        return doses
+            if drug is None:
+                continue
+            if a.start is None:
+                # A dose that cannot be placed in time (no effective time, or only a month or year) is not
+                # counted in the course; said, not silently left out.
+                undated.append(DataIssue(a.ref, "dose time missing or less precise than a day: not counted in "
+                                                "the course (timing checks may be incomplete)"))
+                continue
+            latest = a.start_latest if a.start_latest is not None and a.start_latest > a.start else None
+            doses.append(Dose(a.start, drug, a.status or "", a.ref, self.medicines.route_of(a.route), latest))
+        course = self._segment(doses, anchor)
+        if not any(d.latest is not None for d in course.all_doses):
+            return CourseAt(course, None, undated)
+        late = [d if d.latest is None else replace(d, time=max(d.time, min(d.latest, end))) for d in doses]
+        return CourseAt(course, self._segment(late, anchor), undated)
 
-    def course(self, chart: Chart, now: dt.datetime, anchor: Anchor, at_latest: bool = False) -> Course:
-        """The one course model (G9, G10) at the anchor; doses recorded after it are not prior doses.
-
-        `at_latest`: doses recorded as a date only placed at the end of their day (no later than the anchor)
-        instead of its start; facts read from both courses are ranges (core/ranges.py)."""
-        horizon = min(now, anchor.time) + dt.timedelta(hours=self.sem.future_tol_h)
-        doses = self.doses(chart, horizon, min(now, anchor.time) if at_latest else None)
+    def _segment(self, doses: list[Dose], anchor: Anchor) -> Course:
         if anchor.planned and doses:  # earlier proposed sessions of the same booking: planned doses of the course
             latest = max(doses, key=lambda d: d.time)
-            doses += [Dose(t, latest.drug, "planned", ref, latest.route) for t, ref in anchor.planned]
+            doses = doses + [Dose(t, latest.drug, "planned", ref, latest.route) for t, ref in anchor.planned]
         return Course.of(self.p.course, doses, anchor.time)
 
     def fact(self, course: Course, anchor: Anchor, readings: dict[str, Readings]) -> Fact:
@@ -236,18 +257,6 @@ class Courses:
                                    last.time + dt.timedelta(hours=check.to_h)) if window is not None else []
             fact["last_post_dose_check"] = bool(found)
         return fact
-
-    def undated_doses(self, chart: Chart) -> list[DataIssue]:
-        """Protocol doses that cannot be placed in time: not counted in the course, and said."""
-        issues = []
-        for a in chart.administrations:
-            if a.start is None and a.status in self.sem.admin_status \
-                    and self.medicines.drug_of(a.medication) is not None:
-                # A dose that cannot be placed in time (no effective time, or only a month or year) is not
-                # counted in the course; said, not silently left out.
-                issues.append(DataIssue(a.ref, "dose time missing or less precise than a day: not counted in "
-                                               "the course (timing checks may be incomplete)"))
-        return issues
 
 
 def course_ranges(early: Fact, late: Fact) -> None:
