@@ -58,7 +58,7 @@ def test_the_newest_valid_bp_governs(loaded: Any) -> None:
                                 bp("Observation/new", 128, 82, dt.timedelta(minutes=30))])
     [reading] = [f for f in of_type(facts(loaded, chart), "measurement") if f["measure"] == "blood-pressure"]
     assert (reading["systolic"], reading["diastolic"]) == (128, 82)
-    assert reading["refs"] == ["Observation/new"] and reading["age"] == 0.5
+    assert reading["refs"] == ["Observation/new"] and reading["taken_ago"] == 0.5
 
 
 def test_a_preliminary_reading_is_not_valid(loaded: Any) -> None:

@@ -95,3 +95,16 @@ def test_a_pack_without_semantics_is_told_what_to_write(tmp_path: Path) -> None:
     assert "needs a 'semantics' mapping" in missing.message
     assert missing.hint is not None and "future_tolerance: 5m" in missing.hint \
         and "observation_valid_status: [final, amended, corrected]" in missing.hint
+
+
+def test_a_template_reading_a_renamed_field_is_told_the_new_name(tmp_path: Path) -> None:
+    """`{{ bp.age }}` (a reading's hours, not the patient's years) is refused at load with the new name."""
+    pack = tmp_path / "ketamine"
+    shutil.copytree(ROOT / "rules" / "ketamine", pack)
+    rule = pack / "contraindications" / "CI-05-severe-hypertension.rule.yaml"
+    assert "bp.taken_ago|span" in rule.read_text()
+    rule.write_text(rule.read_text().replace("bp.taken_ago|span", "bp.age|span"))
+    _, diags, _ = load_pack(pack)
+    [renamed] = [d for d in diags if d.code == "renamed-field"]
+    assert "'bp.age'" in renamed.message and "'taken_ago'" in renamed.message and renamed.hint == "write `bp.taken_ago`"
+    assert renamed.path.endswith("CI-05-severe-hypertension.rule.yaml")

@@ -59,7 +59,7 @@ def test_the_engine_holds_the_rule_on_a_high_systolic_only(loaded: Any) -> None:
     compiled = engine.compile_service([rule])
 
     def bp(systolic: float, diastolic: float) -> dict[str, Any]:
-        return {"t": "measurement", "measure": "blood-pressure", "age": 1.0, "systolic": systolic,
+        return {"t": "measurement", "measure": "blood-pressure", "taken_ago": 1.0, "systolic": systolic,
                 "diastolic": diastolic}
 
     def held(*facts: dict[str, Any]) -> list[str]:

@@ -24,7 +24,7 @@ when:
     - fact: measurement
       as: reading
       measure: {measure}
-      age: {{within: $lookback}}
+      taken_ago: {{within: $lookback}}
 card:
   indicator: info
   summary: "{title}: {{{{ reading.describe }}}}"

@@ -20,15 +20,15 @@ FACTS: dict[str, dict[str, str]] = {
     # A proposed appointment of appointment-book not recognised as a protocol session (DQ-07).
     "unrecognised-session": {"problem": "text"},
     "measurement": {
-        "measure": "text", "age": "duration", "value": "number:measure", "positive": "bool",
+        "measure": "text", "taken_ago": "duration", "value": "number:measure", "positive": "bool",
         "uln_ratio": "number", "unit": "text",
     },
-    "unreadable": {"measure": "text", "age": "duration", "problem": "text", "partial": "bool",
+    "unreadable": {"measure": "text", "taken_ago": "duration", "problem": "text", "partial": "bool",
                    "in_read_window": "bool"},
     "imprecise": {"rule": "text", "title": "text", "values": "text"},
     "future": {"measure": "text"},
-    # `measure` and `age` when the record is an Observation of a measure with a readable time (MON-10 reads them).
-    "data-issue": {"problem": "text", "measure": "text", "age": "duration"},
+    # `measure` and `taken_ago` when the record is an Observation of a measure with a readable time (MON-10).
+    "data-issue": {"problem": "text", "measure": "text", "taken_ago": "duration"},
     "condition": {
         "valueset": "valueset", "active": "bool", "clinical_status": "text", "onset_ago": "duration",
         "code": "text",
@@ -46,6 +46,10 @@ FACTS: dict[str, dict[str, str]] = {
         "current": "number", "rise": "number", "change_pct": "number",
     },
 }
+
+# Fields renamed, with the fact types they were renamed in: the loader names the new field for the old one.
+# A reading's `age` (hours since it was taken) was confused with the patient's `age` (years).
+RENAMED: dict[str, tuple[str, tuple[str, ...]]] = {"age": ("taken_ago", ("measurement", "unreadable", "data-issue"))}
 
 # Roughly how many facts of a type one request asserts (default 1). Used only to place rules in engine
 # shards so that the numerous types are asserted into as few shards as possible.

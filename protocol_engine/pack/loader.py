@@ -16,7 +16,7 @@ from jinja2.exceptions import TemplateError, TemplateSyntaxError
 from ..core import display
 from ..core.durations import parse_hours
 from ..core.errors import Diagnostic
-from ..core.facts import FACTS
+from ..core.facts import FACTS, RENAMED
 from ..core.model import (
     CATEGORIES,
     HOOKS,
@@ -323,6 +323,13 @@ class RuleParser:
                 continue
             kind = pair_fields.get(name) or fields.get(name)
             if kind is None:
+                renamed = RENAMED.get(str(name))
+                if renamed is not None and fact in renamed[1]:
+                    self.error(yamlsource.key_pos(node, name), "renamed-field",
+                               f"fact '{fact}': '{name}' is now '{renamed[0]}' (hours since the reading was taken; "
+                               f"a patient's age in years is the patient fact's 'age')",
+                               f"write `{renamed[0]}:`", len(str(name)))
+                    continue
                 self.error(yamlsource.key_pos(node, name), "unknown-field",
                            f"fact '{fact}' has no field '{name}'",
                            did_you_mean(str(name), sorted([*fields, *pair_fields])), len(str(name)))
@@ -425,6 +432,7 @@ class RuleParser:
                            f"card needs a '{key}' template")
                 continue
             self._check_template(node, key, names)
+            self._check_renamed(node, key, conjuncts)
             self._check_restated(node, key, str(node[key]))
             self._check_internal(node, key, str(node[key]))
         for item in node.get("override_reasons") or []:
@@ -498,6 +506,16 @@ class RuleParser:
                 continue
             out.append(Variant(str(name), tuple((str(f), v) for f, v in values.items()), str(item["indicator"])))
         return tuple(out)
+
+    def _check_renamed(self, node: Any, key: str, conjuncts: list[Conjunct]) -> None:
+        """A template reading a renamed field of a bound fact (`{{ bp.age }}`) is told the new name."""
+        bound = {p.bind: p.fact for conj in conjuncts for p in conj.positives if p.bind}
+        for old, (new, types) in RENAMED.items():
+            for bind, fact in sorted(bound.items()):
+                if fact in types and re.search(rf"\b{re.escape(bind)}\.{old}\b", str(node[key])):
+                    self.error(yamlsource.value_pos(node, key), "renamed-field",
+                               f"the {key} template reads '{bind}.{old}': the {fact} fact's '{old}' is now "
+                               f"'{new}' (hours since the reading was taken)", f"write `{bind}.{new}`")
 
     def _check_template(self, node: Any, key: str, names: set[str]) -> None:
         pos = yamlsource.value_pos(node, key)

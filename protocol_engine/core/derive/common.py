@@ -12,7 +12,7 @@ from ..model import Fact
 if TYPE_CHECKING:
     from ...pack.protocol import Protocol
 
-_H = 3600.0
+HOUR_S = 3600.0  # seconds in an hour
 
 
 def fmt_time(t: dt.datetime, latest: dt.datetime | None = None) -> str:
@@ -35,9 +35,9 @@ def as_written(x: float) -> str:
     return f"{x:.4f}".rstrip("0").rstrip(".")
 
 
-def age_h(now: dt.datetime, t: dt.datetime) -> float:
+def hours_since(now: dt.datetime, t: dt.datetime) -> float:
     """Hours from `t` to `now` (negative for a time after `now`), to 4 decimals as facts carry them."""
-    return round((now - t).total_seconds() / _H, 4)
+    return round((now - t).total_seconds() / HOUR_S, 4)
 
 
 def span(hours: float) -> str:
@@ -51,9 +51,9 @@ def elapsed_range(fact: Fact, field: str, now: dt.datetime, earliest: dt.datetim
     """A reduced-precision time makes an elapsed time a range: [since the latest, since the earliest instant]."""
     if latest is None or latest == earliest:
         return
-    low = max(age_h(now, latest), 0.0)
+    low = max(hours_since(now, latest), 0.0)
     fact[field] = low
-    fact.setdefault("ranges", {})[field] = [low, age_h(now, earliest)]
+    fact.setdefault("ranges", {})[field] = [low, hours_since(now, earliest)]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..model import Fact
 from ..records import Chart, Concept, DataIssue, MedicationRecord
 from ..valuesets import ValueSetIndex
-from .common import Semantics, age_h, elapsed_range
+from .common import Semantics, elapsed_range, hours_since
 
 if TYPE_CHECKING:
     from ...pack.protocol import Protocol
@@ -80,7 +80,7 @@ class Medicines:
                               "describe": f"{self.index.label(c.code)} ({c.clinical_status or 'status not recorded'}), "
                                           f"{c.ref}"}
                 if c.onset is not None:
-                    fact["onset_ago"] = age_h(now, c.onset)
+                    fact["onset_ago"] = hours_since(now, c.onset)
                     elapsed_range(fact, "onset_ago", now, c.onset, c.onset_latest)
                 yield fact
 

@@ -13,7 +13,7 @@ from .. import display, units
 from ..model import Fact
 from ..records import Chart, Concept, MedicationRecord, OrderIssue, Quantity
 from ..valuesets import ValueSetIndex
-from .common import Semantics, age_h, as_written, fmt_num, fmt_time
+from .common import Semantics, as_written, fmt_num, fmt_time, hours_since
 from .course import Course
 from .medications import Medicines, name_of
 from .readings import Reading, ReadingBuilder
@@ -69,7 +69,7 @@ class Orders:
         weight_spec = self.p.order.get("weight") or {}
         weight = governing.get(weight_spec.get("measure", ""))
         weight_kg = None
-        if weight is not None and age_h(now, weight.time) <= weight_spec["within_h"]:
+        if weight is not None and hours_since(now, weight.time) <= weight_spec["within_h"]:
             weight_kg = weight.values.get("value")
         for order, draft in sources:
             drug = self.medicines.drug_of(order.medication)

@@ -17,7 +17,7 @@ from .. import display, units
 from ..model import Fact, Rule
 from ..records import Chart, Concept, DataIssue, LazyObservation, ObservationRecord, Quantity
 from ..valuesets import ValueSetIndex
-from .common import _H, Semantics, age_h, at_text, elapsed_range, fmt_num, fmt_time
+from .common import HOUR_S, Semantics, at_text, elapsed_range, fmt_num, fmt_time, hours_since
 
 if TYPE_CHECKING:  # the pack's typed declarations; derive reads them, the pack layer builds them
     from ...pack.protocol import Measure, Protocol
@@ -290,8 +290,8 @@ class Measurements:
         for vs in self.index.members(obs.codes, ()):
             for name, _ in self.build.measure_of_vs.get(vs, ()):
                 window = self.read_window.get(name)
-                age = age_h(now, obs.time_latest or obs.time)
-                if age < -self.sem.future_tol_h or (window is not None and age > window):
+                ago = hours_since(now, obs.time_latest or obs.time)
+                if ago < -self.sem.future_tol_h or (window is not None and ago > window):
                     continue
                 m = self.p.measures[name]
                 value = self.build.quote(obs, obs.record)
@@ -356,7 +356,7 @@ class Measurements:
         for r in readings:
             if r.time >= best.time or not r.readable:
                 continue
-            if age_h(now, r.time) > window:  # its earliest instant: certainly inside
+            if hours_since(now, r.time) > window:  # its earliest instant: certainly inside
                 break
             for half in [h for h in missing if h in r.values]:
                 best.values[half] = r.values[half]
@@ -376,12 +376,12 @@ class Measurements:
             best, bad = self.governing(m, readings[name], now)
             if best is not None:
                 governing[name] = best
-                fact = {"t": "measurement", "measure": name, "age": age_h(now, best.time),
+                fact = {"t": "measurement", "measure": name, "taken_ago": hours_since(now, best.time),
                         "at": at_text(best.time, best.latest), "refs": best.refs, "unit": m.unit or "",
                         "describe": self.build.describe_reading(m, best)}
                 if best.borrowed:
                     fact["borrowed"] = self.build.describe_borrowed(m, best)
-                elapsed_range(fact, "age", now, best.time, best.latest)
+                elapsed_range(fact, "taken_ago", now, best.time, best.latest)
                 fact.update(best.values)
                 if best.positive is not None:
                     fact["positive"] = best.positive
@@ -391,17 +391,17 @@ class Measurements:
             if bad is None and best is not None and best.problem:
                 bad = best  # the unreadable half of a pair whose other half is used
             if bad is not None:
-                age = age_h(now, bad.time)
+                ago = hours_since(now, bad.time)
                 window = self.read_window.get(name)
-                fact = {"t": "unreadable", "measure": name, "age": age, "partial": bad.readable,
-                        "in_read_window": window is None or age_h(now, bad.latest or bad.time) <= window,
+                fact = {"t": "unreadable", "measure": name, "taken_ago": ago, "partial": bad.readable,
+                        "in_read_window": window is None or hours_since(now, bad.latest or bad.time) <= window,
                         "at": at_text(bad.time, bad.latest), "refs": bad.refs, "problem": bad.problem,
                         "describe": f"{m.label} of {fmt_time(bad.time, bad.latest)} cannot be interpreted "
                                     f"({bad.problem}), {', '.join(bad.refs)}"}
                 if bad.borrowed:
                     fact["borrowed"] = self.build.describe_borrowed(m, bad)
                     fact["describe"] += f"; {fact['borrowed']}"
-                elapsed_range(fact, "age", now, bad.time, bad.latest)
+                elapsed_range(fact, "taken_ago", now, bad.time, bad.latest)
                 facts.append(fact)
             if name in future:
                 fr = future[name]
@@ -425,12 +425,12 @@ class Measurements:
             if names:
                 found[obs.ref] = {"measure": names[0]}
                 if obs.time is not None:
-                    found[obs.ref]["age"] = age_h(now, obs.time)
+                    found[obs.ref]["taken_ago"] = hours_since(now, obs.time)
         return found
 
 
 def read_windows(rules: Iterable[Rule], shortest: bool = False) -> dict[str, float]:
-    """Per measure, the longest (or `shortest`) `age: {within: ...}` window (hours) of any rule that reads it.
+    """Per measure, the longest (or `shortest`) `taken_ago: {within: ...}` window (hours) of any rule that reads it.
 
     An unreadable reading of a measure matters as far back as some rule would have used it (hCG over
     30 days for CI-15, transaminases over 90 for CI-18c), so the data-quality cards look back that far.
@@ -444,7 +444,7 @@ def read_windows(rules: Iterable[Rule], shortest: bool = False) -> dict[str, flo
                     continue
                 names = [t.value for t in pattern.tests if t.field == "measure" and t.op == "eq"]
                 names += [v for t in pattern.tests if t.field == "measure" and t.op == "in" for v in t.value]
-                hours = [float(t.value) for t in pattern.tests if t.field == "age" and t.op in ("lte", "lt")]
+                hours = [float(t.value) for t in pattern.tests if t.field == "taken_ago" and t.op in ("lte", "lt")]
                 for name in names:
                     if hours:
                         pick = min if shortest else max
@@ -543,7 +543,7 @@ class Readings:
             reading.values[role] = value
         for j in range(idx + 1, len(self.entries)):
             other_when, other_role, other = self.entries[j]
-            if (when - other_when).total_seconds() / _H > self.m.pairing_h:
+            if (when - other_when).total_seconds() / HOUR_S > self.m.pairing_h:
                 break
             if j in self._used or other_role in (role, "panel"):
                 continue
