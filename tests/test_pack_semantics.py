@@ -14,7 +14,7 @@ import pytest
 from protocol_engine.core.anchors import Anchor
 from protocol_engine.core.records import Chart, Concept, LazyObservation, ObservationRecord, Quantity
 from protocol_engine.core.valuesets import SYSTEMS
-from protocol_engine.pack.ruleset import load_pack
+from protocol_engine.pack.packset import load_pack
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC)
