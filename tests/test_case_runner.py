@@ -1,10 +1,20 @@
-"""authoring/testing.py, the rule-case runner: how a case's expectations are compared with the cards."""
+"""authoring/testing.py, the rule-case runner: how a case's expectations are compared with the cards, and how its
+`given` entries name the pack's shared fixtures (authoring/vignette.py)."""
 
 from __future__ import annotations
 
+import shutil
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from protocol_engine.authoring.testing import card_matches
+from protocol_engine.authoring.testing import card_matches, prepare_file
+from protocol_engine.authoring.vignette import load_fixtures, with_fixtures
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(("summary", "problems"), [
@@ -26,3 +36,64 @@ def test_contains_alone_and_exact_fields_are_compared_as_before() -> None:
     assert card_matches(card, {"indicator": "warning"}) == ["indicator: expected 'warning', got 'critical'"]
     assert card_matches(card, {"evidence": ["Observation/bp-2"]}) == [
         "evidence lacks ['Observation/bp-2'] (has ['Observation/bp-1'])"]
+
+
+# -- shared fixtures (`{fixture: NAME}` in `given`, the pack's fixtures.yaml) ---------------------------------
+
+FIXTURES = ROOT / "rules" / "ketamine" / "fixtures.yaml"
+TIM04 = ROOT / "rules" / "ketamine" / "timing" / "TIM-04-maintenance-lapse.test.yaml"
+
+
+def test_a_fixture_stands_for_its_entries_with_the_entry_s_other_keys_added() -> None:
+    fixtures = {"two-doses": [{"administration": "RXNORM#6130 ketamine", "at": "-9d"},
+                              {"administration": "RXNORM#6130 ketamine", "at": "-2d"}]}
+    given = [{"observation": "LOINC#29463-7", "value": "72 kg"}, {"fixture": "two-doses", "route": "IV"}]
+    assert with_fixtures(given, fixtures) == [
+        {"observation": "LOINC#29463-7", "value": "72 kg"},
+        {"administration": "RXNORM#6130 ketamine", "at": "-9d", "route": "IV"},
+        {"administration": "RXNORM#6130 ketamine", "at": "-2d", "route": "IV"}]
+    assert fixtures["two-doses"][0] == {"administration": "RXNORM#6130 ketamine", "at": "-9d"}  # not changed
+    with pytest.raises(KeyError):
+        with_fixtures([{"fixture": "three-doses"}], fixtures)
+
+
+def test_the_shipped_case_files_get_the_induction_course_from_the_fixture(loaded: Any) -> None:
+    fixtures, diags = load_fixtures(FIXTURES.parent)
+    assert diags == [] and [e["at"] for e in fixtures["completed-ketamine-induction"]] == [
+        "-40d", "-38d", "-36d", "-33d", "-31d", "-29d"]
+    cases, diags = prepare_file(TIM04, loaded.packset, loaded.runtimes)
+    assert diags == []
+    booked = next(c for c in cases if "booked 30 days out" in c.name)
+    doses = [g for g in booked.case["given"] if "administration" in g][-7:]  # the file's defaults give others
+    assert [d["at"] for d in doses] == ["-40d", "-38d", "-36d", "-33d", "-31d", "-29d", "-2d"]
+    assert all(d["route"] == "SNOMED#47625008 Intravenous route" and "fixture" not in d for d in doses)
+
+
+def test_an_unknown_fixture_is_a_positioned_error_of_the_test_file(loaded: Any, tmp_path: Path) -> None:
+    shutil.copy(FIXTURES, tmp_path / "fixtures.yaml")
+    packset = replace(loaded.packset, packs=[replace(loaded.packset.packs[0], root=tmp_path)])
+    case_file = tmp_path / "TIM-04.test.yaml"
+    case_file.write_text(textwrap.dedent("""\
+        rule: TIM-04
+        now: "2026-11-21T10:00:00Z"
+        cases:
+          - name: a misspelt fixture
+            given:
+              - {observation: "LOINC#29463-7", value: "72 kg", at: -2d}
+              - {fixture: completed-ketamine-inducton}
+            expect: {fires: [TIM-04]}
+        """))
+    cases, diags = prepare_file(case_file, packset, loaded.runtimes)
+    assert cases == []
+    [diag] = diags
+    assert (diag.code, diag.line, diag.col) == ("unknown-fixture", 7, 9)
+    assert "completed-ketamine-inducton" in diag.message and diag.hint == "did you mean 'completed-ketamine-induction'?"
+    (tmp_path / "fixtures.yaml").unlink()  # no fixtures file at all: the same error, saying none is defined
+    _, [diag] = prepare_file(case_file, packset, loaded.runtimes)
+    assert diag.code == "unknown-fixture" and diag.hint == "defined: none"
+
+
+def test_a_malformed_fixtures_file_is_reported_at_the_fixture(tmp_path: Path) -> None:
+    (tmp_path / "fixtures.yaml").write_text("fixtures:\n  empty: []\n  nested:\n    - {fixture: empty}\n")
+    fixtures, diags = load_fixtures(tmp_path)
+    assert fixtures == {} and [(d.code, d.line) for d in diags] == [("schema", 2), ("schema", 3)]

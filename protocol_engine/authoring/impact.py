@@ -27,7 +27,7 @@ from ..hooks.pipeline import ServiceRuntime, run
 from ..pack import settingspec, yamlsource
 from ..pack.packset import Pack
 from .testing import CASE_KEYS, find_test_files
-from .vignette import build_request, when
+from .vignette import build_request, load_fixtures, merge_case, unknown_fixtures, when
 
 if TYPE_CHECKING:  # the registry's loaded rule set, named for type checking only (authoring never imports runtime)
     from ..runtime.registry import Loaded
@@ -123,13 +123,15 @@ def case_inputs(head: Loaded, now: dt.datetime) -> Iterator[Input]:
             data, diags = yamlsource.load(path)
             if diags or not isinstance(data, dict) or not isinstance(data.get("cases"), list):
                 continue
+            fixtures, fixture_diags = load_fixtures(pack.root)
+            if fixture_diags or unknown_fixtures(path, data, fixtures):
+                continue  # `validate` and `test` report it
             raw = yamlsource.plain(data)
             defaults = raw.get("defaults") or {}
             for i, case in enumerate(raw["cases"]):
                 if not isinstance(case, dict) or "todo" in case or set(case) - CASE_KEYS:
                     continue
-                merged = {**defaults, **case}
-                merged["given"] = list(defaults.get("given") or []) + list(case.get("given") or [])
+                merged = merge_case(defaults, case, fixtures)
                 at = when(case.get("now", raw.get("now")), now)
                 name = f"case {path.name} #{i + 1} \"{case.get('name') or ''}\""
                 yield Input("case", name, _case_request(pack.protocol.name, merged, at), at)

@@ -122,7 +122,8 @@ def _given(items: list[Any]) -> str:
     for item in items or []:
         if not isinstance(item, dict):
             continue
-        kind = next((k for k in ("observation", "condition", "medication", "administration", "allergy", "resource")
+        kind = next((k for k in ("observation", "condition", "medication", "administration", "allergy", "resource",
+                                 "fixture")
                      if k in item), "?")
         what = item.get(kind) if kind != "resource" else (item["resource"] or {}).get("resourceType", "resource")
         extra = []

@@ -17,7 +17,7 @@ from ..hooks.evaluate import Decision
 from ..hooks.pipeline import ServiceRuntime, run
 from ..pack import yamlsource
 from ..pack.packset import RULE_SUFFIX, TEST_SUFFIX, PackSet
-from .vignette import build_request, when
+from .vignette import build_request, load_fixtures, merge_case, unknown_fixtures, when
 
 CASE_KEYS = {"name", "given", "expect", "hook", "patient", "order", "todo", "now", "orders", "selections",
              "appointments", "encounter", "draft_orders", "prefetch"}
@@ -161,6 +161,10 @@ def prepare_file(path: Path, packset: PackSet, runtimes: dict[str, ServiceRuntim
     if pack is None:
         return [], [Diagnostic(str(path), 1, 1, "schema", "test file is not inside a loaded pack")]
     defaults = raw.get("defaults") or {}
+    fixtures, fixture_diags = load_fixtures(pack.root)
+    fixture_diags += unknown_fixtures(path, data, fixtures)
+    if fixture_diags:
+        return [], diags + fixture_diags
     prepared = []
     for i, case in enumerate(raw["cases"]):
         name = str(case.get("name") or case.get("todo") or f"case {i + 1}")
@@ -173,8 +177,7 @@ def prepare_file(path: Path, packset: PackSet, runtimes: dict[str, ServiceRuntim
             diags.append(Diagnostic(str(path), line, col, "unknown-key",
                                     f"case '{name}': unknown keys {sorted(unknown)}"))
             continue
-        merged = {**defaults, **case}
-        merged["given"] = list(defaults.get("given") or []) + list(case.get("given") or [])
+        merged = merge_case(defaults, case, fixtures)
         now = when(case.get("now", raw.get("now")), dt.datetime.now(dt.UTC))
         hook = merged.get("hook", "order-sign")
         service_id = next((sid for sid, r in runtimes.items() if r.pack is pack and r.service.hook == hook), None)

@@ -3,20 +3,30 @@
 `given: [{observation: "LOINC#85354-9", at: -30m, components: ...}]` becomes the Bundles of every prefetch key of
 the service, `order:` its draft order, `appointments:` / `encounter:` the context of those hooks. Used by the rule
 case runner (testing.py), `impact`, the sample patients and the tests' request builders.
+
+Shared fixtures: a `given` entry `{fixture: NAME}` stands for the entries listed under NAME in the pack's
+`fixtures.yaml` (`fixtures: {NAME: [given entries]}`); its other keys are added to each of them
+(`{fixture: completed-ketamine-induction, route: "SNOMED#47625008 Intravenous route"}`). A name the file does not
+define is a compiler-style error of the test file (testing.py), never an empty chart.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+from pathlib import Path
 from typing import Any
 
 from adapters.fhir.prefetch import TEMPLATES
 
 from ..core.durations import parse_hours
+from ..core.errors import Diagnostic
 from ..core.valuesets import parse_code
 from ..hooks.pipeline import ServiceRuntime
+from ..pack import yamlsource
 
 UCUM = "http://unitsofmeasure.org"
+FIXTURES_FILE = "fixtures.yaml"  # beside protocol.yaml: the pack's shared `given` entries
 # Keys of a `given` entry that place a raw `resource` in its Bundle rather than describe it.
 ENTRY_KEYS = ("fullUrl", "mode", "key")
 
@@ -319,3 +329,68 @@ def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) ->
     for key, value in (case.get("prefetch") or {}).items():
         prefetch[key] = value  # raw FHIR (or null) for this key, exactly as written
     return request
+
+
+def load_fixtures(pack_root: Path) -> tuple[dict[str, list[dict[str, Any]]], list[Diagnostic]]:
+    """The pack's shared `given` entries by name (none without a fixtures.yaml), or its positioned errors."""
+    path = pack_root / FIXTURES_FILE
+    if not path.is_file():
+        return {}, []
+    data, diags = yamlsource.load(path)
+    if diags:
+        return {}, diags
+    if not isinstance(data, dict) or not isinstance(data.get("fixtures"), dict):
+        return {}, [Diagnostic(str(path), 1, 1, "schema", "a fixtures file needs 'fixtures: {name: [given entries]}'")]
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name, entries in data["fixtures"].items():
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            line, col = yamlsource.key_pos(data["fixtures"], name)
+            diags.append(Diagnostic(str(path), line, col, "schema",
+                                    f"fixture '{name}' must be a list of given entries"))
+            continue
+        if any("fixture" in e for e in entries):
+            line, col = yamlsource.key_pos(data["fixtures"], name)
+            diags.append(Diagnostic(str(path), line, col, "schema", f"fixture '{name}' names another fixture; "
+                                                                     "list its entries instead"))
+            continue
+        found[str(name)] = yamlsource.plain(entries)
+    return found, diags
+
+
+def with_fixtures(given: list[Any], fixtures: dict[str, list[dict[str, Any]]]) -> list[Any]:
+    """`given` with each `{fixture: NAME, ...}` entry replaced by NAME's entries, its other keys added to each.
+
+    Raises KeyError(NAME) for a fixture the pack does not define (the runner reports it where it is written)."""
+    out: list[Any] = []
+    for item in given:
+        if isinstance(item, dict) and "fixture" in item:
+            extra = {k: v for k, v in item.items() if k != "fixture"}
+            out += [{**entry, **extra} for entry in fixtures[str(item["fixture"])]]
+        else:
+            out.append(item)
+    return out
+
+
+def merge_case(defaults: dict[str, Any], case: dict[str, Any],
+               fixtures: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """A case with its file's `defaults` (its `given` after the defaults' own) and every fixture expanded."""
+    merged = {**defaults, **case}
+    merged["given"] = with_fixtures(list(defaults.get("given") or []) + list(case.get("given") or []), fixtures)
+    return merged
+
+
+def unknown_fixtures(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]]]) -> list[Diagnostic]:
+    """A compiler-style error at each `{fixture: NAME}` of a test file (its YAML nodes) that names no fixture."""
+    seqs = [(data.get("defaults") or {}).get("given")] + [c.get("given") for c in data.get("cases") or []
+                                                          if isinstance(c, dict)]
+    diags = []
+    for seq in seqs:
+        for j, item in enumerate(seq if isinstance(seq, list) else []):
+            if isinstance(item, dict) and "fixture" in item and str(item["fixture"]) not in fixtures:
+                line, col = yamlsource.value_pos(seq, j)
+                close = difflib.get_close_matches(str(item["fixture"]), list(fixtures), n=1, cutoff=0.6)
+                diags.append(Diagnostic(str(path), line, col, "unknown-fixture",
+                                        f"no fixture '{item['fixture']}' in the pack's {FIXTURES_FILE}",
+                                        f"did you mean '{close[0]}'?" if close else
+                                        f"defined: {', '.join(sorted(fixtures)) or 'none'}"))
+    return diags
