@@ -21,6 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from adapters.fhir.allowlist import AllowList
 from adapters.fhir.client import FhirClient, HttpxFhirClient
 from protocol_engine.core.errors import ProtocolEngineError
+from protocol_engine.http import jsonio
 from protocol_engine.http.cds import cds
 from protocol_engine.http.common import outcome
 from protocol_engine.http.demo import demo
@@ -51,8 +52,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json = jsonio.Provider(app)  # orjson where it writes what the standard library writes (http/jsonio.py)
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
 
     registry = Registry(settings.rules, settings.site, settings.clients)
     reload_interval = float(settings.extra.get("reload_interval", 2.0))

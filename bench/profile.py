@@ -6,6 +6,10 @@ model validation, wherever the pipeline asks for it), chart-building glue, deriv
 engine, card rendering and the rest (hook parsing, prefetch resolution). Same-machine, same-process
 figures: compare them with each other (A/B), not with another machine's. `--cprofile` adds the top of
 a cProfile run; `--repeat` uses one patient for every call (what a per-worker cache can make cheaper).
+`--json` compares, interleaved in one process, the standard library and http/jsonio.py (orjson) on the
+same request bodies and responses: parse and encode, the part of a request the stage split leaves out.
+`--http` times the whole request through the Flask app in-process (the test client, no socket): the body
+parse, the view and the response encoding added to the pipeline, what the stage split leaves out.
 """
 
 from __future__ import annotations
@@ -101,6 +105,64 @@ def split(size: int, calls: int, warmup: int, repeat: bool) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rows) for k in COLUMNS}
 
 
+def through_flask(size: int, calls: int, warmup: int, repeat: bool) -> dict[str, float]:
+    """Median ms of a whole order-sign request through the app (test client): wall time and thread CPU."""
+    import tempfile
+
+    from server import create_app
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = create_app({"auth": "disabled", "database_url": f"sqlite:///{tmp}/bench.db", "reload_interval": 0})
+        client = app.test_client()
+        gc.collect()
+        gc.freeze()
+        now = dt.datetime.now(dt.UTC)
+        raws = bodies(size, warmup, 1_000_000, now, False) + bodies(size, calls, 1, now, repeat)
+        walls, cpus = [], []
+        for i, raw in enumerate(raws):
+            t, cpu = time.perf_counter(), time.thread_time()
+            response = client.post("/cds-services/ketamine-order-sign", data=raw, content_type="application/json")
+            wall, cpu = (time.perf_counter() - t) * 1000, (time.thread_time() - cpu) * 1000
+            assert response.status_code == 200, response.status_code
+            if i >= warmup:
+                walls.append(wall)
+                cpus.append(cpu)
+        app.extensions["protocol_engine"]["audit"].flush()
+    return {"http total": statistics.median(walls), "http cpu": statistics.median(cpus)}
+
+
+def json_ab(size: int, calls: int, warmup: int) -> dict[str, float]:
+    """Median ms to parse each distinct body and encode its response: json (as before) against http/jsonio."""
+    from protocol_engine.hooks.pipeline import run
+    from protocol_engine.http import jsonio
+    from protocol_engine.runtime.registry import load
+
+    loaded = load(ROOT / "rules")
+    gc.collect()
+    gc.freeze()
+    now = dt.datetime.now(dt.UTC)
+    raws = bodies(size, warmup + calls, 1, now, False)
+    answers = [{"cards": run(loaded.runtimes, loaded.ruleset.revision, "ketamine-order-sign", json.loads(raw),
+                             now).cards} for raw in raws]
+    flask_like = {"ensure_ascii": False, "sort_keys": False, "separators": (",", ":")}
+    provider = jsonio.Provider.__new__(jsonio.Provider)  # no app: dumps reads only these two
+    provider.sort_keys, provider.ensure_ascii = False, False
+    pairs = {"parse json": lambda i: json.loads(raws[i]), "parse jsonio": lambda i: jsonio.loads(raws[i]),
+             "encode json": lambda i: json.dumps(answers[i], **flask_like),  # type: ignore[arg-type]
+             "encode jsonio": lambda i: provider.dumps(answers[i])}
+    spent: dict[str, list[float]] = {k: [] for k in pairs}
+    for i in range(len(raws)):
+        for name, call in pairs.items():  # interleaved: a drift of the machine hits both alike
+            t = time.thread_time()
+            call(i)
+            if i >= warmup:
+                spent[name].append((time.thread_time() - t) * 1000)
+    out = {k: statistics.median(v) for k, v in spent.items()}
+    out["body kB"] = statistics.median(len(r) for r in raws) / 1000
+    out["response kB"] = statistics.median(len(json.dumps(a)) for a in answers) / 1000
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=20, help="Observations per chart")
@@ -108,7 +170,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--repeat", action="store_true", help="the same patient every call")
     parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--json", action="store_true", help="JSON parse/encode: standard library against jsonio")
+    parser.add_argument("--http", action="store_true", help="the whole request through the Flask app, in-process")
     args = parser.parse_args()
+    if args.json:
+        found = json_ab(args.size, args.calls, args.warmup)
+        print(json.dumps({"size": args.size, "calls": args.calls, **{k: round(v, 3) for k, v in found.items()}}))
+        return
+    if args.http:
+        found = through_flask(args.size, args.calls, args.warmup, args.repeat)
+        print(json.dumps({"size": args.size, "calls": args.calls, "repeat": args.repeat,
+                          **{k: round(v, 3) for k, v in found.items()}}))
+        return
     result = split(args.size, args.calls, args.warmup, args.repeat)
     print(json.dumps({"size": args.size, "calls": args.calls, "repeat": args.repeat,
                       **{k: round(v, 3) for k, v in result.items()}}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, cast
 
@@ -18,6 +17,7 @@ from ..runtime.config import Settings
 from ..runtime.outcome import operation_outcome
 from ..runtime.registry import Loaded, Registry
 from ..runtime.store import Store
+from . import jsonio
 
 log = logging.getLogger("protocol_engine.http")
 JSON_TYPES = ("application/json", "application/fhir+json")
@@ -52,7 +52,7 @@ def body() -> Any:
         raise Unsupported()
     raw = _raw_body()
     try:
-        return json.loads(raw)
+        return jsonio.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise BadRequest("the body is not valid JSON", "body") from exc
 
