@@ -142,7 +142,7 @@ def json_ab(size: int, calls: int, warmup: int) -> dict[str, float]:
     gc.freeze()
     now = dt.datetime.now(dt.UTC)
     raws = bodies(size, warmup + calls, 1, now, False)
-    answers = [{"cards": run(loaded.runtimes, loaded.ruleset.revision, "ketamine-order-sign", json.loads(raw),
+    answers = [{"cards": run(loaded.runtimes, loaded.packset.revision, "ketamine-order-sign", json.loads(raw),
                              now).cards} for raw in raws]
     flask_like = {"ensure_ascii": False, "sort_keys": False, "separators": (",", ":")}
     provider = jsonio.Provider.__new__(jsonio.Provider)  # no app: dumps reads only these two

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -17,3 +18,13 @@ def test_benchmark_smoke_runs_and_prints_a_table() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "| row | body | JSON floor |" in out and "HTTP p99" in out and "req/s" in out and "worker RSS" in out
+
+
+@pytest.mark.parametrize("mode", [[], ["--json"], ["--http"]], ids=["split", "json", "http"])
+def test_profile_modes_run_and_print_their_figures(mode: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.profile", "--calls", "3", "--warmup", "1", *mode],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    wanted = {"": "validation", "--json": "parse jsonio", "--http": "http cpu"}["".join(mode)]
+    assert figures[wanted] > 0, figures
