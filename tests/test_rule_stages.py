@@ -70,3 +70,21 @@ def test_the_engine_holds_the_rule_on_a_high_systolic_only(loaded: Any) -> None:
     assert held(bp(152, 80), ketamine) == ["CI-06"]
     assert held(bp(120, 80), ketamine) == []
     assert held(bp(152, 80), {**ketamine, "drug": "sertraline"}) == []  # outside the rule's drug scope
+
+
+def test_a_misspelt_setting_and_a_template_variable_no_fact_gives_are_each_positioned_errors(
+        loaded: Any, tmp_path: Path) -> None:
+    broken = tmp_path / CI06.name
+    text = CI06.read_text()
+    text = text.replace("systolic: {gt: $systolic_limit}", "systolic: {gt: $systolic_limt}", 1)
+    text = text.replace("taken {{ bp.at|time }}", "taken {{ reading.at|time }}", 1)
+    broken.write_text(text)
+    lines = broken.read_text().splitlines()
+    rule, diags = parse(loaded, broken)
+    assert rule is None
+    by_code = {d.code: d for d in diags}
+    setting = by_code["unknown-setting"]
+    assert "systolic_limt" in lines[setting.line - 1] and "systolic_limit" in (setting.hint or setting.message)
+    template = by_code["template-undefined-var"]
+    assert "reading" in template.message and template.line > setting.line
+    assert all(d.render().startswith(f"{broken}:{d.line}:{d.col}: error[") for d in (setting, template))
