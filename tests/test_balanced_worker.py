@@ -137,3 +137,56 @@ def test_connections_a_stalled_worker_missed_are_shared_with_it_once_it_is_back(
             conn.close()
     finally:
         server.close()
+
+
+# -- the hand-over rule on its own (no server): which request's connection is closed ---------------------------
+
+
+@pytest.fixture()
+def worker() -> Any:
+    """A BalancedThreadWorker's state without gunicorn around it, in slot 0 of the shared table; sibling rows
+    are written by the test and every row is cleared afterwards."""
+    import threading
+
+    from protocol_engine.runtime import balanced_worker as bw
+
+    me = bw.BalancedThreadWorker.__new__(bw.BalancedThreadWorker)
+    me.pid, me.alive, me.nr_conns, me._balancing = os.getpid(), True, 0, True
+    me._slot, me._last_shed, me._shed_lock = 0, 0.0, threading.Lock()
+    yield me
+    for i in range(bw.SLOTS):
+        bw._SLOT.pack_into(bw._TABLE, i * bw._SLOT.size, 0, 0, 0.0)
+
+
+def _sibling(slot: int, conns: int, beat_age: float = 0.0) -> None:
+    from protocol_engine.runtime import balanced_worker as bw
+
+    # a live process that is not us: the test runner's parent
+    bw._SLOT.pack_into(bw._TABLE, slot * bw._SLOT.size, os.getppid(), conns, time.monotonic() - beat_age)
+
+
+def test_a_worker_hands_over_only_when_it_holds_two_more_than_a_live_sibling(worker: Any) -> None:
+    _sibling(1, 3)
+    worker.nr_conns = 4
+    assert not worker._hand_over()  # 4 against 3: as even as 7 connections can be
+    worker.nr_conns = 5
+    assert worker._hand_over()  # 5 against 3: one goes
+    assert not worker._hand_over()  # and not a second one before the sibling's count can have caught up
+    worker._last_shed -= 1.0
+    assert worker._hand_over()
+
+
+def test_no_hand_over_to_a_stale_sibling_when_alone_or_stopping(worker: Any) -> None:
+    from protocol_engine.runtime import balanced_worker as bw
+
+    worker.nr_conns = 8
+    assert not worker._hand_over()  # no sibling at all
+    _sibling(1, 0, beat_age=bw.STALE_S + 1)
+    assert not worker._hand_over()  # a sibling that has not beaten lately would not take the connection
+    _sibling(1, 0)
+    worker.alive = False
+    assert not worker._hand_over()  # a stopping worker closes its connections anyway
+    worker.alive, worker._balancing = True, False
+    assert not worker._hand_over()  # reuse_port: the kernel balances
+    worker._balancing = True
+    assert worker._hand_over()
