@@ -20,6 +20,7 @@ The standard library stays the reference: orjson is used only where its answer i
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -49,4 +50,15 @@ class Provider(DefaultJSONProvider):
                 return orjson.dumps(obj, default=self.default, option=_PASS).decode()
             except TypeError:  # orjson.JSONEncodeError is a TypeError
                 pass
-        return super().dumps(obj, **kwargs)
+        return super().dumps(_finite(obj), **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    """The value with NaN and infinite floats as None, so the standard library's fallback writes null as orjson does."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
