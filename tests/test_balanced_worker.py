@@ -81,6 +81,7 @@ def _spread_becomes_even(server: Gunicorn, conns: list[http.client.HTTPConnectio
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a gunicorn start and three rounds of 72 order-sign calls: minutes on a busy CI runner
 def test_eight_connections_spread_four_and_four_right_after_sixty_four_were_dropped_mid_request(
         tmp_path: Path) -> None:
     bodies = _bodies(16)
@@ -116,6 +117,7 @@ def test_eight_connections_spread_four_and_four_right_after_sixty_four_were_drop
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)  # a gunicorn start on a busy CI runner
 def test_connections_a_stalled_worker_missed_are_shared_with_it_once_it_is_back(tmp_path: Path) -> None:
     """A worker that stops beating (stalled, here stopped) is passed over; back, it gets its half again."""
     bodies = _bodies(8)
