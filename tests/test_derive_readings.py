@@ -85,7 +85,7 @@ def test_standalone_halves_within_the_pairing_window_are_one_reading(loaded: Any
 
 
 def test_the_builder_converts_and_refuses_units(loaded: Any) -> None:
-    build = deriver(loaded).readings
+    build = deriver(loaded).reading_builder
     weight = build.p.measures["weight"]
     assert build.convert(weight, Quantity(2000, "g")) == (2.0, "")
     assert build.convert(weight, Quantity(70, None)) == (None, "unit missing")

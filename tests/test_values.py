@@ -129,7 +129,7 @@ def test_measure_units_convert(measure: str, unit: str, value: float, expected: 
 
     packset, _ = _loaded()
     deriver = packset.packs[0].deriver
-    converted, problem = deriver.readings.convert(deriver.p.measures[measure], Quantity(value, unit))
+    converted, problem = deriver.reading_builder.convert(deriver.p.measures[measure], Quantity(value, unit))
     assert problem == "" and converted is not None and round(converted, 3) == expected
 
 
@@ -140,7 +140,7 @@ def test_unknown_units_are_not_guessed(unit: str | None, problem: str) -> None:
 
     packset, _ = _loaded()
     deriver = packset.packs[0].deriver
-    converted, why = deriver.readings.convert(deriver.p.measures["alt"], Quantity(300, unit))
+    converted, why = deriver.reading_builder.convert(deriver.p.measures["alt"], Quantity(300, unit))
     assert converted is None and problem in why
 
 
@@ -152,9 +152,9 @@ def test_hcg_spellings_reach_the_quantitative_threshold() -> None:
     deriver = packset.packs[0].deriver
     hcg = deriver.p.measures["hcg"]
     for unit in ("mIU/mL", "m[IU]/mL", "mIU/ml", "IU/L", "[IU]/L"):
-        assert deriver.readings.presence(hcg, Quantity(30, unit), None) is True, unit
-        assert deriver.readings.presence(hcg, Quantity(20, unit), None) is False, unit
-    assert deriver.readings.presence(hcg, Quantity(30, "mIU/dose"), None) is None
+        assert deriver.reading_builder.presence(hcg, Quantity(30, unit), None) is True, unit
+        assert deriver.reading_builder.presence(hcg, Quantity(20, unit), None) is False, unit
+    assert deriver.reading_builder.presence(hcg, Quantity(30, "mIU/dose"), None) is None
 
 
 def test_the_unit_table_lives_in_the_protocol_file() -> None:

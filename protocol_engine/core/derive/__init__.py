@@ -48,11 +48,11 @@ class Deriver:
         self.p = protocol
         self.index = index
         self.semantics = Semantics.of(protocol)
-        self.readings = ReadingBuilder(protocol, index)
-        self.measurements = Measurements(self.readings, self.semantics, rules)
+        self.reading_builder = ReadingBuilder(protocol, index)
+        self.measurements = Measurements(self.reading_builder, self.semantics, rules)
         self.medicines = Medicines(protocol, index, self.semantics)
         self.courses = Courses(protocol, self.medicines, self.semantics)
-        self.orders = Orders(protocol, index, self.semantics, self.medicines, self.readings)
+        self.orders = Orders(protocol, index, self.semantics, self.medicines, self.reading_builder)
 
     def drug_of(self, concept: Concept) -> str | None:
         """The protocol drug of a medication (medications.Medicines.drug_of)."""
