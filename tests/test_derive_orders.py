@@ -13,6 +13,7 @@ from typing import Any
 from hl7_examples import NOW, chart_of, deriver, example
 
 from protocol_engine.core.derive.course import Course
+from protocol_engine.core.derive.readings import Reading
 from protocol_engine.core.records import Chart, Concept, MedicationRecord, Quantity
 from protocol_engine.core.valuesets import SYSTEMS
 
@@ -31,9 +32,8 @@ def as_draft(resource: dict[str, Any]) -> Chart:
 
 def order_facts(loaded: Any, chart: Chart, weight_kg: float | None = None) -> list[dict[str, Any]]:
     d = deriver(loaded)
-    governing = {}
+    governing: dict[str, Reading] = {}
     if weight_kg is not None:
-        from protocol_engine.core.derive.readings import Reading
         governing["weight"] = Reading("weight", NOW - dt.timedelta(days=1), ["Observation/w"], {"value": weight_kg})
     course = Course.of(d.p.course, [], NOW)
     out: list[dict[str, Any]] = d.orders.facts(chart, "order-sign", governing, course, NOW)
