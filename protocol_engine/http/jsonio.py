@@ -13,9 +13,8 @@ The standard library stays the reference: orjson is used only where its answer i
 - Encoding (Flask's JSON provider): compact, keys in insertion order, non-ASCII as UTF-8, as the app's
   settings ask of the standard library. Values orjson does not encode itself as Flask does (dates, dataclasses,
   str/int subclasses) go through Flask's own default; anything orjson refuses (non-string keys, integers beyond
-  64 bits) is encoded by the standard library, as before. One difference, on purpose: where orjson writes the
-  document, a NaN or infinite float is written as null (valid JSON), where the standard library writes NaN
-  (not JSON).
+  64 bits) is encoded by the standard library. One difference, on purpose: a NaN or infinite float is written
+  as null (valid JSON) either way, where the standard library alone wrote NaN (not JSON).
 """
 
 from __future__ import annotations
