@@ -113,3 +113,5 @@ def test_an_offline_gather_reads_the_prefetch_alone(loaded: Any) -> None:
     prepared = prepare(loaded.runtimes[SIGN], body_without((), None))
     result = gather(prepared, None, CAPTURED_AT)  # the offline callers' way: no client, no deadline
     assert result is not None and set(result.sources.values()) == {"prefetch"}
+    with pytest.raises(ValueError, match="deadline"):  # a client is only ever used within a deadline
+        gather(prepared, HttpxFhirClient(), CAPTURED_AT)

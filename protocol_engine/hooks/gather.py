@@ -37,6 +37,8 @@ def gather(prepared: Prepared, client: FhirClient | None, now: dt.datetime, fhir
     """
     if prepared.skipped is not None:
         return None
+    if client is not None and math.isinf(deadline):
+        raise ValueError("gather() with a FHIR client needs the call's deadline")  # a fetch is never unbounded
     rt, request, timings = prepared.runtime, prepared.request, prepared.timings
     pack = rt.pack
     t = time.perf_counter()
