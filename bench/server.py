@@ -9,9 +9,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -126,6 +127,14 @@ class Gunicorn:
                 pass
             out[pid] = count
         return out
+
+    def close_and_wait_idle(self, conns: Iterable[Any], within_s: float = 30.0) -> None:
+        """Close the client connections, then wait until no worker holds one (so the next step starts even)."""
+        for conn in conns:
+            conn.close()
+        deadline = time.monotonic() + within_s
+        while any(self.connections_per_worker().values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     @staticmethod
     def cpu_seconds(pid: int) -> float:

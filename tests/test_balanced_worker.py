@@ -107,11 +107,7 @@ def test_eight_connections_spread_four_and_four_right_after_sixty_four_were_drop
                 for i, conn in enumerate(few):
                     _use(conn, bodies[i])
             assert sorted(server.connections_per_worker().values()) == [4, 4]
-            for conn in few:
-                conn.close()
-            deadline = time.monotonic() + 30
-            while any(server.connections_per_worker().values()) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            server.close_and_wait_idle(few)
     finally:
         server.close()
 

@@ -271,11 +271,7 @@ def test_eight_keep_alive_connections_land_four_on_each_of_two_workers(tmp_path:
             time.sleep(0.2)
             spread = server.connections_per_worker()
             assert sorted(spread.values()) == [4, 4], spread
-            for conn in conns:
-                conn.close()
-            deadline = time.monotonic() + 30
-            while any(server.connections_per_worker().values()) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            server.close_and_wait_idle(conns)
     finally:
         server.close()
 
