@@ -77,7 +77,7 @@ def sample_request(name: str, hook: str, now: dt.datetime | None = None,
 def bundle_request(bundle: dict[str, Any], name: str, hook: str, now: dt.datetime | None = None,
                    prefetch_keys: dict[str, str] | None = None) -> dict[str, Any] | None:
     """A CDS Hooks request from a chart Bundle (a Patient, its records and, for order hooks, a draft
-    MedicationRequest), built by vignette.hook_request; None when the Bundle has no Patient, or no draft order for
+    MedicationRequest), built by vignette.request_body; None when the Bundle has no Patient, or no draft order for
     an order hook. Prefetch keys (key -> resource type) are filled by resource type."""
     resources = [e["resource"] for e in bundle.get("entry") or [] if isinstance(e, dict) and
                  isinstance(e.get("resource"), dict)]
@@ -87,8 +87,8 @@ def bundle_request(bundle: dict[str, Any], name: str, hook: str, now: dt.datetim
     if patient is None or (draft is None and hook in ("order-select", "order-sign")):
         return None
     chart = [r for r in resources if r is not draft and r.get("resourceType") != "Patient"]
-    from .vignette import DEFAULT_SESSION, hook_request
+    from .vignette import DEFAULT_SESSION, request_body
 
-    return hook_request(hook, f"demo-{name}-{hook}", patient["id"], patient, [draft] if draft else [], chart,
+    return request_body(hook, f"demo-{name}-{hook}", patient["id"], patient, [draft] if draft else [], chart,
                         prefetch_keys or {}, now, "demo",
                         appointments=[{**DEFAULT_SESSION, "start": "+7d"}] if hook == "appointment-book" else None)

@@ -257,7 +257,7 @@ def hook_context(hook: str, patient_id: str, drafts: list[dict[str, Any]], selec
     return context, active
 
 
-def hook_request(hook: str, hook_instance: str, patient_id: str, patient: dict[str, Any] | None,
+def request_body(hook: str, hook_instance: str, patient_id: str, patient: dict[str, Any] | None,
                  drafts: list[dict[str, Any]], chart: list[dict[str, Any]], resource_types: dict[str, str],
                  now: dt.datetime | None, label: str, selections: list[str] | None = None,
                  appointments: list[dict[str, Any]] | None = None, encounter_spec: dict[str, Any] | None = None,
@@ -315,7 +315,7 @@ def build_request(case: dict[str, Any], rt: ServiceRuntime, now: dt.datetime) ->
     if orders is None:
         orders = [case["order"]] if case.get("order") else []
     draft = [medication_request(o, f"draft-{i}", patient_id, now, "draft") for i, o in enumerate(orders)]
-    request = hook_request(hook, f"test-{hook}", patient_id, patient, draft, resources, rt.resource_types(), now,
+    request = request_body(hook, f"test-{hook}", patient_id, patient, draft, resources, rt.resource_types(), now,
                            "test", case.get("selections"), case.get("appointments"), case.get("encounter"),
                            placement)
     context, prefetch = request["context"], request["prefetch"]

@@ -47,7 +47,10 @@ def gather(prepared: Prepared, client: FhirClient | None, now: dt.datetime, fhir
     t = time.perf_counter()
     payloads = list(resolved.payloads.values())
     draft, orders = prepared.draft, prepared.orders
-    meds = normalise.medication_index(payloads, draft, request.fhir_server)
+    meds = prepared.meds  # built once by prepare() from the draft orders (order hooks); the prefetch's added here
+    if meds is None:
+        meds = normalise.medication_index([], draft, request.fhir_server)
+    meds.add_payloads(payloads)  # after the draft orders', as medication_index(payloads, draft) adds them
     wanted = normalise.references_to_fetch(payloads, draft, meds)
     medications = None
     if wanted:  # Medications no Bundle of the request holds: read from fhirServer, within the same deadline

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.fhir import hook_request, normalise
 from adapters.fhir.hook_request import HookRequest
+from adapters.fhir.medications import MedicationIndex
 
 from ..core.anchors import Anchor
 from ..core.records import Chart, DataIssue
@@ -38,6 +39,7 @@ class Prepared:
     booking_issues: list[DataIssue] = field(default_factory=list)
     booking_foreign: list[DataIssue] = field(default_factory=list)  # another patient's proposed Appointments
     unrecognised: list[DataIssue] = field(default_factory=list)  # proposed, but not a session (DQ-07)
+    meds: MedicationIndex | None = None  # the draft orders' Medications, built once; gather() adds the prefetch's
     skipped: str | None = None  # why nothing needs evaluating: the answer is [] without a fetch
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -56,8 +58,9 @@ def prepare(runtime: ServiceRuntime, body: Any) -> Prepared:
         prepared.draft = request.context.get("draftOrders")
         if service.hook == "order-select":
             prepared.selections = request.context.get("selections")
+        prepared.meds = normalise.medication_index([], prepared.draft, request.fhir_server)
         prepared.orders = normalise.to_chart([], prepared.draft, prepared.selections, patient_id=request.patient_id,
-                                             meds=normalise.medication_index([], prepared.draft, request.fhir_server))
+                                             meds=prepared.meds)
         # Answer [] early only when every draft order in scope was identified as not a protocol drug.
         if not pack.deriver.order_in_scope(prepared.orders):
             prepared.skipped = "every draft order in scope identified; none is of this protocol's drugs"
