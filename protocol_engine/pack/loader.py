@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import re
 from collections.abc import Mapping
 from itertools import product
@@ -39,6 +38,7 @@ from . import restated, settingspec, yamlsource
 from .internal import INTERNAL  # noqa: F401  (re-exported: tests read clinician text with it)
 from .internal import pattern as internal_pattern
 from .protocol import Protocol
+from .shape import did_you_mean
 
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 PLAIN_KEYS = ("when", "then")
@@ -49,11 +49,6 @@ OPS = {"eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "within", "older_th
 PATTERN_META = {"fact", "as"}
 MAX_CONJUNCTS = 64
 SINGLE_FACTS = ("patient", "order", "course", "score")  # one per request
-
-
-def did_you_mean(word: str, choices: list[str]) -> str | None:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
 
 
 class RuleParser:

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 
 from ..core.derive import Deriver
 from ..core.errors import Diagnostic
-from ..core.model import HOOKS, Rule
+from ..core.model import Rule
 from ..core.valuesets import ValueSet, ValueSetIndex, parse_code
 from . import yamlsource
 from .internal import RULE_FILE_ID
-from .loader import did_you_mean, parse_rule
+from .loader import parse_rule
 from .protocol import Protocol, Service, load_protocol
+from .shape import did_you_mean
 
 if TYPE_CHECKING:
     from .site import Site
@@ -121,12 +122,9 @@ def load_pack(root: Path, site: Site | None = None) -> tuple[Pack | None, list[D
         return None, diags, files
     names = {v.name for v in valuesets}
     for needed in sorted(protocol.valuesets_used() - names):
-        diags.append(Diagnostic(protocol.path, 1, 1, "unknown-valueset",
+        diags.append(Diagnostic(protocol.path, *protocol.valueset_pos.get(needed, (1, 1)), "unknown-valueset",
                                 f"protocol.yaml uses value set '{needed}', which is not defined",
                                 did_you_mean(needed, sorted(names))))
-    for svc in protocol.services:
-        if svc.hook not in HOOKS:
-            diags.append(Diagnostic(protocol.path, 1, 1, "unknown-hook", f"service {svc.id}: hook '{svc.hook}'"))
     rules: list[Rule] = []
     seen: dict[str, str] = {}
     attempted: set[str] = set()  # ids of files with errors: no second, cascading error about them

@@ -12,7 +12,7 @@ from ..core.derive.course import CourseSpec
 from ..core.durations import parse_hours
 from ..core.errors import Diagnostic
 from ..core.model import Setting
-from . import settingspec, yamlsource
+from . import settingspec, shape, yamlsource
 from .course_spec import parse_course
 from .internal import pattern as internal_pattern
 
@@ -141,7 +141,8 @@ def _order_and_scores(data: Any, raw: dict[str, Any], measures: dict[str, Measur
     weight = order.get("weight")
     if weight is not None:
         node = data["order"]["weight"]
-        if not isinstance(weight, dict) or weight.get("measure") not in measures:
+        if not isinstance(weight, dict) or not isinstance(weight.get("measure"), str) or (
+                weight["measure"] not in measures):
             diags.append(Diagnostic(where, *yamlsource.value_pos(data["order"], "weight"), "schema",
                                     "order.weight needs 'measure' (one of the pack's measures) and 'within'",
                                     hint="for example `weight: {measure: weight, within: 30d}`"))
@@ -152,7 +153,7 @@ def _order_and_scores(data: Any, raw: dict[str, Any], measures: dict[str, Measur
     if scores:
         node = data["scores"]
         instruments = scores.get("instruments")
-        if not isinstance(instruments, list) or any(i not in measures for i in instruments):
+        if not isinstance(instruments, list) or any(not isinstance(i, str) or i not in measures for i in instruments):
             diags.append(Diagnostic(where, *yamlsource.node_pos(node), "schema",
                                     "scores.instruments is a list of the pack's measures (like [phq9, madrs])"))
         scores["baseline_window_h"] = _window(node, "baseline_window", "scores", where, diags)
@@ -187,6 +188,8 @@ class Protocol:
     route_labels: dict[str, str] = field(default_factory=dict)  # route -> as clinicians write it (IV, IM)
     # drug -> the words naming it in a source's title (its name, brand names): which drug a citation is about.
     drug_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # value set name -> where protocol.yaml first names it (line, column): the pack loader's unknown-valueset error
+    valueset_pos: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def valuesets_used(self) -> set[str]:
         names = set(self.drugs.values()) | set(self.routes.values()) | set(self.presence.get("valuesets", []))
@@ -239,7 +242,13 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
     data, diags = yamlsource.load(path)
     if diags:
         return None, diags
-    where = str(path)
+    return protocol_from_tree(data, str(path), site)
+
+
+def protocol_from_tree(data: Any, where: str, site: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None,
+                       ) -> tuple[Protocol | None, list[Diagnostic]]:
+    """The Protocol of a parsed protocol.yaml (`where` names it in diagnostics); the tree is changed in place."""
+    diags: list[Diagnostic] = []
     if not isinstance(data, dict):
         return None, [Diagnostic(where, 1, 1, "schema", "protocol.yaml must be a mapping")]
     for key in ("protocol", "version", "services", "measures", "drugs"):
@@ -257,6 +266,9 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
         labels = []
     raw = _unwrap(data, raw, "", where, (site or {}).get(str(raw["protocol"])) or {}, settings, diags,
                   internal_pattern(labels))
+    found = shape.check(data, where)  # below, every section and entry is of the type it is read as
+    if found:
+        return None, diags + found + _semantics(data, raw.get("semantics"), where)[1]
     measures: dict[str, Measure] = {}
     for name, spec in (raw.get("measures") or {}).items():
         kind = spec.get("kind", "quantity")
@@ -273,7 +285,7 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
             valueset=spec.get("valueset"),
             unit=spec.get("unit"),
             aliases=dict(spec.get("aliases") or {}),
-            worse=spec.get("worse", "higher"),
+            worse=spec["worse"],  # required (shape.py): no default a second pack would inherit
             first=(spec["first"]["field"], spec["first"]["valueset"]) if "first" in spec else None,
             second=(spec["second"]["field"], spec["second"]["valueset"]) if "second" in spec else None,
             panel=spec.get("panel"),
@@ -339,7 +351,7 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
         order=order,
         scores=scores,
         presence=raw.get("presence") or {},
-        fetch={k: _window(data["fetch"], k, "fetch", where, diags) or 0.0 for k in (raw.get("fetch") or {})},
+        fetch={k: _window(data["fetch"], k, "fetch", where, diags) or 0.0 for k in raw["fetch"]},
         services=services,
         settings=settings,
         units={str(k): str(v) for k, v in (raw.get("units") or {}).items()},
@@ -353,8 +365,35 @@ def load_protocol(path: Path, site: Mapping[str, Mapping[str, tuple[Any, str]]] 
         drug_names={k: (str(k), *(str(n) for n in (v.get("names") or []))) for k, v in (raw.get("drugs") or {}).items()
                     if isinstance(v, dict)},
     )
+    protocol.valueset_pos = _valueset_positions(data)
     diags.extend(_check_defaults(data, protocol, where))
     return (None if diags else protocol), diags
+
+
+def _valueset_positions(data: Any) -> dict[str, tuple[int, int]]:
+    """Each value set name protocol.yaml uses -> the line and column of its first use (a shape-checked tree)."""
+    out: dict[str, tuple[int, int]] = {}
+
+    def note(node: Any, key: Any) -> None:
+        value = node.get(key) if isinstance(node, dict) else node[key]
+        if isinstance(value, str):
+            out.setdefault(value, yamlsource.value_pos(node, key))
+
+    for section in ("drugs", "routes"):
+        for entry in (data.get(section) or {}).values():
+            note(entry, "valueset")
+    for spec in data["measures"].values():
+        for key in ("valueset", "panel"):
+            note(spec, key)
+        for half in ("first", "second"):
+            if isinstance(spec.get(half), dict):
+                note(spec[half], "valueset")
+    names = (data.get("presence") or {}).get("valuesets") or []
+    for i in range(len(names)):
+        note(names, i)
+    for svc in data["services"]:
+        note(svc, "sessions")
+    return out
 
 
 def _plain_values(node: Any) -> Any:

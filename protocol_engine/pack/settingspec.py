@@ -95,7 +95,7 @@ def parse(where: str, parent: Any, name: str, internal: re.Pattern[str] | None =
     def err(at: tuple[int, int], code: str, message: str, hint: str | None = None, length: int = 1) -> None:
         diags.append(Diagnostic(where, at[0], at[1], code, message, hint, length=length))
 
-    from .loader import did_you_mean
+    from .shape import did_you_mean
 
     for key in node:
         if key not in SETTING_KEYS:

@@ -29,8 +29,8 @@ from ..core import units
 from ..core.errors import Diagnostic
 from ..core.model import Setting
 from . import settingspec, yamlsource
-from .loader import did_you_mean
 from .packset import PackSet
+from .shape import did_you_mean
 
 TOP_KEYS = ("site", "rules", "protocols")
 VALUE_KEYS = ("value", "unit", "source")
