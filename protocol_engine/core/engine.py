@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,8 +67,7 @@ def compile_service(rules: list[Rule]) -> CompiledRules:
         for group in plan_shards(rules):
             types = fact_types_read(group)
             shard = Shard(f"rs{next(_HOSTS)}", types)
-            shard.handle = durable.create_ruleset(shard.name, json.dumps(compile_rules(group, types),
-                                                                         ensure_ascii=False))
+            shard.handle = durable.create_ruleset(shard.name, _encode(compile_rules(group, types)))
             shards.append(shard)
     return CompiledRules(shards, {r.id: r for r in rules}, fact_types_read(rules))
 
@@ -118,7 +119,7 @@ def evaluate(compiled: CompiledRules, facts: list[Fact]) -> list[Finding]:
     with _LOCK:
         sid = str(next(_SESSION))
         # Each fact is serialised once; a shard's batch is the join of the facts of its types.
-        encoded = {n: (f["t"], json.dumps(_for_engine(f, sid), ensure_ascii=False)) for n, f in by_n.items()}
+        encoded = {n: (f["t"], _encode(_for_engine(f, sid))) for n, f in by_n.items()}
         go = json.dumps({"t": GO, "sid": sid})
         for shard in compiled.shards:
             wanted = [text for kind, text in encoded.values() if kind in shard.fact_types]
@@ -172,6 +173,8 @@ def _run(shard: Shard, result: tuple[int, int], fired: list[dict[str, Any]]) -> 
     session state passed back unchanged: no action here writes state.
     """
     code, state_handle = result
+    if code == 0 and state_handle == 0:  # what durable's C parser answers for a batch it could not read
+        raise EngineError(f"{shard.name} could not read the asserted facts")
     if code == _NOT_HANDLED:
         raise EngineError(f"a fact matched no rule of {shard.name} (compiler catch-alls missing)")
     if code == _OBSERVED:
@@ -187,6 +190,35 @@ def _run(shard: Shard, result: tuple[int, int], fired: list[dict[str, Any]]) -> 
             fired.append(json.loads(message))
         durable.update_state(shard.handle, state)
         message = durable.complete_and_start_action(shard.handle, state_handle)
+
+
+def _encode(fact: dict[str, Any]) -> str:
+    """The fact as JSON durable's C parser reads as Python does.
+
+    Its number grammar needs a fraction before an exponent: Python writes 0.00001 as `1e-05`, which the
+    parser refuses; inside a batch it then drops that fact and the ones after it without an error, and
+    the next call into the engine crashed the worker (SIGSEGV, issue 20 probe: a weight of 0.00001 kg).
+    Such numbers are rare (below 1e-4 or from 1e16), so the common path stays json.dumps.
+    """
+    text = json.dumps(fact, ensure_ascii=False)
+    return _plain(fact) if _UNREADABLE_NUMBER.search(text) else text
+
+
+_UNREADABLE_NUMBER = re.compile(r"\d[eE][-+]?\d|NaN|Infinity")
+
+
+def _plain(value: Any) -> str:
+    """JSON with every float written with a fraction before its exponent (1.0e-05); NaN and infinities as null."""
+    if isinstance(value, dict):
+        return "{" + ",".join(json.dumps(str(k), ensure_ascii=False) + ":" + _plain(v) for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_plain(v) for v in value) + "]"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "null"
+        mantissa, e, exponent = repr(value).partition("e")
+        return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else repr(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _for_engine(fact: Fact, sid: str) -> dict[str, Any]:
