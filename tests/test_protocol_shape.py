@@ -173,3 +173,18 @@ def test_a_misspelt_section_gets_a_suggestion(tmp_path: Path) -> None:
     assert found == ["64:1: unknown-key: protocol.yaml: 'route' is not one of protocol, version, title, semantics, "
                      "defaults, internal_labels, display_units, drugs, routes, measures, units, presence, course, "
                      "order, scores, fetch, services | did you mean 'routes'?"]
+
+
+def test_a_running_service_keeps_its_rules_when_protocol_yaml_breaks(tmp_path: Path) -> None:
+    """The reload path: the bad drug entry is a rejected reload with its positioned error, not a failed one."""
+    from protocol_engine.runtime.registry import Registry
+
+    pack = tmp_path / "rules" / "ketamine"
+    shutil.copytree(KETAMINE, pack)
+    registry = Registry(tmp_path / "rules")
+    revision = registry.current.packset.revision
+    protocol = pack / "protocol.yaml"
+    protocol.write_text(protocol.read_text().replace(KETAMINE_DRUG, KETAMINE_DRUG + "  other: lithium\n", 1))
+    assert registry.reload() is False
+    assert registry.current.packset.revision == revision
+    assert [(d.line, d.col, d.code) for d in registry.last_errors] == [(63, 10, "schema")]
