@@ -97,3 +97,62 @@ def test_a_malformed_fixtures_file_is_reported_at_the_fixture(tmp_path: Path) ->
     (tmp_path / "fixtures.yaml").write_text("fixtures:\n  empty: []\n  nested:\n    - {fixture: empty}\n")
     fixtures, diags = load_fixtures(tmp_path)
     assert fixtures == {} and [(d.code, d.line) for d in diags] == [("schema", 2), ("schema", 3)]
+
+
+def _case_file(tmp_path: Path, given: str, expect: str = "{fires: [TIM-04]}") -> Path:
+    path = tmp_path / "TIM-04.test.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        rule: TIM-04
+        now: "2026-11-21T10:00:00Z"
+        cases:
+          - name: a typo
+            given:
+              - {given}
+            expect: {expect}
+        """))
+    return path
+
+
+@pytest.mark.parametrize(("given", "expect", "code", "at", "hint"), [
+    # probe 18 M2: `test` failed the case with "ValueError: unknown given entry" and no file:line
+    ('{observaton: "LOINC#29463-7", value: "72 kg", at: -2d}', "{fires: [TIM-04]}", "unknown-given", (6, 9),
+     "did you mean 'observation'?"),
+    ('{observation: "LOINC#29463-7", vaule: "72 kg", at: -2d}', "{fires: [TIM-04]}", "unknown-key", (6, 40),
+     "did you mean 'value'?"),
+    ('{observation: "LOINC#29463-7", value: "72 kg", at: -2d}', "{fire: [TIM-04]}", "unknown-key", (7, 14),
+     "did you mean 'fires'?"),
+    ('{observation: "LOINC#29463-7", value: "72 kg", at: -2d}', "{cards: [{rule: TIM-04, sumary: x}]}", "unknown-key",
+     (7, 37), "did you mean 'summary'?"),
+    ('{fixture: completed-ketamine-induction, rout: "SNOMED#47625008"}', "{fires: [TIM-04]}", "unknown-key",
+     (6, 49), "did you mean 'route'?"),
+])
+def test_a_test_file_off_the_shorthand_is_a_positioned_error(loaded: Any, tmp_path: Path, given: str, expect: str,
+                                                            code: str, at: tuple[int, int], hint: str) -> None:
+    shutil.copy(FIXTURES, tmp_path / "fixtures.yaml")
+    packset = replace(loaded.packset, packs=[replace(loaded.packset.packs[0], root=tmp_path)])
+    cases, diags = prepare_file(_case_file(tmp_path, given, expect), packset, loaded.runtimes)
+    assert cases == []
+    assert [(d.code, (d.line, d.col), d.hint) for d in diags] == [(code, at, hint)]
+
+
+def test_a_fixture_entry_off_the_shorthand_is_an_error_of_fixtures_yaml(tmp_path: Path) -> None:
+    (tmp_path / "fixtures.yaml").write_text("fixtures:\n  two:\n    - {administraton: \"RXNORM#6130\", at: -1d}\n")
+    fixtures, diags = load_fixtures(tmp_path)
+    assert fixtures == {}
+    assert [(d.code, d.line, d.col, d.hint) for d in diags] == [("unknown-given", 3, 7,
+                                                                 "did you mean 'administration'?")]
+
+
+def test_validate_checks_the_test_files(tmp_path: Path) -> None:
+    """probe 18 M2: `validate` printed ok for a test file whose `given` entry was misspelt."""
+    from protocol_engine.authoring.conventions import validate_paths
+
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    test = next((rules / "ketamine").rglob("MON-03-*.test.yaml"))
+    text = test.read_text()
+    test.write_text(text.replace('{observation: "LOINC#8867-4", value', '{observaton: "LOINC#8867-4", value', 1))
+    packset, diags = validate_paths([rules], None)
+    line = text[: text.index('{observation: "LOINC#8867-4", value')].count("\n") + 1
+    assert [(Path(d.path).name, d.line, d.code, d.hint) for d in diags] == [
+        (test.name, line, "unknown-given", "did you mean 'observation'?")]

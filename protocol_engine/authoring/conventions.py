@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import Diagnostic
 from ..pack import yamlsource
@@ -22,7 +23,16 @@ def rules_root(paths: list[Path]) -> Path:
 
 
 def check_tests(packset: PackSet) -> list[Diagnostic]:
+    """Each rule's test file: present, of the shorthand's schema (testing.file_problems: keys, given entries,
+    fixture names, expect), naming its rule, with a case that fires and one that stays silent."""
+    from .testing import file_problems  # testing imports the hook pipeline; validate needs it only here
+    from .vignette import load_fixtures
+
     diags: list[Diagnostic] = []
+    fixtures: dict[Path, dict[str, list[dict[str, Any]]]] = {}
+    for pack in packset.packs:
+        fixtures[pack.root], fdiags = load_fixtures(pack.root)
+        diags.extend(fdiags)
     for rule in packset.all_rules():
         path = Path(rule.path)
         test = path.with_name(path.name[: -len(RULE_SUFFIX)] + TEST_SUFFIX)
@@ -34,15 +44,22 @@ def check_tests(packset: PackSet) -> list[Diagnostic]:
         if tdiags:
             diags.extend(tdiags)
             continue
+        root = next((p.root for p in packset.packs if test.resolve().is_relative_to(p.root.resolve())), None)
+        diags.extend(file_problems(test, data, fixtures.get(root, {}) if root else {}))
         raw = yamlsource.plain(data) if isinstance(data, dict) else {}
         if raw.get("rule") != rule.id:
             diags.append(Diagnostic(str(test), *yamlsource.value_pos(data, "rule"), "test-rule-mismatch",
                                     f"test file names rule {raw.get('rule')!r}, the rule file is {rule.id}"))
         firing = silent = False
-        for case in raw.get("cases") or []:
-            expect = case.get("expect") or {} if isinstance(case, dict) else {}
+        cases = raw.get("cases")
+        for case in cases if isinstance(cases, list) else []:
+            expect = case.get("expect") if isinstance(case, dict) else None
+            if not isinstance(expect, dict):  # a wrong shape is file_problems' error
+                continue
+            cards = expect.get("cards")
             if rule.id in (expect.get("fires") or []) or any(
-                    c.get("rule", rule.id) == rule.id for c in expect.get("cards") or []):
+                    isinstance(c, dict) and c.get("rule", rule.id) == rule.id
+                    for c in (cards if isinstance(cards, list) else [])):
                 firing = True
             if rule.id in (expect.get("silent") or []) or expect.get("cards") == [] or expect.get("no_cards"):
                 silent = True

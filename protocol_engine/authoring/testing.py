@@ -17,10 +17,66 @@ from ..hooks.evaluate import Decision
 from ..hooks.pipeline import ServiceRuntime, run
 from ..pack import yamlsource
 from ..pack.packset import RULE_SUFFIX, TEST_SUFFIX, PackSet
-from .vignette import build_request, load_fixtures, merge_case, unknown_fixtures, when
+from ..pack.shape import did_you_mean
+from .vignette import build_request, given_problems, load_fixtures, merge_case, unknown_fixtures, when
 
 CASE_KEYS = {"name", "given", "expect", "hook", "patient", "order", "todo", "now", "orders", "selections",
              "appointments", "encounter", "draft_orders", "prefetch"}
+FILE_KEYS = ("rule", "now", "defaults", "cases")
+EXPECT_KEYS = ("cards", "fires", "silent", "no_cards", "max_indicator")
+# An expected card names its rule, the protocol-engine evidence, or any key of the CDS Hooks card itself.
+CARD_KEYS = ("rule", "evidence", "summary", "detail", "indicator", "source", "suggestions", "selectionBehavior",
+             "overrideReasons", "links", "uuid")
+
+
+def file_problems(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]]]) -> list[Diagnostic]:
+    """Every schema problem of a test file (its YAML nodes), positioned, with a did-you-mean: its keys, each case's,
+    each `given` entry (vignette.given_problems), each fixture name, each `expect` and expected card key.
+    `validate` reports these; the case runner refuses a file that has any (never a traceback mid-run)."""
+    where = str(path)
+    diags: list[Diagnostic] = []
+
+    def unknown(node: Any, allowed: Any, what: str) -> None:
+        for key in node if isinstance(node, dict) else ():
+            if str(key) not in allowed:
+                diags.append(Diagnostic(where, *yamlsource.key_pos(node, key), "unknown-key",
+                                        f"{what}: '{key}' is not one of {', '.join(sorted(allowed))}",
+                                        did_you_mean(str(key), sorted(allowed))))
+
+    if not isinstance(data, dict) or "rule" not in data or not isinstance(data.get("cases"), list):
+        return [Diagnostic(where, 1, 1, "schema", "a test file needs 'rule', 'now' and a list of 'cases'")]
+    unknown(data, FILE_KEYS, "test file")
+    defaults = data.get("defaults")
+    if defaults is not None and not isinstance(defaults, dict):
+        diags.append(Diagnostic(where, *yamlsource.value_pos(data, "defaults"), "schema",
+                                "defaults is a mapping of case keys (like `given:`)"))
+        defaults = None
+    unknown(defaults, CASE_KEYS, "defaults")
+    diags += given_problems(where, (defaults or {}).get("given"), fixtures)
+    for i, case in enumerate(data["cases"]):
+        if not isinstance(case, dict):
+            diags.append(Diagnostic(where, *yamlsource.value_pos(data["cases"], i), "schema",
+                                    f"case {i + 1} is a mapping (name, given, expect, ...)"))
+            continue
+        name = str(case.get("name") or case.get("todo") or f"case {i + 1}")
+        if "todo" in case:
+            continue
+        unknown(case, CASE_KEYS, f"case '{name}'")
+        diags += given_problems(where, case.get("given"), fixtures)
+        expect = case.get("expect")
+        if expect is not None and not isinstance(expect, dict):
+            diags.append(Diagnostic(where, *yamlsource.value_pos(case, "expect"), "schema",
+                                    f"case '{name}': expect is a mapping (cards, fires, silent, ...)"))
+            continue
+        unknown(expect, EXPECT_KEYS, f"case '{name}' expect")
+        cards = (expect or {}).get("cards")
+        for j, card in enumerate(cards if isinstance(cards, list) else []):
+            if not isinstance(card, dict):
+                diags.append(Diagnostic(where, *yamlsource.value_pos(cards, j), "schema",
+                                        f"case '{name}': an expected card is a mapping (rule, summary, ...)"))
+                continue
+            unknown(card, CARD_KEYS, f"case '{name}' expected card")
+    return diags + unknown_fixtures(path, data, fixtures)
 
 
 @dataclass
@@ -162,7 +218,7 @@ def prepare_file(path: Path, packset: PackSet, runtimes: dict[str, ServiceRuntim
         return [], [Diagnostic(str(path), 1, 1, "schema", "test file is not inside a loaded pack")]
     defaults = raw.get("defaults") or {}
     fixtures, fixture_diags = load_fixtures(pack.root)
-    fixture_diags += unknown_fixtures(path, data, fixtures)
+    fixture_diags += file_problems(path, data, fixtures)
     if fixture_diags:
         return [], diags + fixture_diags
     prepared = []
@@ -170,12 +226,6 @@ def prepare_file(path: Path, packset: PackSet, runtimes: dict[str, ServiceRuntim
         name = str(case.get("name") or case.get("todo") or f"case {i + 1}")
         if "todo" in case:
             prepared.append(PreparedCase(str(path), rule_id, name, case, {}, dt.datetime.now(dt.UTC), "", None, True))
-            continue
-        unknown = set(case) - CASE_KEYS
-        if unknown:
-            line, col = yamlsource.value_pos(data["cases"], i)
-            diags.append(Diagnostic(str(path), line, col, "unknown-key",
-                                    f"case '{name}': unknown keys {sorted(unknown)}"))
             continue
         merged = merge_case(defaults, case, fixtures)
         now = when(case.get("now", raw.get("now")), dt.datetime.now(dt.UTC))

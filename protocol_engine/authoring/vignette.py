@@ -24,11 +24,22 @@ from ..core.errors import Diagnostic
 from ..core.valuesets import parse_code
 from ..hooks.pipeline import ServiceRuntime
 from ..pack import yamlsource
+from ..pack.shape import did_you_mean
 
 UCUM = "http://unitsofmeasure.org"
 FIXTURES_FILE = "fixtures.yaml"  # beside protocol.yaml: the pack's shared `given` entries
 # Keys of a `given` entry that place a raw `resource` in its Bundle rather than describe it.
 ENTRY_KEYS = ("fullUrl", "mode", "key")
+# What each kind of `given` entry may say (expand, medication_request): its kind key first. `validate` and the case
+# runner refuse any other key with a positioned error and a did-you-mean (`observaton:` is no chart entry at all).
+GIVEN_KEYS: dict[str, tuple[str, ...]] = {
+    "observation": ("observation", "id", "status", "at", "value", "components", "reference_high", "interpretation"),
+    "condition": ("condition", "id", "status", "verification", "onset"),
+    "medication": ("medication", "id", "kind", "status", "route", "dose", "rate", "duration"),
+    "administration": ("administration", "id", "status", "at", "route", "dose"),
+    "allergy": ("allergy", "id", "status", "verification"),
+    "resource": ("resource",),
+}
 
 
 def when(value: Any, now: dt.datetime) -> dt.datetime:
@@ -353,6 +364,10 @@ def load_fixtures(pack_root: Path) -> tuple[dict[str, list[dict[str, Any]]], lis
             diags.append(Diagnostic(str(path), line, col, "schema", f"fixture '{name}' names another fixture; "
                                                                      "list its entries instead"))
             continue
+        problems = given_problems(str(path), entries, name=f"fixture '{name}'")
+        if problems:
+            diags += problems
+            continue
         found[str(name)] = yamlsource.plain(entries)
     return found, diags
 
@@ -377,6 +392,46 @@ def merge_case(defaults: dict[str, Any], case: dict[str, Any],
     merged = {**defaults, **case}
     merged["given"] = with_fixtures(list(defaults.get("given") or []) + list(case.get("given") or []), fixtures)
     return merged
+
+
+def given_problems(where: str, seq: Any, fixtures: dict[str, list[dict[str, Any]]] | None = None,
+                   name: str = "given") -> list[Diagnostic]:
+    """Positioned errors for the entries of one `given` list (its YAML node): each a mapping with one kind key
+    (observation, condition, medication, administration, allergy, resource, or fixture) and only that kind's keys.
+    A fixture entry's other keys are added to each of the fixture's entries, so they must suit those."""
+    if seq is None:
+        return []
+    if not isinstance(seq, list):
+        return [Diagnostic(where, *yamlsource.node_pos(seq), "schema", f"{name} is a list of entries",
+                           "for example `given: [{observation: \"LOINC#8867-4 Heart rate\", value: 72 /min}]`")]
+    kinds = [*GIVEN_KEYS, "fixture"]
+    diags: list[Diagnostic] = []
+    for j, item in enumerate(seq):
+        at = yamlsource.value_pos(seq, j)
+        if not isinstance(item, dict):
+            diags.append(Diagnostic(where, *at, "schema", f"{name} entry {j + 1} is a mapping, like "
+                                                          "`{observation: ..., value: ...}`"))
+            continue
+        found = [k for k in kinds if k in item]
+        if len(found) != 1:
+            guesses = [g for k in item if (g := did_you_mean(str(k), kinds))]
+            diags.append(Diagnostic(where, *at, "unknown-given",
+                                    f"{name} entry {j + 1} ({', '.join(map(str, item))}) needs exactly one of "
+                                    f"{', '.join(kinds)}", guesses[0] if guesses else None))
+            continue
+        kind = found[0]
+        if kind == "fixture":
+            entries = (fixtures or {}).get(str(item["fixture"])) or []
+            allowed = {k for e in entries for kk in GIVEN_KEYS if kk in e for k in GIVEN_KEYS[kk]} | {"fixture"}
+            allowed |= set(ENTRY_KEYS)
+        else:
+            allowed = set(GIVEN_KEYS[kind]) | set(ENTRY_KEYS)
+        for key in item:
+            if str(key) not in allowed:
+                diags.append(Diagnostic(where, *yamlsource.key_pos(item, key), "unknown-key",
+                                        f"a {kind} entry has no '{key}' (it takes {', '.join(sorted(allowed))})",
+                                        did_you_mean(str(key), sorted(allowed))))
+    return diags
 
 
 def unknown_fixtures(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]]]) -> list[Diagnostic]:
