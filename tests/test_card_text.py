@@ -11,6 +11,7 @@ import datetime as dt
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from protocol_engine.hooks.pipeline import build_runtime, run
 from protocol_engine.pack import internal
 from protocol_engine.pack.loader import INTERNAL
 from protocol_engine.pack.packset import load_packset
+from protocol_engine.pack.zone import ZONE_ENV
 
 PACKS = [ROOT / "rules", ROOT / "tests" / "packs"]
 # UCUM spellings people do not write: bracketed atoms (mm[Hg], [IU]/L, [lb_av]) and curly annotations ({score}).
@@ -111,17 +113,26 @@ def test_times_are_shown_in_the_configured_zone_with_the_offset(monkeypatch: pyt
                                                                  loaded: Any) -> None:
     now = dt.datetime(2026, 7, 1, 10, 0, tzinfo=dt.UTC)
     assert display.when(dt.datetime(2026, 7, 1, 6, 13, tzinfo=dt.UTC), now) == "today 06:13 UTC"
-    monkeypatch.setenv(display.ZONE_ENV, "Europe/Zurich")
-    assert display.when(dt.datetime(2026, 7, 1, 6, 13, tzinfo=dt.UTC), now) == "today 08:13 UTC+02:00"
-    assert display.when("2026-06-30T21:30:00+00:00", now) == "yesterday 23:30 UTC+02:00"
-    assert display.when("2026-01-15T12:00:00Z", now) == "15 Jan 2026 13:00 UTC+01:00"
-    monkeypatch.setenv(display.ZONE_ENV, "America/New_York")
-    rt = loaded.runtimes["ketamine-order-sign"]
+    zurich = display.zone_named("Europe/Zurich")
+    assert display.when(dt.datetime(2026, 7, 1, 6, 13, tzinfo=dt.UTC), now, zone=zurich) == "today 08:13 UTC+02:00"
+    assert display.when("2026-06-30T21:30:00+00:00", now, zone=zurich) == "yesterday 23:30 UTC+02:00"
+    assert display.Local(zurich, now).when("2026-01-15T12:00:00Z") == "15 Jan 2026 13:00 UTC+01:00"
+    # The zone is the deployment's, read when the pack is loaded (pack/zone.py), never by the core per card.
+    monkeypatch.setenv(ZONE_ENV, "America/New_York")
+    runtimes = _runtimes_in_the_configured_zone()
+    monkeypatch.delenv(ZONE_ENV)
+    rt = runtimes["ketamine-order-sign"]
     body = build_request({"patient": ADULT, "order": KETAMINE_ORDER, "given": [bp(186, 104, at="-30m")]}, rt, now)
-    out = run(loaded.runtimes, "r", "ketamine-order-sign", body, now)
+    out = run(runtimes, "r", "ketamine-order-sign", body, now)
     ci05 = next(c for c in out.cards if c["extension"]["protocol-engine"]["rule"] == "CI-05")
     assert "BP 186/104 mmHg today 05:30 UTC-04:00" in ci05["summary"], ci05["summary"]
     assert "mm[Hg]" not in ci05["detail"] and "today 05:30 UTC-04:00" in ci05["detail"]
+
+
+def _runtimes_in_the_configured_zone() -> Any:
+    packset, diags = load_packset(ROOT / "rules")
+    assert packset is not None, diags
+    return build_runtime(packset)
 
 
 def test_display_forms() -> None:
@@ -498,8 +509,9 @@ def test_the_active_medicine_leads_and_the_source_fits_the_drug(loaded: Any) -> 
 
 def test_evidence_lines_read_as_drug_dose_route_and_time_in_the_zone(loaded: Any,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(display.ZONE_ENV, "Europe/Zurich")
-    cards = _cards(loaded, [bp(120, 80), {"medication": "RXNORM#6470 lorazepam", "id": "lz"}])
+    monkeypatch.setenv(ZONE_ENV, "Europe/Zurich")
+    zurich = SimpleNamespace(runtimes=_runtimes_in_the_configured_zone())
+    cards = _cards(zurich, [bp(120, 80), {"medication": "RXNORM#6470 lorazepam", "id": "lz"}])
     detail = cards["MON-07"]["detail"]
     assert "Draft order: ketamine 35 mg IV, ordered today 11:00 UTC+01:00, MedicationRequest/" in detail, detail
     assert "6130" not in detail and " iv," not in detail

@@ -447,6 +447,5 @@ def test_a_date_only_time_is_shown_as_the_date(value: Any, latest: Any, shown: s
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from protocol_engine.core import display
 
-    monkeypatch.delenv(display.ZONE_ENV, raising=False)
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
     assert display.when(value, now, latest=latest) == shown

@@ -2,7 +2,9 @@
 
 A layer imports only the layers before it: core <- adapters.fhir <- pack <- hooks <- authoring, runtime <- cli,
 http/, server. Imports inside `if TYPE_CHECKING:` create no import-time dependency and may name any project type, but
-core never imports HTTP, storage, the FHIR client or FHIR JSON models, not even for type checking.
+core never imports HTTP, storage, the FHIR client or FHIR JSON models, not even for type checking. Nor does core read
+process state (environment variables, context variables, thread-locals): what a card says depends on the loaded
+pack (with its settings, the deployment's time zone among them), the chart and `now` alone.
 """
 
 from __future__ import annotations
@@ -136,3 +138,49 @@ def test_the_evaluate_stage_is_pure() -> None:
     hooks = [(t, type_only) for t, type_only, _ in found if layer_of(t) == "hooks"]
     assert all(type_only and t.endswith((".prepare", ".gather")) for t, type_only in hooks), hooks
     assert not [t for t, _, _ in found if t.split(".")[0] in CORE_FORBIDDEN]
+
+
+# Process state the pure core must not read: the environment, context variables, thread-locals.
+STATE_MODULES = {"contextvars"}
+STATE_NAMES = {("os", "environ"), ("os", "environb"), ("os", "getenv"), ("os", "getenvb"), ("os", "putenv"),
+               ("threading", "local")}
+
+
+def process_state(source: str, module: str) -> list[str]:
+    """Every read of process state in a module's source (ast): `os.environ`, `os.getenv`, `from os import
+    environ`, `contextvars`, `threading.local`."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [f"{module}:{node.lineno} imports {a.name}" for a in node.names if a.name in STATE_MODULES]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module in STATE_MODULES:
+                out.append(f"{module}:{node.lineno} imports {node.module}")
+            out += [f"{module}:{node.lineno} imports {node.module}.{a.name}" for a in node.names
+                    if (node.module, a.name) in STATE_NAMES]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and (node.value.id, node.attr) in STATE_NAMES:
+            out.append(f"{module}:{node.lineno} reads {node.value.id}.{node.attr}")
+    return out
+
+
+def test_the_core_reads_no_process_state() -> None:
+    """core/display.py once read PROTOCOL_ENGINE_TIMEZONE on every card and fell back to a `NOW` context
+    variable; the zone now comes with the loaded pack (pack/zone.py) and `now` is an argument."""
+    found = []
+    for path in sorted((ROOT / "protocol_engine" / "core").rglob("*.py")):
+        found += process_state(path.read_text(encoding="utf-8"), module_name(path))
+    assert found == []
+
+
+@pytest.mark.parametrize("line", [
+    "import os\nZONE = os.environ.get('TZ')", "import os\nZONE = os.getenv('TZ')", "from os import environ",
+    "from os import getenv as g", "import contextvars", "from contextvars import ContextVar",
+    "import threading\nSTATE = threading.local()",
+])
+def test_the_state_check_catches_each_way_of_reading_process_state(line: str) -> None:
+    assert process_state(line + "\n", "protocol_engine.core.display") != []
+
+
+def test_the_state_check_allows_the_engine_lock() -> None:
+    assert process_state("import threading\n_LOCK = threading.Lock()\n", "protocol_engine.core.engine") == []

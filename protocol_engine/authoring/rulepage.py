@@ -20,6 +20,7 @@ from ..core.model import Citation, Rule
 from ..hooks.pipeline import ServiceRuntime
 from ..pack import yamlsource
 from ..pack.packset import RULE_SUFFIX, TEST_SUFFIX, Pack, PackSet
+from ..pack.zone import deployment_zone
 from .testing import run_file
 
 SAFETY = ("This page supports clinical review; it does not replace clinical judgement. The deploying organisation "
@@ -214,7 +215,7 @@ def to_markdown(page: RulePage) -> str:
     r = page.rule
     out = [f"# {r.id} {r.title}", "",
            f"{page.protocol} · version {r.version} · {r.status}"
-           + (f" · effective {display.when(r.effective)}" if r.effective else "")
+           + (f" · effective {display.when(r.effective, zone=deployment_zone())}" if r.effective else "")
            + f" · {r.category} · **{r.card.indicator}** card · hooks: {', '.join(r.hooks)}"
            + (f" · drugs: {', '.join(r.drugs)}" if r.drugs else " · any order"), "",
            f"> {SAFETY}", "", "## When", "", page.when, "", "## Then", "", page.then, ""]
@@ -273,7 +274,7 @@ def to_html(page: RulePage) -> str:
                     for c in page.cases)
     note = f"<p>{_e(page.cases_note)}</p>" if page.cases_note else ""
     meta = (f"{_e(page.protocol)} · version {_e(r.version)} · {_e(r.status)}"
-            + (f" · effective {_e(display.when(r.effective))}" if r.effective else "")
+            + (f" · effective {_e(display.when(r.effective, zone=deployment_zone()))}" if r.effective else "")
             + f" · {_e(r.category)} · <b>{_e(r.card.indicator)}</b> card · hooks: {_e(', '.join(r.hooks))}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(r.id)} {_e(r.title)}</title>

@@ -11,15 +11,16 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from . import display
 from .cards import Issued
 from .records import Chart
 
 
-def _time(t: dt.datetime, now: dt.datetime | None = None) -> str:
-    """In the configured zone (PROTOCOL_ENGINE_TIMEZONE), as every other time a card shows."""
-    return display.when(t, now)
+def _time(t: dt.datetime, now: dt.datetime | None, zone: ZoneInfo) -> str:
+    """In the deployment's zone (a setting of the loaded pack), as every other time a card shows."""
+    return display.when(t, now, zone=zone)
 
 
 @dataclass(frozen=True)
@@ -64,16 +65,17 @@ def encounter(chart: Chart, encounter_id: Any, now: dt.datetime) -> Anchor:
     return Anchor("encounter", now, ref)
 
 
-def name_session(card: Issued, anchor: Anchor, now: dt.datetime | None = None) -> Issued:
+def name_session(card: Issued, anchor: Anchor, now: dt.datetime | None = None,
+                 zone: ZoneInfo = display.UTC) -> Issued:
     """A card of appointment-book names the proposed appointment it is about (detail and evidence)."""
     ext = card.json["extension"]["protocol-engine"]
     if anchor.ref not in ext["evidence"]:
         ext["evidence"] = [*ext["evidence"], anchor.ref]
     planned = [(t, ref) for t, ref in anchor.planned if ref in ext["evidence"]]
-    also = "".join(f" The previous dose counted here is the proposed session {_time(t, now)} ({ref}) booked in this "
-                   f"same request, a planned dose, not a recorded one." for t, ref in planned)
+    also = "".join(f" The previous dose counted here is the proposed session {_time(t, now, zone)} ({ref}) booked "
+                   f"in this same request, a planned dose, not a recorded one." for t, ref in planned)
     detail = card.json["detail"]
-    card.json["detail"] = f"For the proposed session {_time(anchor.time, now)} ({anchor.ref}).{also}\n\n{detail}"
+    card.json["detail"] = f"For the proposed session {_time(anchor.time, now, zone)} ({anchor.ref}).{also}\n\n{detail}"
     return card
 
 

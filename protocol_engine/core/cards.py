@@ -10,13 +10,14 @@ import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from jinja2 import Template
 from jinja2.exceptions import TemplateError
 
 from . import display
 from .model import Citation, Finding, Rule
-from .templates import NOW_KEY, UNITS_KEY, environment
+from .templates import NOW_KEY, UNITS_KEY, ZONE_KEY, environment
 
 if TYPE_CHECKING:
     from ..pack.site import Site
@@ -42,7 +43,8 @@ def settle(findings: list[Finding], now: dt.datetime | None = None) -> list[Find
             if not (set(f.rule.suppressed_by) & (held_live if f.rule.live(now) else held))]
 
 
-def _context(finding: Finding, patient_id: str | None, now: dt.datetime | None = None) -> dict[str, Any]:
+def _context(finding: Finding, patient_id: str | None, now: dt.datetime | None = None,
+             zone: ZoneInfo = display.UTC) -> dict[str, Any]:
     first = finding.matches[0] if finding.matches else {}
     ctx: dict[str, Any] = {name: _escaped(fact) for name, fact in first.items() if not name.startswith("_")}
     for match in finding.matches[1:]:  # a name bound only by another way the rule held is still shown
@@ -69,6 +71,7 @@ def _context(finding: Finding, patient_id: str | None, now: dt.datetime | None =
     ctx["protocol"] = finding.rule.protocol_values
     ctx[UNITS_KEY] = finding.rule.display_units
     ctx[NOW_KEY] = now
+    ctx[ZONE_KEY] = zone
     return ctx
 
 
@@ -133,10 +136,10 @@ def _link(c: Citation) -> str:
 
 
 def render(finding: Finding, revision: str, patient_id: str | None, site: Site | None = None,
-           pack: str = "", now: dt.datetime | None = None) -> dict[str, Any]:
+           pack: str = "", now: dt.datetime | None = None, zone: ZoneInfo = display.UTC) -> dict[str, Any]:
     rule: Rule = finding.rule
     tpl = rule.card
-    ctx = _context(finding, patient_id, now)
+    ctx = _context(finding, patient_id, now, zone)
     try:
         summary = _render(tpl.summary, ctx)
         detail = _render(tpl.detail, ctx)
@@ -210,9 +213,9 @@ class Issued:
 
 
 def render_all(settled: list[Finding], revision: str, patient_id: str | None, site: Site | None = None,
-               pack: str = "", now: dt.datetime | None = None) -> list[Issued]:
+               pack: str = "", now: dt.datetime | None = None, zone: ZoneInfo = display.UTC) -> list[Issued]:
     """Cards for the live rules of settled findings, critical first; draft rules, and rules before their
     `effective` date, run in shadow and give no card."""
     live = [f for f in settled if f.rule.live(now)]
     live.sort(key=lambda f: (RANK[f.indicator], f.rule.id))
-    return [Issued(render(f, revision, patient_id, site, pack, now), f.rule, [f]) for f in live]
+    return [Issued(render(f, revision, patient_id, site, pack, now, zone), f.rule, [f]) for f in live]

@@ -1,27 +1,23 @@
 """How card text shows times, units, durations and quantities to people.
 
 UCUM codes (`mm[Hg]`, `[IU]/L`) stay in data and rule logic; people read conventional units from the pack's
-`display_units` table. Times are shown in the deployment's zone (`PROTOCOL_ENGINE_TIMEZONE`, default UTC) with
-the offset, relative to the evaluation time ("today 07:13 UTC+01:00"), because a clinician reading "2026-11-21
-06:13 UTC" in Zurich has to do arithmetic to know whether the reading is from this morning.
+`display_units` table. Times are shown in the deployment's zone with the offset, relative to the evaluation time
+("today 07:13 UTC+01:00"), because a clinician reading "2026-11-21 06:13 UTC" in Zurich has to do arithmetic to
+know whether the reading is from this morning. The zone and the evaluation time are arguments (`Local`): the zone
+is a setting of the loaded pack (pack/packset.py reads PROTOCOL_ENGINE_TIMEZONE when it loads), `now` the call's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 from collections.abc import Mapping
-from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .durations import parse_hours
-
-ZONE_ENV = "PROTOCOL_ENGINE_TIMEZONE"
-# The evaluation time of the call being rendered (per thread/task), so "today" means the request's day.
-NOW: ContextVar[dt.datetime | None] = ContextVar("protocol_engine_now", default=None)
 
 
 def zone_problem(name: str) -> str | None:
@@ -38,12 +34,30 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def zone() -> ZoneInfo:
-    name = os.environ.get(ZONE_ENV, "").strip() or "UTC"
+UTC = ZoneInfo("UTC")
+
+
+def zone_named(name: str | None) -> ZoneInfo:
+    """The zone of an IANA name ('' or None: UTC)."""
+    name = (name or "").strip() or "UTC"
     try:
         return _zone(name)
     except (ZoneInfoNotFoundError, ValueError):  # refused at start (config); never fail a card over it
-        return _zone("UTC")
+        return UTC
+
+
+@dataclass(frozen=True)
+class Local:
+    """Where and when card text is read: the deployment's zone and the call's evaluation time ("today")."""
+
+    zone: ZoneInfo = UTC
+    now: dt.datetime | None = None
+
+    def when(self, value: Any, latest: dt.datetime | None = None) -> str:
+        return when(value, self.now, latest, self.zone)
+
+    def day(self, value: dt.date) -> str:
+        return day(value, self.now, self.zone)
 
 
 def offset(local: dt.datetime) -> str:
@@ -67,7 +81,7 @@ def _day_word(day: dt.date, ref: dt.datetime | None, z: ZoneInfo) -> str:
     return f"{day.day} {day:%b %Y}"
 
 
-def _partial(text: str, ref: dt.datetime | None) -> str | None:
+def _partial(text: str, ref: dt.datetime | None, z: ZoneInfo) -> str | None:
     """A FHIR date without a time ('2026-11-21', '2026-11', '2026') as written: no invented '00:00 UTC'."""
     found = _PARTIAL.match(text.strip())
     if not found:
@@ -75,7 +89,7 @@ def _partial(text: str, ref: dt.datetime | None) -> str | None:
     year, month, day = found.groups()
     try:
         if day is not None:
-            return _day_word(dt.date(int(year), int(month), int(day)), ref, zone())
+            return _day_word(dt.date(int(year), int(month), int(day)), ref, z)
         if month is not None:
             return f"{dt.date(int(year), int(month), 1):%b %Y}"
     except ValueError:
@@ -101,15 +115,17 @@ def precision_text(earliest: dt.datetime, latest: dt.datetime | None) -> str | N
     return None
 
 
-def when(value: Any, now: dt.datetime | None = None, latest: dt.datetime | None = None) -> str:
-    """'today 07:13 UTC+01:00', 'yesterday 18:40 UTC', '21 Nov 2026 07:13 UTC' in the configured zone; a date
-    without a time (a string '2026-11-21', or a datetime with the `latest` instant its day covers) as the date."""
+def when(value: Any, now: dt.datetime | None = None, latest: dt.datetime | None = None,
+         zone: ZoneInfo = UTC) -> str:
+    """'today 07:13 UTC+01:00', 'yesterday 18:40 UTC', '21 Nov 2026 07:13 UTC' in `zone`, the day word against
+    `now`; a date without a time (a string '2026-11-21', or a datetime with the `latest` instant its day covers)
+    as the date."""
     if isinstance(value, dt.datetime):
         t = value
         written = precision_text(value, latest)
         if written is not None:
-            return _partial(written, now or NOW.get()) or written
-    elif isinstance(value, str) and (shown := _partial(value, now or NOW.get())) is not None:
+            return _partial(written, now, zone) or written
+    elif isinstance(value, str) and (shown := _partial(value, now, zone)) is not None:
         return shown
     else:
         try:
@@ -118,15 +134,14 @@ def when(value: Any, now: dt.datetime | None = None, latest: dt.datetime | None 
             return str(value)
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
-    z = zone()
-    local = t.astimezone(z)
-    day = _day_word(local.date(), now or NOW.get(), z)
+    local = t.astimezone(zone)
+    day = _day_word(local.date(), now, zone)
     return f"{day} {local:%H:%M} {offset(local)}"
 
 
-def day(value: dt.date, now: dt.datetime | None = None) -> str:
+def day(value: dt.date, now: dt.datetime | None = None, zone: ZoneInfo = UTC) -> str:
     """A date without a time ('today', 'yesterday', '21 Nov 2026'): no zone shift, no invented midnight."""
-    return _day_word(value, now or NOW.get(), zone())
+    return _day_word(value, now, zone)
 
 
 def number(value: Any) -> str:

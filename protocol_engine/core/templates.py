@@ -21,6 +21,7 @@ from .durations import parse_hours
 TEMPLATE_GLOBALS = ("matches", "evidence", "patient_id", "settings", "indicator", "variant", "held", "protocol")
 UNITS_KEY = "_display_units"  # the pack's display table, put in every render context by the card renderer
 NOW_KEY = "_now"
+ZONE_KEY = "_zone"  # the deployment's time zone: `time` shows times there
 
 
 class Span(float):
@@ -100,7 +101,7 @@ def _plural(value: Any, word: str, plural: str | None = None) -> str:
 
 @pass_context
 def _time(ctx: Context, value: Any) -> str:
-    return display.when(value, ctx.get(NOW_KEY))
+    return display.when(value, ctx.get(NOW_KEY), zone=ctx.get(ZONE_KEY) or display.UTC)
 
 
 @pass_context

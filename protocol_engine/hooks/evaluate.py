@@ -122,9 +122,9 @@ def _evaluate_anchors(prepared: Prepared, chart: Chart, now: dt.datetime, decisi
         t = time.perf_counter()
         settled = card_renderer.settle(anchor_findings, now)
         anchor_cards = card_renderer.render_all(settled, decision.revision, request.patient_id, rt.site,
-                                                pack.protocol.name, now)
+                                                pack.protocol.name, now, pack.deriver.zone)
         if anchor.kind == "appointment":
-            anchor_cards = [anchors.name_session(card, anchor, now) for card in anchor_cards]
+            anchor_cards = [anchors.name_session(card, anchor, now, pack.deriver.zone) for card in anchor_cards]
         issued = anchors.merge(issued, anchor_cards)
         timings["cards_ms"] += _ms(t)
         for f in settled:

@@ -39,6 +39,7 @@ from .internal import INTERNAL  # noqa: F401  (re-exported: tests read clinician
 from .internal import pattern as internal_pattern
 from .protocol import Protocol
 from .shape import did_you_mean
+from .zone import deployment_zone
 
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 PLAIN_KEYS = ("when", "then")
@@ -667,7 +668,7 @@ class RuleParser:
                        len(str(raw)))
             return None
         # A bare date means midnight where the service runs (PROTOCOL_ENGINE_TIMEZONE), when clinics go live.
-        return when if when.tzinfo else when.replace(tzinfo=display.zone())
+        return when if when.tzinfo else when.replace(tzinfo=deployment_zone())
 
     def _plain_words(self, plain: Any, key: str) -> str:
         """The plain words, with settings printed through the same filters as cards (no restated numbers)."""

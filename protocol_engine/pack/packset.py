@@ -24,6 +24,7 @@ from .internal import RULE_FILE_ID
 from .loader import parse_rule
 from .protocol import Protocol, Service, load_protocol
 from .shape import did_you_mean
+from .zone import deployment_zone
 
 if TYPE_CHECKING:
     from .site import Site
@@ -154,7 +155,7 @@ def load_pack(root: Path, site: Site | None = None) -> tuple[Pack | None, list[D
     index = ValueSetIndex(valuesets)
     if diags:
         return None, diags, files
-    return Pack(protocol, index, rules, Deriver(protocol, index, rules), root), diags, files
+    return Pack(protocol, index, rules, Deriver(protocol, index, rules, deployment_zone()), root), diags, files
 
 
 def load_packset(root: Path, site: Site | None = None) -> tuple[PackSet | None, list[Diagnostic]]:

@@ -88,7 +88,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
             if name == "public_url" and value:
                 value = str(value).rstrip("/")
             values[name] = value
-    from ..core.display import ZONE_ENV, zone_problem
+    from ..core.display import zone_problem
+    from ..pack.zone import ZONE_ENV
 
     problem = zone_problem(env.get(ZONE_ENV, "").strip() or "UTC")
     if problem:  # cards would show times in a zone nobody asked for: refuse to start

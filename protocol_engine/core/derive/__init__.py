@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from .. import display
 from ..anchors import Anchor
@@ -44,15 +45,21 @@ __all__ = ["Deriver"]
 class Deriver:
     """Holds the per-rule-set indexes; `facts()` is pure given (chart, now, hook, anchor)."""
 
-    def __init__(self, protocol: Protocol, index: ValueSetIndex, rules: Iterable[Rule] = ()) -> None:
+    def __init__(self, protocol: Protocol, index: ValueSetIndex, rules: Iterable[Rule] = (),
+                 zone: ZoneInfo = display.UTC) -> None:
         self.p = protocol
         self.index = index
-        self.semantics = Semantics.of(protocol)
+        self.semantics = Semantics.of(protocol, zone)
         self.reading_builder = ReadingBuilder(protocol, index)
         self.measurements = Measurements(self.reading_builder, self.semantics, rules)
         self.medicines = Medicines(protocol, index, self.semantics)
         self.courses = Courses(protocol, self.medicines, self.semantics)
         self.orders = Orders(protocol, index, self.semantics, self.medicines, self.reading_builder)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The deployment's time zone, for the times describe texts and cards show (given by pack/packset.py)."""
+        return self.semantics.zone
 
     def drug_of(self, concept: Concept) -> str | None:
         """The protocol drug of a medication (medications.Medicines.drug_of)."""
@@ -64,7 +71,7 @@ class Deriver:
 
     def facts(self, chart: Chart, now: dt.datetime, hook: str, anchor: Anchor | None = None) -> list[Fact]:
         anchor = anchor or Anchor("now", now)
-        display.NOW.set(now)  # the describe texts say "today 07:13" against this call's time
+        local = display.Local(self.semantics.zone, now)  # the describe texts say "today 07:13" against this call's time
         issues = list(chart.issues)
         readings, future = self.measurements.readings(chart, now, issues)
         facts, governing = self.measurements.facts(readings, future, now)
@@ -76,12 +83,12 @@ class Deriver:
         facts.extend(self.medicines.allergies(chart))
         at = self.courses.at(chart, now, anchor)  # the administrations read once, each placement segmented once
         course = at.course
-        course_fact = self.courses.fact(course, anchor, readings)
+        course_fact = self.courses.fact(course, anchor, readings, local)
         if at.late is not None:
-            course_ranges(course_fact, self.courses.fact(at.late, anchor, readings))
+            course_ranges(course_fact, self.courses.fact(at.late, anchor, readings, local))
         facts.append(course_fact)
         facts.extend(self.orders.facts(chart, hook, governing, course, now))
-        facts.extend(score_facts(self.p, readings, course))
+        facts.extend(score_facts(self.p, readings, course, local))
         for foreign in chart.foreign:
             facts.append({"t": "foreign-record", "refs": [foreign.ref], "problem": foreign.problem,
                           "describe": f"{foreign.ref}: {foreign.problem}"})

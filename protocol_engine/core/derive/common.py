@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from .. import display
 from ..model import Fact
@@ -15,10 +16,10 @@ if TYPE_CHECKING:
 HOUR_S = 3600.0  # seconds in an hour
 
 
-def fmt_time(t: dt.datetime, latest: dt.datetime | None = None) -> str:
-    """For people: the deployment's zone with its offset, 'today'/'yesterday' against the call's `now`; a time
-    recorded as a date only (`latest` the end of that day) as the date, never an invented '00:00 UTC'."""
-    return display.when(t, latest=latest)
+def fmt_time(local: display.Local, t: dt.datetime, latest: dt.datetime | None = None) -> str:
+    """For people: the deployment's zone with its offset, 'today'/'yesterday' against the call's `now` (both in
+    `local`); a time recorded as a date only (`latest` the end of that day) as the date, never an invented '00:00'."""
+    return local.when(t, latest)
 
 
 def at_text(t: dt.datetime, latest: dt.datetime | None) -> str:
@@ -68,9 +69,10 @@ class Semantics:
     med_on_hold: frozenset[str]
     admin_status: frozenset[str]
     allergy_active: frozenset[str]
+    zone: ZoneInfo = display.UTC  # the deployment's, for the times describe texts show (a setting, passed in)
 
     @classmethod
-    def of(cls, protocol: Protocol) -> Semantics:
+    def of(cls, protocol: Protocol, zone: ZoneInfo = display.UTC) -> Semantics:
         sem = protocol.semantics  # every key declared and checked by the pack loader (pack/protocol.py)
         med = sem["medication_active_status"]
         return cls(
@@ -82,4 +84,5 @@ class Semantics:
             med_on_hold=frozenset(sem["medication_on_hold_status"]),
             admin_status=frozenset(sem["administration_status"]),
             allergy_active=frozenset(sem["allergy_active_status"]),
+            zone=zone,
         )

@@ -11,6 +11,7 @@ import datetime as dt
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .. import display
 from ..anchors import Anchor
 from ..model import Fact
 from ..records import Chart, DataIssue
@@ -227,7 +228,9 @@ class Courses:
             doses = doses + [Dose(t, latest.drug, "planned", ref, latest.route) for t, ref in anchor.planned]
         return Course.of(self.p.course, doses, anchor.time)
 
-    def fact(self, course: Course, anchor: Anchor, readings: dict[str, Readings]) -> Fact:
+    def fact(self, course: Course, anchor: Anchor, readings: dict[str, Readings],
+             local: display.Local | None = None) -> Fact:
+        local = local or display.Local(self.sem.zone)
         if not course.has_prior:
             return {"t": "course", "doses": 0, "phase": "none", "new_course": True, "has_prior": False,
                     "doses_7d": 0, "refs": [], "until": anchor.phrase(), "describe": "No prior dose recorded"}
@@ -246,8 +249,8 @@ class Courses:
             "induction_complete": phase == "maintenance", "last_at": at_text(last.time, last.latest),
             "last_planned": planned,
             "refs": refs, "until": anchor.phrase(),
-            "describe": f"{lead} {fmt_time(last.time, last.latest)} ({span(since)} {anchor.phrase()}"
-                        f"{f' {fmt_time(anchor.time)}' if anchor.ref else ''}, dose {len(course.doses)} of the "
+            "describe": f"{lead} {fmt_time(local, last.time, last.latest)} ({span(since)} {anchor.phrase()}"
+                        f"{f' {fmt_time(local, anchor.time)}' if anchor.ref else ''}, dose {len(course.doses)} of the "
                         f"course, {phase}), {last.ref}",
         }
         check = self.p.course.post_dose_check

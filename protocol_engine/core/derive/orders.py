@@ -58,6 +58,7 @@ class Orders:
         Outside order hooks scope comes from active orders of the protocol's drugs first, then the latest
         protocol administrations (their route). A medicine of no protocol drug never enters (or removes) scope.
         """
+        local = display.Local(self.sem.zone, now)
         sources: list[tuple[MedicationRecord, bool]] = []
         if hook in ("order-select", "order-sign"):
             sources = [(o, True) for o, selected in chart.draft_orders if selected]
@@ -85,8 +86,8 @@ class Orders:
             if weight_kg:
                 fact["weight"] = weight_kg
             ordered = "" if order.authored is None else (
-                f", ordered {display.day(order.authored.date())}" if order.authored_day_only
-                else f", ordered {fmt_time(order.authored)}")
+                f", ordered {local.day(order.authored.date())}" if order.authored_day_only
+                else f", ordered {fmt_time(local, order.authored)}")
             fact["describe"] = (f"{'Draft order' if draft else 'Active order'}: {name_of(order.medication, self.index)}"
                                 f"{dose_text} {self.medicines.route_label(fact['route'])}{ordered}, {order.ref}")
             facts.append(fact)
@@ -109,7 +110,7 @@ class Orders:
                     "new_course": course.new_course, "weight_known": weight_kg is not None,
                     "refs": [course.last.ref],
                     "describe": f"Current {course.drug} course, last dose "
-                                f"{fmt_time(course.last.time, course.last.latest)} "
+                                f"{fmt_time(local, course.last.time, course.last.latest)} "
                                 f"{self.medicines.route_label(route)}, {course.last.ref}"}
             if weight_kg:
                 fact["weight"] = weight_kg

@@ -147,7 +147,7 @@ class ReadingBuilder:
                 m = self.p.measures[name]
                 reading = self.panel(m, record) if m.kind == "pair" else self.single(m, record)
                 if reading.readable:
-                    return self.describe_reading(m, reading).split(", ")[0]
+                    return self.describe_reading(m, reading, display.Local()).split(", ")[0]  # the value only
                 if record.value.text is not None and record.value.coded is None:
                     return f"{m.label} '{record.value.text}' (as text)"
                 return f"{m.label} (value not readable)"
@@ -198,14 +198,14 @@ class ReadingBuilder:
         return Reading(m.name, obs.time, [obs.ref], values, readable=bool(values),  # type: ignore[arg-type]
                        problem="; ".join(problems) or ("" if values else absent), latest=obs.time_latest)
 
-    def describe_borrowed(self, m: Measure, r: Reading) -> str:
+    def describe_borrowed(self, m: Measure, r: Reading, local: display.Local) -> str:
         """'the diastolic (110 mmHg) was taken from the reading of today 07:14 UTC, Observation/bp-1'."""
         parts = [f"the {half} ({display.quantity(r.values[half], m.unit, self.p.display_units)}) was taken from "
-                 f"the reading of {fmt_time(src.time, src.latest)}, {', '.join(src.refs)}"
+                 f"the reading of {fmt_time(local, src.time, src.latest)}, {', '.join(src.refs)}"
                  for half, src in r.borrowed.items()]
         return "; ".join(parts)
 
-    def describe_reading(self, m: Measure, r: Reading) -> str:
+    def describe_reading(self, m: Measure, r: Reading, local: display.Local) -> str:
         shown = display.unit(m.unit, self.p.display_units)
         unit = ("" if shown.startswith(("%", "/")) else " ") + shown if shown else ""
         if m.kind == "pair" and m.first and m.second:
@@ -214,8 +214,8 @@ class ReadingBuilder:
             value = display.pair_text(a, b, shown, m.first[0], m.second[0])
             if r.borrowed:  # say which half is older, and where it came from
                 own = [ref for ref in r.refs if not any(ref in b.refs for b in r.borrowed.values())]
-                return (f"{m.label} {value}, {fmt_time(r.time, r.latest)}, {', '.join(own)} "
-                        f"({self.describe_borrowed(m, r)})")
+                return (f"{m.label} {value}, {fmt_time(local, r.time, r.latest)}, {', '.join(own)} "
+                        f"({self.describe_borrowed(m, r, local)})")
         elif m.kind == "presence":
             value = "positive" if r.positive else "negative"
             if "value" in r.values:  # "positive (30 mIU/mL)": a number without its unit means nothing
@@ -226,7 +226,7 @@ class ReadingBuilder:
             value = f"= {fmt_num(r.values['value'])}" if "value" in r.values else "?"
         else:
             value = fmt_num(r.values["value"]) + unit if "value" in r.values else "?"
-        return f"{m.label} {value}, {fmt_time(r.time, r.latest)}, {', '.join(r.refs)}"
+        return f"{m.label} {value}, {fmt_time(local, r.time, r.latest)}, {', '.join(r.refs)}"
 
 
 
@@ -295,7 +295,8 @@ class Measurements:
                     continue
                 m = self.p.measures[name]
                 value = self.build.quote(obs, obs.record)
-                issues.append(DataIssue(obs.ref, f"{value or m.label}, {fmt_time(obs.time, obs.time_latest)}, "
+                shown = fmt_time(display.Local(self.sem.zone, now), obs.time, obs.time_latest)
+                issues.append(DataIssue(obs.ref, f"{value or m.label}, {shown}, "
                                                  f"status {obs.status}, was not used (only "
                                                  f"{', '.join(sorted(self.sem.obs_valid))} readings are)", name))
                 return
@@ -372,15 +373,16 @@ class Measurements:
         facts: list[Fact] = []
         governing: dict[str, Reading] = {}
         fact: Fact
+        local = display.Local(self.sem.zone, now)
         for name, m in self.p.measures.items():
             best, bad = self.governing(m, readings[name], now)
             if best is not None:
                 governing[name] = best
                 fact = {"t": "measurement", "measure": name, "taken_ago": hours_since(now, best.time),
                         "at": at_text(best.time, best.latest), "refs": best.refs, "unit": m.unit or "",
-                        "describe": self.build.describe_reading(m, best)}
+                        "describe": self.build.describe_reading(m, best, local)}
                 if best.borrowed:
-                    fact["borrowed"] = self.build.describe_borrowed(m, best)
+                    fact["borrowed"] = self.build.describe_borrowed(m, best, local)
                 elapsed_range(fact, "taken_ago", now, best.time, best.latest)
                 fact.update(best.values)
                 if best.positive is not None:
@@ -396,17 +398,17 @@ class Measurements:
                 fact = {"t": "unreadable", "measure": name, "taken_ago": ago, "partial": bad.readable,
                         "in_read_window": window is None or hours_since(now, bad.latest or bad.time) <= window,
                         "at": at_text(bad.time, bad.latest), "refs": bad.refs, "problem": bad.problem,
-                        "describe": f"{m.label} of {fmt_time(bad.time, bad.latest)} cannot be interpreted "
+                        "describe": f"{m.label} of {fmt_time(local, bad.time, bad.latest)} cannot be interpreted "
                                     f"({bad.problem}), {', '.join(bad.refs)}"}
                 if bad.borrowed:
-                    fact["borrowed"] = self.build.describe_borrowed(m, bad)
+                    fact["borrowed"] = self.build.describe_borrowed(m, bad, local)
                     fact["describe"] += f"; {fact['borrowed']}"
                 elapsed_range(fact, "taken_ago", now, bad.time, bad.latest)
                 facts.append(fact)
             if name in future:
                 fr = future[name]
                 facts.append({"t": "future", "measure": name, "at": fr.time.isoformat(), "refs": fr.refs,
-                              "describe": f"{m.label} dated {fmt_time(fr.time)} (in the future), "
+                              "describe": f"{m.label} dated {fmt_time(local, fr.time)} (in the future), "
                                           f"{', '.join(fr.refs)}"})
         return facts, governing
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
+from .. import display
 from ..model import Fact
 from .common import at_text, fmt_num, fmt_time
 from .course import Course
@@ -15,8 +16,11 @@ if TYPE_CHECKING:
     from ...pack.protocol import Protocol
 
 
-def score_facts(protocol: Protocol, readings: dict[str, Readings], course: Course) -> list[Fact]:
-    """Section 3.6: baseline before the first dose of the course, current after the last induction dose."""
+def score_facts(protocol: Protocol, readings: dict[str, Readings], course: Course,
+                local: display.Local | None = None) -> list[Fact]:
+    """Section 3.6: baseline before the first dose of the course, current after the last induction dose; times
+    shown as `local` says (the deployment's zone, the call's now)."""
+    local = local or display.Local()
     spec = protocol.scores
     if not spec or not course.has_prior or course.in_induction:
         return []
@@ -36,13 +40,13 @@ def score_facts(protocol: Protocol, readings: dict[str, Readings], course: Cours
         if base is not None:
             fact["baseline"] = base.values["value"]
             fact["refs"] += base.refs
-            parts.append(f"baseline {fmt_num(base.values['value'])} ({fmt_time(base.time)}, "
+            parts.append(f"baseline {fmt_num(base.values['value'])} ({fmt_time(local, base.time)}, "
                          f"{', '.join(base.refs)})")
         if current is not None:
             fact["current"] = current.values["value"]
             fact["current_at"] = at_text(current.time, current.latest)
             fact["refs"] += current.refs
-            parts.append(f"current {fmt_num(current.values['value'])} ({fmt_time(current.time)}, "
+            parts.append(f"current {fmt_num(current.values['value'])} ({fmt_time(local, current.time)}, "
                          f"{', '.join(current.refs)})")
         if base is not None and current is not None:
             b, cur = base.values["value"], current.values["value"]
