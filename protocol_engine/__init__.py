@@ -33,7 +33,8 @@ Import rule (checked by tests/test_layout.py): a layer imports only the layers b
   core  <-  adapters.fhir  <-  pack  <-  hooks  <-  authoring, runtime  <-  cli.py, http/, server.py
 
 - core imports no other project module; it may name pack types for type checking only (`if TYPE_CHECKING`).
-  It never imports flask, sqlalchemy, alembic, httpx, jwt, prometheus_client, gunicorn or fhir.resources.
+  It never imports flask, sqlalchemy, alembic, httpx, jwt, prometheus_client, gunicorn or fhir.resources, and
+  reads no process state (environment, context variables): the deployment's time zone comes with the loaded pack.
 - adapters.fhir imports only core (its records and errors): no package cycle.
 - pack imports core; hooks imports core, pack and adapters.fhir; authoring and runtime never import each other.
 """
