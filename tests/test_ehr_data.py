@@ -443,8 +443,7 @@ def test_a_code_without_a_display_is_labelled_from_the_value_set_or_its_system(l
     (dt.datetime(2026, 11, 30, 0, 0, tzinfo=dt.UTC), dt.datetime(2026, 11, 30, 0, 0, tzinfo=dt.UTC),
      "today 00:00 UTC"),  # a full timestamp at midnight is a time, shown as one
 ])
-def test_a_date_only_time_is_shown_as_the_date(value: Any, latest: Any, shown: str,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_date_only_time_is_shown_as_the_date(value: Any, latest: Any, shown: str) -> None:
     from protocol_engine.core import display
 
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)

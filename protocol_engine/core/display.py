@@ -4,7 +4,7 @@ UCUM codes (`mm[Hg]`, `[IU]/L`) stay in data and rule logic; people read convent
 `display_units` table. Times are shown in the deployment's zone with the offset, relative to the evaluation time
 ("today 07:13 UTC+01:00"), because a clinician reading "2026-11-21 06:13 UTC" in Zurich has to do arithmetic to
 know whether the reading is from this morning. The zone and the evaluation time are arguments (`Local`): the zone
-is a setting of the loaded pack (pack/packset.py reads PROTOCOL_ENGINE_TIMEZONE when it loads), `now` the call's.
+is a setting of the loaded pack (pack/zone.py reads PROTOCOL_ENGINE_TIMEZONE when it loads), `now` the call's.
 """
 
 from __future__ import annotations
