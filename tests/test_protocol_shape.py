@@ -188,3 +188,60 @@ def test_a_running_service_keeps_its_rules_when_protocol_yaml_breaks(tmp_path: P
     assert registry.reload() is False
     assert registry.current.packset.revision == revision
     assert [(d.line, d.col, d.code) for d in registry.last_errors] == [(63, 10, "schema")]
+
+
+SITE = """\
+site: Example Clinic (P&T 2026-11-02)
+rules:
+  CI-05:
+    lookback: 12h
+  DOS-01:
+    limit: {value: 0.75, unit: mg/kg, source: "Clinic policy KP-7"}
+protocols:
+  ketamine:
+    course.gap: 45d
+    measures.blood-pressure.worse: lower
+"""
+
+
+def test_every_mutation_of_a_site_file_is_an_error_never_an_exception(tmp_path: Path) -> None:
+    """The sweep's other reader of pack settings: site.py (and settingspec through it)."""
+    from protocol_engine.pack.packset import load_packset
+    from protocol_engine.pack.site import load_site
+
+    base, diags = load_packset(ROOT / "rules")
+    assert base is not None, diags
+    source = tmp_path / "good.yaml"
+    source.write_text(SITE)
+    tree, _ = yamlsource.load(source)
+    assert load_site(source, base)[0] is not None
+    raised = []
+    for n, (label, mutant) in enumerate(_mutants(tree)):
+        path = tmp_path / f"site-{n}.yaml"
+        path.write_text(yamlsource.dump(mutant))
+        try:
+            site, found = load_site(path, base)
+        except Exception as exc:
+            raised.append(f"{label}: {type(exc).__name__}: {exc}")
+            continue
+        assert (site is None) == bool(found), label
+    assert not raised, "\n".join(raised)
+
+
+def test_every_mutation_of_a_rule_test_file_is_an_error_never_an_exception() -> None:
+    """validate's test-file check (testing.file_problems) reads any shape of YAML without raising."""
+    from protocol_engine.authoring.testing import file_problems
+    from protocol_engine.authoring.vignette import load_fixtures
+
+    fixtures, diags = load_fixtures(KETAMINE)
+    assert not diags
+    path = next(KETAMINE.rglob("TIM-04-*.test.yaml"))
+    tree, _ = yamlsource.load(path)
+    assert file_problems(path, tree, fixtures) == []
+    raised = []
+    for label, mutant in _mutants(tree):
+        try:
+            file_problems(path, mutant, fixtures)
+        except Exception as exc:
+            raised.append(f"{label}: {type(exc).__name__}: {exc}")
+    assert not raised, "\n".join(raised[:20])

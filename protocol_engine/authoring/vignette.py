@@ -436,8 +436,9 @@ def given_problems(where: str, seq: Any, fixtures: dict[str, list[dict[str, Any]
 
 def unknown_fixtures(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]]]) -> list[Diagnostic]:
     """A compiler-style error at each `{fixture: NAME}` of a test file (its YAML nodes) that names no fixture."""
-    seqs = [(data.get("defaults") or {}).get("given")] + [c.get("given") for c in data.get("cases") or []
-                                                          if isinstance(c, dict)]
+    defaults, cases = data.get("defaults"), data.get("cases")
+    seqs = [defaults.get("given") if isinstance(defaults, dict) else None] + [
+        c.get("given") for c in (cases if isinstance(cases, list) else []) if isinstance(c, dict)]
     diags = []
     for seq in seqs:
         for j, item in enumerate(seq if isinstance(seq, list) else []):
