@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 from jinja2 import Template
 from jinja2.exceptions import TemplateError
 
-from . import display
 from .model import Citation, Finding, Rule
 from .templates import NOW_KEY, UNITS_KEY, ZONE_KEY, environment
 
@@ -65,8 +64,8 @@ def _context(finding: Finding, patient_id: str | None, now: dt.datetime | None =
     ctx["variant"] = finding.variant is not None  # e.g. G8: every matched medicine is on hold
     # Which named `any` alternatives held (in the first match, then the others): `{% if 'reading' in held %}`.
     ctx["held"] = list(dict.fromkeys(n for names in finding.held for n in names))
-    settings = display.with_units(finding.rule.settings, finding.rule.setting_units)
-    ctx["settings"] = settings
+    settings = finding.rule.shown_settings
+    ctx["settings"] = dict(settings)
     ctx.update(settings)
     ctx["protocol"] = finding.rule.protocol_values
     ctx[UNITS_KEY] = finding.rule.display_units
