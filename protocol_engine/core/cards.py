@@ -81,7 +81,12 @@ def _escaped(fact: dict[str, Any]) -> dict[str, Any]:
 
 @lru_cache(maxsize=4096)
 def _compiled(template: str) -> Template:
-    return environment().from_string(template)
+    compiled = environment().from_string(template)
+    # Jinja holds a template's globals as a ChainMap over the environment's and copies that key by key on
+    # every render; a plain dict of the same entries (nothing changes them after the environment is built)
+    # renders the same at about half the cost of a short template (a card renders 2-3).
+    compiled.globals = dict(compiled.globals)
+    return compiled
 
 
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
