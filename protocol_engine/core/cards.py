@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from jinja2 import Template
 from jinja2.exceptions import TemplateError
 
+from . import display
 from .model import Citation, Finding, Rule
 from .templates import NOW_KEY, UNITS_KEY, ZONE_KEY, environment
 
