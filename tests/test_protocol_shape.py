@@ -191,18 +191,13 @@ def test_a_running_service_keeps_its_rules_when_protocol_yaml_breaks(tmp_path: P
 
 
 SITE = """\
-site: Example Clinic (P&T 2026-11-02)
-rules:
-  CI-05:
-    lookback: 12h
-  DOS-01:
-    limit: {value: 0.75, unit: mg/kg, source: "Clinic policy KP-7"}
 protocols:
-  ketamine:
-    course.gap: 45d
-    measures.blood-pressure.worse: lower
+  ketamine: {measures.blood-pressure.worse: lower, course.gap: 90d}
+rules:
+  DOS-01: {limit: {value: 0.6, unit: mg/kg, source: Formulary 2026}}
+  CI-05: {lookback: 24h}
+site: Fuzz clinic
 """
-
 
 def test_every_mutation_of_a_site_file_is_an_error_never_an_exception(tmp_path: Path) -> None:
     """The sweep's other reader of pack settings: site.py (and settingspec through it)."""
