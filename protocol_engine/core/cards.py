@@ -65,8 +65,8 @@ def _context(finding: Finding, patient_id: str | None, now: dt.datetime | None =
     ctx["variant"] = finding.variant is not None  # e.g. G8: every matched medicine is on hold
     # Which named `any` alternatives held (in the first match, then the others): `{% if 'reading' in held %}`.
     ctx["held"] = list(dict.fromkeys(n for names in finding.held for n in names))
-    settings = finding.rule.shown_settings
-    ctx["settings"] = dict(settings)
+    settings = display.with_units(finding.rule.settings, finding.rule.setting_units)
+    ctx["settings"] = settings
     ctx.update(settings)
     ctx["protocol"] = finding.rule.protocol_values
     ctx[UNITS_KEY] = finding.rule.display_units

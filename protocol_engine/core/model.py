@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 Fact = dict[str, Any]
@@ -167,25 +166,10 @@ class Rule:
         """The citations in the order a card about `drug` shows them: first a source about that drug (a
         ketamine IV card leads with a ketamine source, an esketamine card with the SPRAVATO label), else
         the first about no drug in particular; the others follow in the rule's order."""
-        found = self._sources.get(drug)
-        if found is None:
-            cites = self.citations or (self.citation,)
-            lead = (next((c for c in cites if drug and drug in c.drugs), None)
-                    or next((c for c in cites if not c.drugs), None) or cites[0])
-            found = self._sources[drug] = (lead, *(c for c in cites if c is not lead))
-        return found
-
-    @cached_property
-    def _sources(self) -> dict[str | None, tuple[Citation, ...]]:
-        # Per drug, as each card asks; a rule is never changed after load (a reload builds new rules).
-        return {}
-
-    @cached_property
-    def shown_settings(self) -> dict[str, Any]:
-        """The settings as card templates see them (numbers carry their unit), built once per rule."""
-        from .display import with_units
-
-        return with_units(self.settings, self.setting_units)
+        cites = self.citations or (self.citation,)
+        lead = (next((c for c in cites if drug and drug in c.drugs), None)
+                or next((c for c in cites if not c.drugs), None) or cites[0])
+        return (lead, *(c for c in cites if c is not lead))
 
     def live(self, now: dt.datetime | None) -> bool:
         """Gives cards: active, and effective (when it says from when) at `now`."""
@@ -202,7 +186,7 @@ class Finding:
     matches: tuple[dict[str, Fact], ...]
     held: tuple[tuple[str, ...], ...] = ()  # per match: the named `any` alternatives it went through
 
-    @cached_property
+    @property
     def variant(self) -> Variant | None:
         """The first card variant that holds in every way the rule held."""
         for variant in self.rule.card.variants:
@@ -218,12 +202,6 @@ class Finding:
 
     @property
     def evidence(self) -> list[str]:
-        """The references the rule held on (a fresh list: callers extend theirs)."""
-        return list(self._evidence)
-
-    @cached_property
-    def _evidence(self) -> tuple[str, ...]:
-        # Asked for by the card, its template context and the trace: worked out once per finding.
         refs: list[str] = []
         scope: list[str] = []
         for match in self.matches:
@@ -233,4 +211,4 @@ class Finding:
                     if ref not in target:
                         target.append(ref)
         # A rule that fires on an absence (no BP in 24 h) is evidenced by the order it checked.
-        return tuple(refs or scope)
+        return refs or scope
