@@ -88,6 +88,38 @@ READ: dict[str, frozenset[str]] = {
 }
 
 
+# Numbers the rules read, by the JSON key holding them: FHIR R4 JSON writes decimals and integers as JSON numbers
+# (https://hl7.org/fhir/R4/json.html#primitive). pydantic's lax mode would read the string "70" as 70; a value
+# sent as a string is not believed (the sender wrote something other than FHIR), and reported.
+_QUANTITY_KEYS = frozenset({"valueQuantity", "low", "high", "numerator", "denominator", "doseQuantity",
+                            "rateQuantity", "origin"})  # Quantity-typed elements: their `value`
+_NUMBER_KEYS = frozenset({"valueInteger", "valueDecimal", "duration", "durationMax", "frequency", "frequencyMax",
+                          "period", "periodMax", "count", "countMax"})
+
+
+def _string_number(node: Any, path: str = "") -> str | None:
+    """Where (dotted path) a number the rules read was sent as a JSON string, or None."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            found = _string_number(item, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if not isinstance(node, dict):
+        return None
+    for key, value in node.items():
+        here = f"{path}.{key}" if path else str(key)
+        if isinstance(value, str) and key in _NUMBER_KEYS:
+            return here
+        if key in _QUANTITY_KEYS and isinstance(value, dict) and isinstance(value.get("value"), str):
+            return f"{here}.value"
+        if isinstance(value, (dict, list)):
+            found = _string_number(value, here)
+            if found:
+                return found
+    return None
+
+
 def ref_of(resource: dict[str, Any]) -> str:
     return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '(no id)')}"
 
@@ -113,6 +145,11 @@ def _validate(resource: dict[str, Any], issues: list[DataIssue]) -> Any | None:
             projection["dosage"] = {"route": dosage["route"]}
     if "id" in resource:
         projection["id"] = resource["id"]
+    where = _string_number(projection)
+    if where is not None:
+        issues.append(DataIssue(ref_of(resource), f"not valid FHIR R4: {where} is a JSON string, not a number "
+                                                  "(FHIR JSON requires a number); not used"))
+        return None
     try:
         return validation.validate(model, projection)  # each distinct element validated once per worker
     except (ValidationError, ValueError, TypeError) as exc:

@@ -10,6 +10,7 @@ is a setting of the loaded pack (pack/zone.py reads PROTOCOL_ENGINE_TIMEZONE whe
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -150,7 +151,13 @@ def number(value: Any) -> str:
     except (TypeError, ValueError):
         return str(value)
     text = f"{x:.2f}".rstrip("0").rstrip(".") if abs(x) < 10 and x != int(x) else f"{x:.1f}"
-    return text[:-2] if text.endswith(".0") else text
+    text = text[:-2] if text.endswith(".0") else text
+    if x and float(text) == 0:  # never "0" for a value that is not zero (a weight of 0.00001 kg)
+        digits = min(-math.floor(math.log10(abs(x))) + 1, 12)
+        text = f"{x:.{digits}f}".rstrip("0").rstrip(".")
+        if float(text) == 0:
+            text = f"{x:.2g}"  # below 1e-12: scientific, still not zero
+    return text
 
 
 def _plural(n: float, word: str) -> str:

@@ -34,6 +34,9 @@ class Measure:
     pairing_h: float = 0.0  # pair measures declare `pairing` (G4); the loader requires it
     upper_limit: float | None = None
     positive_at: tuple[float, str] | None = None
+    # field ("value", or a pair's halves) -> (low, high) in `unit` (a score's own scale): a reading outside it is
+    # implausible, set aside like an unreadable one (DQ-02); required for quantity and pair measures (shape.py)
+    plausible: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 # What each hook evaluates against (the moment of the dose, and the drug and route in scope); the first
@@ -200,6 +203,15 @@ class Protocol:
         return names
 
 
+def _plausible(value: Any) -> dict[str, tuple[float, float]]:
+    """`[low, high]` -> {"value": (low, high)}; a pair's `{systolic: [..], diastolic: [..]}` per half (shape.py)."""
+    if isinstance(value, list):
+        return {"value": (float(value[0]), float(value[1]))}
+    if isinstance(value, dict):
+        return {str(k): (float(v[0]), float(v[1])) for k, v in value.items()}
+    return {}
+
+
 def _amount(text: Any) -> tuple[float, str]:
     """`28 mg` -> (28.0, "mg")."""
     number, _, unit = str(text).strip().partition(" ")
@@ -294,6 +306,7 @@ def protocol_from_tree(data: Any, where: str, site: Mapping[str, Mapping[str, tu
             if kind == "pair" else 0.0,
             upper_limit=spec.get("upper_limit"),
             positive_at=(float(positive["value"]), str(positive["unit"])) if positive else None,
+            plausible=_plausible(spec.get("plausible")),
         )
     semantics, found = _semantics(data, raw.get("semantics"), where)
     diags += found

@@ -20,7 +20,9 @@ TOP_KEYS = ("protocol", "version", "title", "semantics", "defaults", "internal_l
 DRUG_KEYS = ("valueset", "names", "count_units")
 ROUTE_KEYS = ("valueset", "label")
 MEASURE_KEYS = ("label", "kind", "valueset", "unit", "aliases", "worse", "first", "second", "panel", "pairing",
-                "upper_limit", "positive_at")
+                "upper_limit", "positive_at", "plausible")
+# Kinds whose readings are numbers in the measure's unit: each declares the range a real reading can lie in.
+PLAUSIBLE_KINDS = ("quantity", "pair")
 WORSE = ("higher", "lower")
 PRESENCE_KEYS = ("positive", "negative", "valuesets")
 ORDER_KEYS = ("weight",)
@@ -192,6 +194,7 @@ def _measures(c: _Checker, data: dict[Any, Any]) -> None:
         if "upper_limit" in spec and (not isinstance(limit, (int, float)) or isinstance(limit, bool)):
             c.error(yamlsource.value_pos(spec, "upper_limit"), f"{section}.upper_limit is a number, not "
                                                                f"{_kind(limit)}", "for example `upper_limit: 40`")
+        _plausible(c, spec, section, kind)
         positive = spec.get("positive_at")
         if "positive_at" in spec:
             try:
@@ -202,6 +205,37 @@ def _measures(c: _Checker, data: dict[Any, Any]) -> None:
             if not ok:
                 c.error(yamlsource.value_pos(spec, "positive_at"), f"{section}.positive_at is a value and a unit",
                         'for example `positive_at: {value: 25, unit: "[IU]/L"}`')
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+
+
+def _plausible(c: _Checker, spec: dict[Any, Any], section: str, kind: Any) -> None:
+    """`plausible: [low, high]`, in the measure's unit: required for numeric measures (a reading outside it is not
+    used, and said: DQ-02), optional for scores; the engine assumes no range."""
+    example = "for example `plausible: [0.2, 650]` (kg), with its source in a comment"
+    if "plausible" not in spec:
+        if kind in PLAUSIBLE_KINDS:
+            c.error(yamlsource.node_pos(spec), f"{section} needs 'plausible' ([low, high] in its unit: a reading "
+                                               "outside it is set aside as implausible; the engine assumes none)",
+                    example)
+        return
+    value = spec["plausible"]
+    if kind == "pair":
+        halves = [h.get("field") for h in (spec.get("first"), spec.get("second")) if isinstance(h, dict)]
+        if not (isinstance(value, dict) and sorted(map(str, value)) == sorted(map(str, halves))
+                and all(_range(v) for v in value.values())):
+            c.error(yamlsource.value_pos(spec, "plausible"), f"{section}.plausible gives each half its [low, high]: "
+                                                             f"{', '.join(map(str, halves))}",
+                    "for example `plausible: {systolic: [20, 300], diastolic: [10, 200]}`")
+    elif not _range(value):
+        c.error(yamlsource.value_pos(spec, "plausible"), f"{section}.plausible is [low, high], two numbers with "
+                                                         f"low below high, not {_kind(value)}", example)
+
+
+def _range(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_number(x) for x in value) and value[0] < value[1]
 
 
 def _fetch(c: _Checker, data: dict[Any, Any]) -> None:

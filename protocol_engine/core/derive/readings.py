@@ -77,14 +77,14 @@ class ReadingBuilder:
         return self.unit_map.get(unit) or self.unit_map.get(unit.strip()) or unit.strip()
 
     # -- observations -------------------------------------------------------------------
-    def convert(self, m: Measure, q: Quantity) -> tuple[float | None, str]:
+    def convert(self, m: Measure, q: Quantity, half: str = "value") -> tuple[float | None, str]:
         if q.absent is not None:
             return None, f"value absent (dataAbsentReason {q.absent})"
         if q.value is None:
             return None, "value is not numeric"
         if m.kind == "score":
             if q.unit in (None, "", "{score}", "1", "{Score}"):
-                return q.value, ""
+                return self.plausible(m, q, q.value, half)
             return None, f"unit '{q.unit}' is not a score unit"
         if not q.unit:
             return None, "unit missing"
@@ -93,7 +93,23 @@ class ReadingBuilder:
         f = units.factor(unit, target)
         if f is None:
             return None, f"unit '{q.unit}' is not convertible to {display.unit(target, self.p.display_units)}"
-        return q.value * f, ""
+        return self.plausible(m, q, q.value * f, half)
+
+    def plausible(self, m: Measure, q: Quantity, value: float, half: str = "value") -> tuple[float | None, str]:
+        """A converted value inside the plausible range of the measure (of a pair's `half`); outside it the value
+        is not used (as an unreadable one is not) and the problem quotes it as sent: 'value 0 kg is outside the
+        plausible range 0.2-650 kg'."""
+        bounds = m.plausible.get(half)
+        if bounds is None or bounds[0] <= value <= bounds[1]:
+            return value, ""
+        low, high = bounds
+        def written(unit: str | None) -> str:  # as describe_reading writes units: "80/min", "95%", "70 kg"
+            shown = display.unit(unit, self.p.display_units) if unit else ""
+            return ("" if shown.startswith(("%", "/")) else " ") + shown if shown else ""
+
+        sent = display.number(q.value) + written(self.ucum(q.unit, m) if q.unit else None)
+        return None, (f"value {sent} is outside the plausible range "
+                      f"{display.number(low)}-{display.number(high)}{written(m.unit)}")
 
     def presence(self, m: Measure, q: Quantity, interp: Concept | None) -> bool | None:
         words = [q.text] if q.text else []
@@ -185,7 +201,7 @@ class ReadingBuilder:
             members = self.index.members(concept.pairs(), ())
             for fieldname, vs in (m.first, m.second):
                 if vs in members:
-                    value, problem = self.convert(m, q)
+                    value, problem = self.convert(m, q, fieldname)
                     if value is None:
                         problems.append(f"{fieldname}: {problem}")
                     else:
@@ -538,7 +554,7 @@ class Readings:
 
     def _pair(self, idx: int, when: dt.datetime, role: str, record: ObservationRecord) -> Reading:
         """G4: a standalone half pairs with the other half taken within the pairing tolerance."""
-        value, problem = self.build.convert(self.m, record.value)
+        value, problem = self.build.convert(self.m, record.value, role)
         problems = [f"{role}: {problem}"] if value is None else []
         reading = Reading(self.m.name, when, [record.ref], {}, latest=record.time_latest)
         if value is not None:
@@ -553,7 +569,7 @@ class Readings:
             if other_record is None:
                 continue
             self._used.add(j)
-            other_value, other_problem = self.build.convert(self.m, other_record.value)
+            other_value, other_problem = self.build.convert(self.m, other_record.value, other_role)
             reading.refs.append(other_record.ref)
             if other_value is None:
                 problems.append(f"{other_role}: {other_problem}")
