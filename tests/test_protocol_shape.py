@@ -137,7 +137,8 @@ def test_unknown_value_set_and_hook_are_reported_where_they_are_written(tmp_path
     assert [(d.line, d.col, d.code, d.hint) for d in diags] == [(62, 24, "unknown-valueset",
                                                                  "did you mean 'ketamine'?")]
     hook = errors(pack_with(tmp_path / "b", "    hook: order-sign\n", "    hook: order-signed\n") / "protocol.yaml")
-    assert hook == ["220:11: unknown-hook: service ketamine-order-sign: hook 'order-signed' is not one of "
+    line = (KETAMINE / "protocol.yaml").read_text().split("    hook: order-sign\n")[0].count("\n") + 1
+    assert hook == [f"{line}:11: unknown-hook: service ketamine-order-sign: hook 'order-signed' is not one of "
                     "order-select, order-sign, patient-view, appointment-book, encounter-start | "
                     "did you mean 'order-sign'?"]
 
@@ -145,9 +146,11 @@ def test_unknown_value_set_and_hook_are_reported_where_they_are_written(tmp_path
 def test_worse_is_required(tmp_path: Path) -> None:
     """Measure.worse was silently 'higher' when left out: the last hidden pack default."""
     found = errors(pack_with(tmp_path, "    worse: lower\n", "") / "protocol.yaml")
-    assert len(found) == 1 and found[0].startswith("89:5: schema: measures.spo2 needs 'worse' (higher or lower")
+    line = (KETAMINE / "protocol.yaml").read_text().split("  spo2:\n")[0].count("\n") + 2
+    assert len(found) == 1 and found[0].startswith(f"{line}:5: schema: measures.spo2 needs 'worse' (higher or lower")
     found = errors(pack_with(tmp_path / "b", "    worse: lower\n", "    worse: lowr\n") / "protocol.yaml")
-    assert found == ["92:12: schema: measures.spo2: 'worse' is one of higher, lower, not the text 'lowr' | "
+    worse = (KETAMINE / "protocol.yaml").read_text().split("    worse: lower\n")[0].count("\n") + 1
+    assert found == [f"{worse}:12: schema: measures.spo2: 'worse' is one of higher, lower, not the text 'lowr' | "
                      "did you mean 'lower'?"]
 
 
