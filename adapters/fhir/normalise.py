@@ -97,6 +97,33 @@ _NUMBER_KEYS = frozenset({"valueInteger", "valueDecimal", "duration", "durationM
                           "period", "periodMax", "count", "countMax"})
 
 
+_STRING_VALUE = "urn:protocol-engine:json-string-value"  # marks, inside this process only, a value sent as text
+
+
+def _unquoted(quantity: Any) -> Any:
+    """An Observation's valueQuantity whose value is a JSON string: the value is not read (never coerced), the
+    Quantity kept (its unit, code) with a mark, so the reading is unreadable and says why, as a missing value is."""
+    if not (isinstance(quantity, dict) and isinstance(quantity.get("value"), str)):
+        return quantity
+    sent = quantity["value"]
+    quoted = f"'{sent}'" if len(sent) <= 20 else "text"
+    out = {k: v for k, v in quantity.items() if k != "value"}
+    out["extension"] = [{"url": _STRING_VALUE, "valueString": f"value sent as the JSON string {quoted}; FHIR "
+                                                                 "JSON requires a number"}]
+    return out
+
+
+def _observation_values(projection: dict[str, Any]) -> dict[str, Any]:
+    """The Observation with its values (and its components' values) sent as strings marked, not believed."""
+    out = dict(projection)
+    if "valueQuantity" in out:
+        out["valueQuantity"] = _unquoted(out["valueQuantity"])
+    if isinstance(out.get("component"), list):
+        out["component"] = [{**c, "valueQuantity": _unquoted(c["valueQuantity"])}
+                            if isinstance(c, dict) and "valueQuantity" in c else c for c in out["component"]]
+    return out
+
+
 def _string_number(node: Any, path: str = "") -> str | None:
     """Where (dotted path) a number the rules read was sent as a JSON string, or None."""
     if isinstance(node, list):
@@ -145,6 +172,8 @@ def _validate(resource: dict[str, Any], issues: list[DataIssue]) -> Any | None:
             projection["dosage"] = {"route": dosage["route"]}
     if "id" in resource:
         projection["id"] = resource["id"]
+    if kind == "Observation":
+        projection = _observation_values(projection)
     where = _string_number(projection)
     if where is not None:
         issues.append(DataIssue(ref_of(resource), f"not valid FHIR R4: {where} is a JSON string, not a number "
@@ -198,6 +227,9 @@ def quantity(q: Any) -> Quantity | None:
         return None
     ucum = q.system is not None and canonical_system(q.system) == UCUM
     unit = q.code if (ucum and q.code) else (q.unit or q.code)
+    marked = [e.valueString for e in (q.extension or ()) if e.url == _STRING_VALUE]
+    if marked:
+        return Quantity(None, unit, problem=marked[0])
     return Quantity(_number(q.value), unit)
 
 

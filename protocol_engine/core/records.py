@@ -51,6 +51,7 @@ class Quantity:
     text: str | None = None  # a non-numeric value (valueString / valueCodeableConcept)
     coded: Concept | None = None
     absent: str | None = None  # dataAbsentReason (code or text) when the value is absent
+    problem: str | None = None  # why a value that was sent cannot be read (a number sent as a JSON string)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,8 @@ class ReadingBuilder:
     def convert(self, m: Measure, q: Quantity, half: str = "value") -> tuple[float | None, str]:
         if q.absent is not None:
             return None, f"value absent (dataAbsentReason {q.absent})"
+        if q.problem:
+            return None, q.problem
         if q.value is None:
             return None, "value is not numeric"
         if m.kind == "score":
@@ -138,6 +140,8 @@ class ReadingBuilder:
         """Why a qualitative/quantitative result reads as neither positive nor negative, naming what was sent."""
         if q.absent is not None:
             return f"value absent (dataAbsentReason {q.absent})"
+        if q.problem:
+            return q.problem
         if q.value is not None:
             if m.positive_at is None:
                 return f"numeric result {fmt_num(q.value)} with no positive threshold"
