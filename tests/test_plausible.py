@@ -189,3 +189,18 @@ def test_an_older_implausible_bp_changes_no_card(client: Any) -> None:
     older["component"][0]["valueQuantity"]["value"] = 0
     older["component"][1]["valueQuantity"]["value"] = 0
     assert _signature(_post(client, base)) == _signature(_post(client, _with(base, older)))
+
+
+# -- the pack declares every range ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("    plausible: [0.2, 650]\n", "", "measures.weight needs 'plausible'"),
+    ("    plausible: [0.2, 650]\n", "    plausible: [650, 0.2]\n", "measures.weight.plausible is [low, high]"),
+    ("    plausible: {systolic: [20, 300], diastolic: [10, 200]}\n", "    plausible: [10, 300]\n",
+     "measures.blood-pressure.plausible gives each half its [low, high]: systolic, diastolic"),
+])
+def test_a_missing_or_malformed_range_is_a_positioned_load_error(tmp_path: Path, old: str, new: str,
+                                                                 message: str) -> None:
+    from test_protocol_shape import errors, pack_with
+
+    found = errors(pack_with(tmp_path, old, new) / "protocol.yaml")
+    assert len(found) == 1 and message in found[0], found
