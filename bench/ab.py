@@ -28,6 +28,9 @@ from bench.profile import STAGES, bodies, clocks
 from protocol_engine.hooks.pipeline import run
 from protocol_engine.runtime.registry import load
 loaded = load(Path(root) / "rules")
+# trees from before the issue-18 renames (Loaded.ruleset; run() taking a client) compare too
+revision = (loaded.packset if hasattr(loaded, "packset") else loaded.ruleset).revision
+offline = (None,) if "client" in __import__("inspect").signature(run).parameters else ()
 gc.collect()
 gc.freeze()
 now = dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC)
@@ -41,7 +44,7 @@ with clocks() as spent:
             spent[key] = 0.0
         body = json.loads(raw)
         t, cpu = time.perf_counter(), time.thread_time()
-        out = run(loaded.runtimes, loaded.packset.revision, "ketamine-order-sign", body, now)
+        out = run(loaded.runtimes, revision, "ketamine-order-sign", body, now, *offline)
         total, cpu = (time.perf_counter() - t) * 1000, (time.thread_time() - cpu) * 1000
         tm, ms = out.timings, {k: v * 1000 for k, v in spent.items()}
         row = {"validation": ms["validation"], "chart glue": ms["to_chart"] - ms["validation in to_chart"],

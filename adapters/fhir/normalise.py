@@ -95,6 +95,13 @@ _QUANTITY_KEYS = frozenset({"valueQuantity", "low", "high", "numerator", "denomi
                             "rateQuantity", "origin"})  # Quantity-typed elements: their `value`
 _NUMBER_KEYS = frozenset({"valueInteger", "valueDecimal", "duration", "durationMax", "frequency", "frequencyMax",
                           "period", "periodMax", "count", "countMax"})
+# Elements that hold no number the rules read (codings, references, metadata): not walked, which keeps the
+# check at a fraction of its cost (most of a resource's JSON is codings and references).
+_NO_NUMBERS = frozenset({"coding", "meta", "identifier", "subject", "patient", "encounter", "context", "performer",
+                         "category", "code", "medicationCodeableConcept", "medicationReference", "route", "method",
+                         "site", "interpretation", "note", "reasonCode", "reasonReference", "requester", "recorder",
+                         "basedOn", "partOf", "hasMember", "derivedFrom", "dataAbsentReason", "clinicalStatus",
+                         "verificationStatus", "text", "id", "status", "intent"})
 
 
 _STRING_VALUE = "urn:protocol-engine:json-string-value"  # marks, inside this process only, a value sent as text
@@ -135,6 +142,8 @@ def _string_number(node: Any, path: str = "") -> str | None:
     if not isinstance(node, dict):
         return None
     for key, value in node.items():
+        if key in _NO_NUMBERS:
+            continue
         here = f"{path}.{key}" if path else str(key)
         if isinstance(value, str) and key in _NUMBER_KEYS:
             return here
