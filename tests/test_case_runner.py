@@ -125,6 +125,9 @@ def _case_file(tmp_path: Path, given: str, expect: str = "{fires: [TIM-04]}") ->
      (7, 37), "did you mean 'summary'?"),
     ('{fixture: completed-ketamine-induction, rout: "SNOMED#47625008"}', "{fires: [TIM-04]}", "unknown-key",
      (6, 49), "did you mean 'route'?"),
+    # re-probe 18: `cards:` written as one mapping passed validate and crashed `test` (AttributeError)
+    ('{observation: "LOINC#29463-7", value: "72 kg", at: -2d}', "{cards: {rule: TIM-04}}", "schema", (7, 21),
+     "for example `cards: [...]`, one item a line with `- `"),
 ])
 def test_a_test_file_off_the_shorthand_is_a_positioned_error(loaded: Any, tmp_path: Path, given: str, expect: str,
                                                             code: str, at: tuple[int, int], hint: str) -> None:
@@ -156,3 +159,14 @@ def test_validate_checks_the_test_files(tmp_path: Path) -> None:
     line = text[: text.index('{observation: "LOINC#8867-4", value')].count("\n") + 1
     assert [(Path(d.path).name, d.line, d.code, d.hint) for d in diags] == [
         (test.name, line, "unknown-given", "did you mean 'observation'?")]
+
+
+def test_a_now_that_is_not_a_time_is_a_positioned_error(loaded: Any, tmp_path: Path) -> None:
+    """Re-probe 18: `now: yesterday` passed validate and crashed `test` (ValueError: Invalid isoformat string)."""
+    shutil.copy(FIXTURES, tmp_path / "fixtures.yaml")
+    packset = replace(loaded.packset, packs=[replace(loaded.packset.packs[0], root=tmp_path)])
+    path = _case_file(tmp_path, '{observation: "LOINC#29463-7", value: "72 kg", at: -2d}')
+    path.write_text(path.read_text().replace('now: "2026-11-21T10:00:00Z"', "now: yesterday"))
+    cases, diags = prepare_file(path, packset, loaded.runtimes)
+    assert cases == []
+    assert [(d.code, d.line, d.col) for d in diags] == [("bad-time", 2, 6)]

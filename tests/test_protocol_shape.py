@@ -243,3 +243,13 @@ def test_every_mutation_of_a_rule_test_file_is_an_error_never_an_exception() -> 
         except Exception as exc:
             raised.append(f"{label}: {type(exc).__name__}: {exc}")
     assert not raised, "\n".join(raised[:20])
+
+
+def test_a_misspelt_status_is_an_error_with_fhir_s_codes(tmp_path: Path) -> None:
+    """Re-probe 18: `administration_status: [completed, in_progress, stoped]` passed validate; stopped and
+    in-progress infusions would silently no longer count as doses."""
+    found = errors(pack_with(tmp_path, "administration_status: [completed, in-progress, stopped]",
+                             "administration_status: [completed, in_progress, stoped]") / "protocol.yaml")
+    assert len(found) == 2
+    assert "'in_progress' is not a code of FHIR R4 MedicationAdministration.status" in found[0]
+    assert found[0].endswith("did you mean 'in-progress'?") and found[1].endswith("did you mean 'stopped'?")

@@ -46,6 +46,7 @@ def file_problems(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]
     if not isinstance(data, dict) or "rule" not in data or not isinstance(data.get("cases"), list):
         return [Diagnostic(where, 1, 1, "schema", "a test file needs 'rule', 'now' and a list of 'cases'")]
     unknown(data, FILE_KEYS, "test file")
+    diags += _now_problems(where, data, "test file")
     defaults = data.get("defaults")
     if defaults is not None and not isinstance(defaults, dict):
         diags.append(Diagnostic(where, *yamlsource.value_pos(data, "defaults"), "schema",
@@ -69,6 +70,13 @@ def file_problems(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]
                                     f"case '{name}': expect is a mapping (cards, fires, silent, ...)"))
             continue
         unknown(expect, EXPECT_KEYS, f"case '{name}' expect")
+        for key in ("cards", "fires", "silent"):
+            listed = (expect or {}).get(key)
+            if listed is not None and not isinstance(listed, list):
+                diags.append(Diagnostic(where, *yamlsource.value_pos(expect, key), "schema",
+                                        f"case '{name}': expect.{key} is a list",
+                                        hint=f"for example `{key}: [...]`, one item a line with `- `"))
+        diags += _now_problems(where, case, f"case '{name}'")
         cards = (expect or {}).get("cards")
         for j, card in enumerate(cards if isinstance(cards, list) else []):
             if not isinstance(card, dict):
@@ -77,6 +85,19 @@ def file_problems(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]
                 continue
             unknown(card, CARD_KEYS, f"case '{name}' expected card")
     return diags + unknown_fixtures(path, data, fixtures)
+
+
+def _now_problems(where: str, node: dict[str, Any], what: str) -> list[Diagnostic]:
+    """A `now:` must be a time the runner can read: an ISO time, or relative like -30m (vignette.when)."""
+    if "now" not in node:
+        return []
+    try:
+        when(node["now"], dt.datetime.now(dt.UTC))
+    except (ValueError, TypeError):
+        return [Diagnostic(where, *yamlsource.value_pos(node, "now"), "bad-time",
+                           f"{what}: now '{node['now']}' is not a time",
+                           hint="write an ISO time (2026-03-02T09:00:00Z) or one relative to the present (-2d, +1h)")]
+    return []
 
 
 @dataclass

@@ -79,6 +79,39 @@ def _words(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(x, str) for x in value)
 
 
+# FHIR R4's code systems for the statuses a pack's semantics name (hl7.org/fhir/R4/valueset-*.html): a misspelt
+# status would match no record and silently change what counts (a "stoped" infusion would no longer be a dose).
+_REQUEST = ("active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown")
+_STATEMENT = ("active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown", "not-taken")
+FHIR_STATUSES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "observation_valid_status": ("Observation.status", ("registered", "preliminary", "final", "amended",
+                                                        "corrected", "cancelled", "entered-in-error", "unknown")),
+    "condition_active_status": ("Condition.clinicalStatus", ("active", "recurrence", "relapse", "inactive",
+                                                             "remission", "resolved")),
+    "medication_active_status.request": ("MedicationRequest.status", _REQUEST),
+    "medication_active_status.statement": ("MedicationStatement.status", _STATEMENT),
+    "medication_on_hold_status": ("MedicationRequest.status or MedicationStatement.status",
+                                  tuple(dict.fromkeys(_REQUEST + _STATEMENT))),
+    "administration_status": ("MedicationAdministration.status", ("in-progress", "not-done", "on-hold", "completed",
+                                                                   "entered-in-error", "stopped", "unknown")),
+    "allergy_active_status": ("AllergyIntolerance.clinicalStatus", ("active", "inactive", "resolved")),
+}
+
+
+def _status_problems(key: str, value: Any, at: tuple[int, int], where: str) -> list[Diagnostic]:
+    """Each status of a semantics list checked against FHIR R4's codes for that element."""
+    lists = {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value}
+    diags = []
+    for name, words in lists.items():
+        element, codes = FHIR_STATUSES.get(name, ("", ()))
+        for word in words if codes else ():
+            if word not in codes:
+                diags.append(Diagnostic(where, *at, "unknown-status",
+                                        f"semantics.{name}: '{word}' is not a code of FHIR R4 {element} "
+                                        f"({', '.join(codes)})", shape.did_you_mean(word, list(codes))))
+    return diags
+
+
 def _semantics(data: Any, declared: Any, where: str) -> tuple[dict[str, Any], list[Diagnostic]]:
     """The pack's semantics, every key declared and of its type; `future_tolerance_h` the tolerance in hours
     (`0m` is zero: a record dated after the moment evaluated is in the future)."""
@@ -91,6 +124,7 @@ def _semantics(data: Any, declared: Any, where: str) -> tuple[dict[str, Any], li
                                hint=f"FHIR R4's meanings, to review and write out: {keys}")]
     diags: list[Diagnostic] = []
     for key, suggested in SEMANTICS.items():
+        before = len(diags)
         if key not in declared:
             diags.append(Diagnostic(where, *yamlsource.key_pos(data, "semantics"), "schema",
                                     f"semantics needs '{key}' (the engine assumes no default)",
@@ -112,6 +146,8 @@ def _semantics(data: Any, declared: Any, where: str) -> tuple[dict[str, Any], li
         elif not _words(value):
             diags.append(Diagnostic(where, *yamlsource.value_pos(node, key), "schema",
                                     f"semantics.{key} is a list of statuses", hint=f"for example `{key}: {suggested}`"))
+        if key != "future_tolerance" and len(diags) == before:
+            diags += _status_problems(key, value, yamlsource.value_pos(node, key), where)
     unknown = [k for k in declared if k not in SEMANTICS]
     for key in unknown:
         diags.append(Diagnostic(where, *yamlsource.key_pos(node, key), "unknown-key",
