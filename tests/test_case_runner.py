@@ -170,3 +170,14 @@ def test_a_now_that_is_not_a_time_is_a_positioned_error(loaded: Any, tmp_path: P
     cases, diags = prepare_file(path, packset, loaded.runtimes)
     assert cases == []
     assert [(d.code, d.line, d.col) for d in diags] == [("bad-time", 2, 6)]
+
+
+def test_a_given_time_that_is_not_a_time_is_a_positioned_error(loaded: Any, tmp_path: Path) -> None:
+    """Re-probe 18: `at: -25 hours` passed validate; `test` failed the case with a bare ValueError."""
+    shutil.copy(FIXTURES, tmp_path / "fixtures.yaml")
+    packset = replace(loaded.packset, packs=[replace(loaded.packset.packs[0], root=tmp_path)])
+    path = _case_file(tmp_path, '{observation: "LOINC#29463-7", value: "72 kg", at: -25 hours}')
+    cases, diags = prepare_file(path, packset, loaded.runtimes)
+    assert cases == []
+    assert [(d.code, d.line, d.hint) for d in diags] == [
+        ("bad-time", 6, "write one relative to the case's now (-25h, -3d, +30m) or an ISO time")]

@@ -431,6 +431,13 @@ def given_problems(where: str, seq: Any, fixtures: dict[str, list[dict[str, Any]
                 diags.append(Diagnostic(where, *yamlsource.key_pos(item, key), "unknown-key",
                                         f"a {kind} entry has no '{key}' (it takes {', '.join(sorted(allowed))})",
                                         did_you_mean(str(key), sorted(allowed))))
+        if "at" in item:
+            try:
+                when(item["at"], dt.datetime.now(dt.UTC))
+            except (ValueError, TypeError):
+                diags.append(Diagnostic(where, *yamlsource.value_pos(item, "at"), "bad-time",
+                                        f"{name} entry {j + 1}: at '{item['at']}' is not a time",
+                                        "write one relative to the case's now (-25h, -3d, +30m) or an ISO time"))
     return diags
 
 
