@@ -18,12 +18,13 @@ from ..hooks.pipeline import ServiceRuntime, run
 from ..pack import yamlsource
 from ..pack.packset import RULE_SUFFIX, TEST_SUFFIX, PackSet
 from ..pack.shape import did_you_mean
-from .vignette import build_request, given_problems, load_fixtures, merge_case, unknown_fixtures, when
+from .vignette import build_request, given_problems, load_fixtures, merge_case, time_problems, unknown_fixtures, when
 
 CASE_KEYS = {"name", "given", "expect", "hook", "patient", "order", "todo", "now", "orders", "selections",
              "appointments", "encounter", "draft_orders", "prefetch"}
 FILE_KEYS = ("rule", "now", "defaults", "cases")
 EXPECT_KEYS = ("cards", "fires", "silent", "no_cards", "max_indicator")
+NOW_HINT = "write an ISO time (2026-03-02T09:00:00Z) or one relative to the present (-2d, +1h)"
 # An expected card names its rule, the protocol-engine evidence, or any key of the CDS Hooks card itself.
 CARD_KEYS = ("rule", "evidence", "summary", "detail", "indicator", "source", "suggestions", "selectionBehavior",
              "overrideReasons", "links", "uuid")
@@ -46,7 +47,7 @@ def file_problems(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]
     if not isinstance(data, dict) or "rule" not in data or not isinstance(data.get("cases"), list):
         return [Diagnostic(where, 1, 1, "schema", "a test file needs 'rule', 'now' and a list of 'cases'")]
     unknown(data, FILE_KEYS, "test file")
-    diags += _now_problems(where, data, "test file")
+    diags += time_problems(where, data, "now", "test file", NOW_HINT)
     defaults = data.get("defaults")
     if defaults is not None and not isinstance(defaults, dict):
         diags.append(Diagnostic(where, *yamlsource.value_pos(data, "defaults"), "schema",
@@ -76,7 +77,7 @@ def file_problems(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]
                 diags.append(Diagnostic(where, *yamlsource.value_pos(expect, key), "schema",
                                         f"case '{name}': expect.{key} is a list",
                                         hint=f"for example `{key}: [...]`, one item a line with `- `"))
-        diags += _now_problems(where, case, f"case '{name}'")
+        diags += time_problems(where, case, "now", f"case '{name}'", NOW_HINT)
         cards = (expect or {}).get("cards")
         for j, card in enumerate(cards if isinstance(cards, list) else []):
             if not isinstance(card, dict):
@@ -85,19 +86,6 @@ def file_problems(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]
                 continue
             unknown(card, CARD_KEYS, f"case '{name}' expected card")
     return diags + unknown_fixtures(path, data, fixtures)
-
-
-def _now_problems(where: str, node: dict[str, Any], what: str) -> list[Diagnostic]:
-    """A `now:` must be a time the runner can read: an ISO time, or relative like -30m (vignette.when)."""
-    if "now" not in node:
-        return []
-    try:
-        when(node["now"], dt.datetime.now(dt.UTC))
-    except (ValueError, TypeError):
-        return [Diagnostic(where, *yamlsource.value_pos(node, "now"), "bad-time",
-                           f"{what}: now '{node['now']}' is not a time",
-                           hint="write an ISO time (2026-03-02T09:00:00Z) or one relative to the present (-2d, +1h)")]
-    return []
 
 
 @dataclass

@@ -431,14 +431,21 @@ def given_problems(where: str, seq: Any, fixtures: dict[str, list[dict[str, Any]
                 diags.append(Diagnostic(where, *yamlsource.key_pos(item, key), "unknown-key",
                                         f"a {kind} entry has no '{key}' (it takes {', '.join(sorted(allowed))})",
                                         did_you_mean(str(key), sorted(allowed))))
-        if "at" in item:
-            try:
-                when(item["at"], dt.datetime.now(dt.UTC))
-            except (ValueError, TypeError):
-                diags.append(Diagnostic(where, *yamlsource.value_pos(item, "at"), "bad-time",
-                                        f"{name} entry {j + 1}: at '{item['at']}' is not a time",
-                                        "write one relative to the case's now (-25h, -3d, +30m) or an ISO time"))
+        diags += time_problems(where, item, "at", f"{name} entry {j + 1}",
+                               "write one relative to the case's now (-25h, -3d, +30m) or an ISO time")
     return diags
+
+
+def time_problems(where: str, node: Any, key: str, what: str, hint: str) -> list[Diagnostic]:
+    """A positioned `bad-time` error when node[key] is there and `when` cannot read it as a time."""
+    if not isinstance(node, dict) or key not in node:
+        return []
+    try:
+        when(node[key], dt.datetime.now(dt.UTC))
+    except (ValueError, TypeError):
+        return [Diagnostic(where, *yamlsource.value_pos(node, key), "bad-time",
+                           f"{what}: {key} '{node[key]}' is not a time", hint)]
+    return []
 
 
 def unknown_fixtures(path: Path, data: Any, fixtures: dict[str, list[dict[str, Any]]]) -> list[Diagnostic]:
